@@ -1,0 +1,125 @@
+"""`hxp-llm bench` / `python -m hxp_enterprise_llm.bench`: load test with an SLO verdict in the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hxp_enterprise_llm.bench.runner import BUILTIN_PROMPTS, LoadOptions, run_load
+from hxp_enterprise_llm.bench.stats import EXIT_ERRORS, Slo, summarize, verdict
+
+DEFAULT_MIN_GOODPUT_RATIO = 0.9
+
+
+def _slo(text: str) -> Slo:
+    try:
+        return Slo.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within 0..1, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    target = parser.add_argument_group("target")
+    target.add_argument("--base-url", default="http://127.0.0.1:11402",
+                        help="server root or its /v1 URL (default: %(default)s)")
+    target.add_argument("--model", help="model id to request (default: the first of GET /v1/models)")
+    target.add_argument("--api-key", default=os.environ.get("HXP_LLM_API_KEY"),
+                        help="Bearer key (default: $HXP_LLM_API_KEY)")
+    load = parser.add_argument_group("load")
+    load.add_argument("-n", "--num-requests", type=_positive_int, default=20)
+    load.add_argument("-c", "--concurrency", type=_positive_int, default=1,
+                      help="requests in flight at once (closed loop)")
+    load.add_argument("--max-tokens", type=_positive_int, default=50)
+    load.add_argument("--prompt", action="append", dest="prompts", metavar="TEXT",
+                      help="user message; repeat for several (default: a built-in set of 8)")
+    load.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
+                      help="stream with SSE (TTFT, TPOT and ITL need it; default: on)")
+    load.add_argument("--temperature", type=float, default=0.0, help="default: %(default)s (greedy)")
+    load.add_argument("--ignore-eos", action="store_true",
+                      help="send vLLM's `ignore_eos: true` so every answer runs to max_tokens")
+    load.add_argument("--extra-body", type=_json_object, default={}, metavar="JSON",
+                      help="extra request fields merged into every body")
+    load.add_argument("--warmup", type=int, default=1, help="requests sent first and not counted")
+    load.add_argument("--timeout", type=float, default=300.0, help="per-request timeout in seconds")
+    gate = parser.add_argument_group("verdict")
+    gate.add_argument("--slo", action="append", type=_slo, default=[], metavar="METRIC:MS",
+                      help="per-request objective, repeatable: ttft, tpot or e2el in ms (e.g. e2el:1000)")
+    gate.add_argument("--min-goodput-ratio", type=_ratio, default=DEFAULT_MIN_GOODPUT_RATIO,
+                      help="share of requests that must meet every SLO, else exit 1 (default: %(default)s)")
+    gate.add_argument("--max-errors", type=int, default=0,
+                      help="failed requests tolerated before exit 2 (default: %(default)s)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    output.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    parser.set_defaults(func=run_bench_command)
+    return parser
+
+
+def add_bench_commands(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `bench` on the main CLI; the handler is `args.func(args) -> exit code`."""
+    parser = subparsers.add_parser(
+        "bench", help="load test an OpenAI-compatible server; exit 1 if the SLO is missed, 2 on errors",
+        description=__doc__)
+    return configure_parser(parser)
+
+
+def options_from_args(args: argparse.Namespace) -> LoadOptions:
+    if not args.stream and any(slo.metric in ("ttft", "tpot") for slo in args.slo):
+        raise SystemExit("bench: ttft and tpot SLOs need --stream (a whole answer has no first token time)")
+    return LoadOptions(
+        base_url=args.base_url, model=args.model, api_key=args.api_key,
+        prompts=tuple(args.prompts or BUILTIN_PROMPTS), num_requests=args.num_requests,
+        concurrency=args.concurrency, max_tokens=args.max_tokens, stream=args.stream,
+        temperature=args.temperature, ignore_eos=args.ignore_eos, extra_body=args.extra_body,
+        warmup=max(args.warmup, 0), timeout_s=args.timeout)
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    from hxp_enterprise_llm.bench.report import render_table, write_json
+
+    options = options_from_args(args)
+    try:
+        run = asyncio.run(run_load(options))
+    except Exception as exc:  # the server is down or /v1/models failed: say so, no traceback
+        print(f"bench: could not run against {options.base_url}: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return EXIT_ERRORS
+    summary = summarize(run.results, run.duration_s, args.slo)
+    result = verdict(summary, args.min_goodput_ratio, args.max_errors)
+    print(result.message if args.quiet else render_table(run, summary, result))
+    if args.json:
+        write_json(args.json, run, summary, result)
+    return result.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = configure_parser(argparse.ArgumentParser(prog="python -m hxp_enterprise_llm.bench",
+                                                      description=__doc__))
+    args = parser.parse_args(argv)
+    return int(args.func(args))

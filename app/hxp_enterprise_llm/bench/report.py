@@ -1,0 +1,80 @@
+"""The run report: a fixed-width table for people, a JSON document for machines."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from hxp_enterprise_llm.bench.runner import LoadRun
+from hxp_enterprise_llm.bench.stats import Distribution, Summary, Verdict
+
+LATENCIES = (("TTFT", "ttft"), ("TPOT", "tpot"), ("ITL", "itl"), ("E2E latency", "e2el"))
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    return "-" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def render_table(run: LoadRun, summary: Summary, verdict: Verdict) -> str:
+    options = run.options
+    lines = [
+        "=" * 22 + " Benchmark result " + "=" * 22,
+        f"{'Endpoint:':<34}{options.base_url}",
+        f"{'Model:':<34}{run.model}",
+        f"{'Requests (ok / failed):':<34}{summary.succeeded} / {summary.failed}",
+        f"{'Concurrency, max_tokens, stream:':<34}{options.concurrency}, {options.max_tokens}, "
+        f"{'on' if options.stream else 'off'}",
+        f"{'Duration (s):':<34}{summary.duration_s:.2f}",
+        f"{'Output tokens (total):':<34}{summary.output_tokens}",
+        f"{'Request throughput (req/s):':<34}{_fmt(summary.request_throughput)}",
+        f"{'Output token throughput (tok/s):':<34}{_fmt(summary.output_throughput)}",
+    ]
+    if summary.slos:
+        lines += [
+            f"{'SLOs:':<34}{', '.join(map(str, summary.slos))}",
+            f"{'Goodput (req/s):':<34}{_fmt(summary.goodput)}",
+            f"{'SLO attainment:':<34}{summary.slo_attainment:.1%}",
+        ]
+    lines.append(f"{'latency (ms)':<16}{'mean':>10}{'median':>10}{'p95':>10}{'p99':>10}{'samples':>10}")
+    for label, key in LATENCIES:
+        dist: Distribution = getattr(summary, key)
+        lines.append(f"{label:<16}{_fmt(dist.mean):>10}{_fmt(dist.median):>10}{_fmt(dist.p95):>10}"
+                     f"{_fmt(dist.p99):>10}{dist.count:>10}")
+    for key, count in sorted(summary.errors.items()):
+        lines.append(f"{'Errors ' + key + ':':<34}{count}")
+    lines += [verdict.message, "=" * 62]
+    return "\n".join(lines)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN is not JSON: report missing figures as null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def report_document(run: LoadRun, summary: Summary, verdict: Verdict) -> dict[str, Any]:
+    options = dataclasses.asdict(run.options)
+    options.pop("api_key", None)  # never write secrets into result files
+    options["prompts"] = len(run.options.prompts)
+    doc: dict[str, Any] = {
+        "model": run.model,
+        "options": options,
+        "summary": dataclasses.asdict(summary),
+        "verdict": {"exit_code": verdict.exit_code, "message": verdict.message},
+    }
+    doc["summary"]["slos"] = [str(slo) for slo in summary.slos]
+    doc["summary"]["failed"] = summary.failed
+    safe: dict[str, Any] = _json_safe(doc)
+    return safe
+
+
+def write_json(path: Path, run: LoadRun, summary: Summary, verdict: Verdict) -> None:
+    path.write_text(json.dumps(report_document(run, summary, verdict), indent=2) + "\n")
