@@ -1,0 +1,77 @@
+"""The check `hxp-llm serve` runs before the engine loads: the model directory must match models.lock.
+
+The lock file is `config.models_lock`; a relative path is looked up first against the current
+directory, then against the repository root of this package (a source checkout or an editable
+install), so `hxp-llm serve` works from anywhere inside a checkout. Images should set an
+absolute path. The lock entry is the one named like the model directory (`/opt/models/<name>`),
+else the one whose name or repo id is `config.model_name`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Protocol
+
+from hxp_enterprise_llm.models.lockfile import LockEntry, LockError, ModelsLock, read_lock
+from hxp_enterprise_llm.models.stamps import VerifiedStamps
+from hxp_enterprise_llm.models.verify import verify_model_dir
+
+log = logging.getLogger(__name__)
+
+# app/hxp_enterprise_llm/models/serving_check.py -> the checkout's root.
+PACKAGE_REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+class _ModelSettings(Protocol):
+    @property
+    def model_path(self) -> Path: ...
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def models_lock(self) -> Path: ...
+    @property
+    def model_verification(self) -> str: ...
+
+
+def resolve_lock_path(path: Path, cwd: Path | None = None) -> Path:
+    """An absolute path as is; a relative one against the CWD, then the package's repository root."""
+    if path.is_absolute():
+        return path
+    candidates = [(cwd or Path.cwd()) / path, PACKAGE_REPO_ROOT / path]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise LockError(f"lock file {path} not found (looked in {candidates[0].parent} and {PACKAGE_REPO_ROOT}); "
+                    "set model.models_lock to its absolute path")
+
+
+def find_entry_for(lock: ModelsLock, model_path: Path, model_name: str) -> LockEntry:
+    for key in (model_path.name, model_name):
+        try:
+            return lock.find(key)
+        except LockError:
+            continue
+    known = ", ".join(e.name for e in lock.models) or "none"
+    raise LockError(f"models.lock has no entry for model directory '{model_path.name}' nor model "
+                    f"'{model_name}' (entries: {known}); lock it with `hxp-llm model lock`")
+
+
+def verify_model_for_serving(config: _ModelSettings, *,
+                             stamps: VerifiedStamps | None = None) -> LockEntry | None:
+    """Verify config.model_path per config.model_verification; None when verification is off.
+
+    Raises LockError or ModelIntegrityError with a one-line message.
+    """
+    if config.model_verification == "off":
+        log.warning("MODEL VERIFICATION IS OFF (model_verification=off): %s is loaded without checking it "
+                    "against models.lock; a truncated, altered or swapped file will not be detected",
+                    config.model_path)
+        return None
+    lock_path = resolve_lock_path(config.models_lock)
+    entry = find_entry_for(read_lock(lock_path), config.model_path, config.model_name)
+    use_stamps = config.model_verification == "stamp"
+    report = verify_model_dir(config.model_path, entry,
+                              stamps=(stamps or VerifiedStamps()) if use_stamps else None)
+    log.info("model verified (%s): %s", lock_path, report.summary())
+    return entry
