@@ -80,7 +80,8 @@ def lock_entry_from_hub(name: str, repo_id: str, revision: str, *, note: str = "
 
 
 def download_model(entry: LockEntry, dest: Path, *, endpoint: str | None = None,
-                   token: str | bool | None = None, max_workers: int = 4) -> Path:
+                   token: str | bool | None = None, max_workers: int = 4,
+                   cache_dir: Path | None = None) -> Path:
     """Fetch exactly the locked files of entry's revision into dest (resumable); does not verify."""
     from huggingface_hub import snapshot_download
 
@@ -92,5 +93,5 @@ def download_model(entry: LockEntry, dest: Path, *, endpoint: str | None = None,
     patterns = [glob.escape(f.path) for f in entry.files] or None
     dest.mkdir(parents=True, exist_ok=True)
     path = snapshot_download(entry.repo_id, revision=entry.revision, local_dir=dest, allow_patterns=patterns,
-                             endpoint=endpoint, token=token, max_workers=max_workers)
+                             endpoint=endpoint, token=token, max_workers=max_workers, cache_dir=cache_dir)
     return Path(path)

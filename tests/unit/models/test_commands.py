@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import LockedModel
+
+from hxp_enterprise_llm.models.commands import main
+
+pytestmark = pytest.mark.unit
+
+
+def test_export_sha256_is_accepted_by_real_sha256sum(locked_model: LockedModel, tmp_path: Path) -> None:
+    listing = tmp_path / "model.sha256"
+    assert main(["model", "export-sha256", "fixture-model", "--lock", str(locked_model.lock_path),
+                 "-o", str(listing)]) == 0
+    ok = subprocess.run(["sha256sum", "-c", "--strict", str(listing)], cwd=locked_model.model_dir,
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.count(": OK") == len(locked_model.entry.files)
+    assert "nested/extra_weights.bin: OK" in ok.stdout
+
+    (locked_model.model_dir / "config.json").write_text("{}")
+    bad = subprocess.run(["sha256sum", "-c", str(listing)], cwd=locked_model.model_dir,
+                         capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert "config.json: FAILED" in bad.stdout
+
+
+def test_export_sha256_refuses_an_unlocked_entry(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["model", "export-sha256", "openchat-3.5-0106"]) == 2
+    assert "hxp-llm model lock openchat-3.5-0106" in capsys.readouterr().err
+
+
+def test_verify_exit_codes_and_messages(locked_model: LockedModel, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["model", "verify", "--model-path", str(locked_model.model_dir), "--lock", str(locked_model.lock_path)]
+    assert main(args) == 0
+    assert "ok: " in capsys.readouterr().out
+
+    shutil.copy(locked_model.model_dir / "config.json", locked_model.model_dir / "config.json.bak")
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "unexpected file 'config.json.bak'" in err and "nothing was changed or deleted" in err
+    assert (locked_model.model_dir / "config.json.bak").exists()
+
+    assert main([*args, "--name", "no-such-model"]) == 2
+    assert "no entry for 'no-such-model'" in capsys.readouterr().err

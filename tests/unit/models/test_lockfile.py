@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from hxp_enterprise_llm.models.lockfile import (
+    LockedFile,
+    LockEntry,
+    LockError,
+    ModelsLock,
+    read_lock,
+    render_lock,
+    write_lock,
+)
+
+pytestmark = pytest.mark.unit
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_round_trip_keeps_every_field_including_unknown_sizes(tmp_path: Path) -> None:
+    entry = LockEntry(
+        name="m", repo_id="owner/m", revision="a" * 40, note='quotes " and ünïcode',
+        files=(LockedFile("b/weights [1].safetensors", 123, "f" * 64),
+               LockedFile("a.json", None, ""),
+               LockedFile("z.model", 0, "0" * 64)))
+    other = LockEntry(name="another", repo_id="built", revision="built:x", files=(LockedFile("c", 1, "c" * 64),))
+    path = tmp_path / "models.lock"
+    write_lock(ModelsLock([entry, other]), path)
+
+    again = read_lock(path)
+    assert [e.name for e in again.models] == ["another", "m"]
+    m = again.find("owner/m")
+    assert m.note == entry.note
+    assert m.files == tuple(sorted(entry.files, key=lambda f: f.path))
+    assert m.file("a.json") == LockedFile("a.json", None, "")
+    assert m.unlocked_files == ["a.json"]
+    assert render_lock(again) == path.read_text(encoding="utf-8")
+    # An unknown size is an omitted key, not a magic number.
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    assert "size" not in next(f for f in raw["model"][1]["file"] if f["path"] == "a.json")
+
+
+def test_upsert_replaces_one_entry_and_keeps_the_others() -> None:
+    lock = ModelsLock([LockEntry("a", "o/a", "1" * 40), LockEntry("b", "o/b", "2" * 40)])
+    lock.upsert(LockEntry("a", "o/a", "3" * 40))
+    assert [(e.name, e.revision) for e in lock.models] == [("a", "3" * 40), ("b", "2" * 40)]
+
+
+def test_malformed_and_unknown_entries_are_lock_errors(tmp_path: Path) -> None:
+    path = tmp_path / "models.lock"
+    path.write_text('version = 1\n[[model]]\nname = "x"\n', encoding="utf-8")
+    with pytest.raises(LockError, match="malformed model entry 'x'"):
+        read_lock(path)
+    with pytest.raises(LockError, match="no entry for 'nope'"):
+        ModelsLock().find("nope")
+    with pytest.raises(LockError, match="does not exist"):
+        read_lock(tmp_path / "absent.lock")
+
+
+def test_repository_lock_pins_openchat_and_knows_only_what_is_certain() -> None:
+    entry = read_lock(REPO_ROOT / "models.lock").find("openchat/openchat-3.5-0106")
+    assert entry.revision == "9619fb7d2a8e25fa6b0633c0f57f7f4aa79b45c4"
+    tokenizer = entry.file("tokenizer.model")
+    assert tokenizer == LockedFile("tokenizer.model", 493443,
+                                   "dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d95fdef5e134055")
+    assert {f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)} <= {f.path for f in entry.files}
+    # Nothing guessed: every file other than the tokenizer is unlocked until `hxp-llm model lock`.
+    assert set(entry.unlocked_files) == {f.path for f in entry.files} - {"tokenizer.model"}

@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURE_FILES, LockedModel
+
+from hxp_enterprise_llm.models.lockfile import LockedFile
+from hxp_enterprise_llm.models.stamps import VerifiedStamps
+from hxp_enterprise_llm.models.verify import ModelIntegrityError, UnlockedModelError, verify_model_dir
+
+pytestmark = pytest.mark.unit
+
+WEIGHTS = "model-00001-of-00002.safetensors"
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, int, int]]:
+    """(size, mtime_ns, ctime_ns) of everything under directory, directories included."""
+    result = {}
+    for root, dirs, files in os.walk(directory):
+        for name in [*dirs, *files, "."]:
+            st = os.stat(Path(root) / name)
+            result[str(Path(root, name).relative_to(directory))] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return result
+
+
+def test_a_matching_directory_passes_and_nothing_in_it_is_written(locked_model: LockedModel) -> None:
+    before = snapshot(locked_model.model_dir)
+    report = verify_model_dir(locked_model.model_dir, locked_model.entry, workers=3, progress=None)
+    assert report.ok
+    assert report.files_checked == len(FIXTURE_FILES)
+    assert report.bytes_hashed == sum(len(b) for b in FIXTURE_FILES.values())
+    assert snapshot(locked_model.model_dir) == before  # ctime would move on any write, chmod or rename
+
+
+def test_one_altered_byte_fails_naming_the_file_and_both_hashes(locked_model: LockedModel) -> None:
+    target = locked_model.model_dir / WEIGHTS
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    with pytest.raises(ModelIntegrityError) as caught:
+        verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"'{WEIGHTS}'" in message
+    assert locked_model.entry.file(WEIGHTS).sha256 in message  # expected
+    import hashlib
+    assert hashlib.sha256(bytes(data)).hexdigest() in message  # actual
+    assert [p.kind for p in caught.value.problems] == ["sha256"]
+    assert target.exists()  # a mismatch deletes nothing
+
+
+def test_a_truncated_file_fails_on_size_before_any_hashing(locked_model: LockedModel) -> None:
+    target = locked_model.model_dir / WEIGHTS
+    size = target.stat().st_size
+    os.truncate(target, size - 1000)
+    report = verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None, raise_on_problem=False)
+    assert [(p.kind, p.path) for p in report.problems] == [("size", WEIGHTS)]
+    assert report.bytes_hashed == 0
+    assert f"expected {size} bytes, actual {size - 1000} bytes" in report.error().args[0]
+
+
+def test_a_deleted_file_fails_as_missing(locked_model: LockedModel) -> None:
+    (locked_model.model_dir / "config.json").unlink()
+    with pytest.raises(ModelIntegrityError, match=r"model file 'config.json' in .* is missing"):
+        verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None)
+
+
+@pytest.mark.parametrize("extra", ["model-00003-of-00002.safetensors", "nested/deeper/x.bin", ".hidden"])
+def test_an_added_file_fails_as_unexpected(locked_model: LockedModel, extra: str) -> None:
+    target = locked_model.model_dir / extra
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b"not in the lock")
+    with pytest.raises(ModelIntegrityError, match=rf"unexpected file '{extra}' in "):
+        verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None)
+
+
+def test_huggingface_hub_download_metadata_is_not_part_of_the_model(locked_model: LockedModel) -> None:
+    meta = locked_model.model_dir / ".cache" / "huggingface" / "download" / "config.json.metadata"
+    meta.parent.mkdir(parents=True)
+    meta.write_text("commit\netag\n")
+    assert verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None).ok
+    # ...but only that subtree: anything else under .cache is still extra.
+    (locked_model.model_dir / ".cache" / "other").write_text("x")
+    with pytest.raises(ModelIntegrityError, match="unexpected file '.cache/other'"):
+        verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None)
+
+
+def test_all_problems_are_reported_and_the_message_stays_one_line(locked_model: LockedModel) -> None:
+    (locked_model.model_dir / "config.json").unlink()
+    (locked_model.model_dir / "stray.txt").write_text("x")
+    with pytest.raises(ModelIntegrityError) as caught:
+        verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None)
+    assert {(p.kind, p.path) for p in caught.value.problems} == {("missing", "config.json"), ("extra", "stray.txt")}
+    assert "\n" not in str(caught.value)
+    assert "1 more problem" in str(caught.value)
+
+
+def test_an_unlocked_entry_is_refused_with_the_command_to_lock_it(locked_model: LockedModel) -> None:
+    files = [replace(f, sha256="") if f.path == WEIGHTS else f for f in locked_model.entry.files]
+    entry = replace(locked_model.entry, files=tuple(files), revision="0123456789" * 4)
+    with pytest.raises(UnlockedModelError) as caught:
+        verify_model_dir(locked_model.model_dir, entry, progress=None)
+    message = str(caught.value)
+    assert f"run `hxp-llm model lock fixture-model --revision {'0123456789' * 4}`" in message
+    assert "machine that reaches the Hugging Face Hub" in message
+    assert WEIGHTS in message and "\n" not in message
+
+
+def test_a_missing_directory_is_an_integrity_error(locked_model: LockedModel, tmp_path: Path) -> None:
+    with pytest.raises(ModelIntegrityError, match="does not exist"):
+        verify_model_dir(tmp_path / "nowhere", locked_model.entry, progress=None)
+
+
+def test_a_file_without_a_known_size_is_checked_by_hash(locked_model: LockedModel) -> None:
+    files = [replace(f, size=None) for f in locked_model.entry.files]
+    entry = replace(locked_model.entry, files=tuple(files))
+    assert verify_model_dir(locked_model.model_dir, entry, progress=None).ok
+    os.truncate(locked_model.model_dir / WEIGHTS, 10)
+    with pytest.raises(ModelIntegrityError, match=f"'{WEIGHTS}' in .* is altered: sha256 expected"):
+        verify_model_dir(locked_model.model_dir, entry, progress=None)
+
+
+def test_stamp_skips_hashing_only_while_nothing_changed(locked_model: LockedModel, tmp_path: Path) -> None:
+    stamps = VerifiedStamps(tmp_path / "state")
+    first = verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None, stamps=stamps)
+    assert first.mode == "full"
+    assert list((tmp_path / "state" / "verified").glob("*.json"))  # stored outside the model dir
+    assert not list(locked_model.model_dir.rglob("*.json.tmp"))
+    second = verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None, stamps=stamps)
+    assert second.mode == "stamp" and second.bytes_hashed == 0
+
+    # Edit in place, same size, mtime put back: ctime still moves, so the stamp no longer applies.
+    target = locked_model.model_dir / WEIGHTS
+    st = target.stat()
+    with open(target, "r+b") as f:
+        f.seek(5)
+        f.write(b"\x00\xff")
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(ModelIntegrityError, match=f"'{WEIGHTS}' in .* is altered"):
+        verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None, stamps=stamps)
+
+
+def test_a_stamp_belongs_to_one_lock_entry(locked_model: LockedModel, tmp_path: Path) -> None:
+    stamps = VerifiedStamps(tmp_path / "state")
+    verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None, stamps=stamps)
+    relocked = replace(locked_model.entry, files=(*locked_model.entry.files,
+                                                  LockedFile("added.txt", 1, "a" * 64)))
+    (locked_model.model_dir / "added.txt").write_text("b")
+    with pytest.raises(ModelIntegrityError, match="'added.txt' in .* is altered"):
+        verify_model_dir(locked_model.model_dir, relocked, progress=None, stamps=stamps)
+
+
+def test_serial_and_parallel_hashing_agree(locked_model: LockedModel) -> None:
+    (locked_model.model_dir / "config.json").write_bytes(b"{}" + FIXTURE_FILES["config.json"][2:])
+    kinds = []
+    for workers in (1, 4):
+        report = verify_model_dir(locked_model.model_dir, locked_model.entry, workers=workers,
+                                  progress=None, raise_on_problem=False)
+        kinds.append([(p.kind, p.path) for p in report.problems])
+    assert kinds == [[("sha256", "config.json")]] * 2
