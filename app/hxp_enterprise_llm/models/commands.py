@@ -47,6 +47,12 @@ def _models_root(args: argparse.Namespace) -> Path:
     return Path(os.environ.get(MODELS_ROOT_ENV) or DEFAULT_MODELS_ROOT)
 
 
+def _quiet_http_logs() -> None:
+    # huggingface_hub's HTTP client logs every request at INFO; its progress bars say enough.
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _report_integrity_error(exc: ModelIntegrityError, model_dir: Path) -> int:
     problems = exc.problems
     if len(problems) > 1:
@@ -63,6 +69,7 @@ def _report_integrity_error(exc: ModelIntegrityError, model_dir: Path) -> int:
 def cmd_download(args: argparse.Namespace) -> int:
     from hxp_enterprise_llm.models.hub import download_model
 
+    _quiet_http_logs()
     try:
         entry = read_lock(_lock_path(args)).find(args.name)
     except LockError as exc:
@@ -89,6 +96,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_lock(args: argparse.Namespace) -> int:
     from hxp_enterprise_llm.models.hub import HubMetadataError, lock_entry_from_hub
 
+    _quiet_http_logs()
     lock_path = _lock_path_or_new(args.lock)
     try:
         lock = read_lock(lock_path) if lock_path.exists() else ModelsLock()

@@ -5,8 +5,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import LockedModel
 
+from conftest import LockedModel
 from hxp_enterprise_llm.models.commands import main
 
 pytestmark = pytest.mark.unit
@@ -42,7 +42,8 @@ def test_verify_exit_codes_and_messages(locked_model: LockedModel, capsys: pytes
     shutil.copy(locked_model.model_dir / "config.json", locked_model.model_dir / "config.json.bak")
     assert main(args) == 1
     err = capsys.readouterr().err
-    assert "unexpected file 'config.json.bak'" in err and "nothing was changed or deleted" in err
+    assert "unexpected file 'config.json.bak'" in err
+    assert "nothing was changed or deleted" in err
     assert (locked_model.model_dir / "config.json.bak").exists()
 
     assert main([*args, "--name", "no-such-model"]) == 2

@@ -5,8 +5,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import LockedModel
 
+from conftest import LockedModel
 from hxp_enterprise_llm.models.lockfile import LockError
 from hxp_enterprise_llm.models.serving_check import PACKAGE_REPO_ROOT, resolve_lock_path, verify_model_for_serving
 from hxp_enterprise_llm.models.stamps import VerifiedStamps
@@ -24,7 +24,8 @@ def config(**overrides: object) -> OpenChat35Config:
 
 def test_the_entry_named_like_the_directory_is_verified(locked_model: LockedModel) -> None:
     entry = verify_model_for_serving(config(model_path=locked_model.model_dir, models_lock=locked_model.lock_path))
-    assert entry is not None and entry.name == "fixture-model"
+    assert entry is not None
+    assert entry.name == "fixture-model"
 
 
 def test_the_model_name_finds_the_entry_when_the_directory_is_named_otherwise(
@@ -32,7 +33,8 @@ def test_the_model_name_finds_the_entry_when_the_directory_is_named_otherwise(
     renamed = shutil.move(locked_model.model_dir, tmp_path / "weights")
     entry = verify_model_for_serving(config(model_path=Path(renamed), model_name="test/fixture-model",
                                             models_lock=locked_model.lock_path))
-    assert entry is not None and entry.name == "fixture-model"
+    assert entry is not None
+    assert entry.name == "fixture-model"
     with pytest.raises(LockError, match="no entry for model directory 'weights' nor model 'other/model'"):
         verify_model_for_serving(config(model_path=Path(renamed), model_name="other/model",
                                         models_lock=locked_model.lock_path))
@@ -42,7 +44,8 @@ def test_a_tampered_model_refuses_with_a_one_line_error(locked_model: LockedMode
     (locked_model.model_dir / "tokenizer_config.json").write_text('{"eos_token": "</s>"}\n')
     with pytest.raises(ModelIntegrityError) as caught:
         verify_model_for_serving(config(model_path=locked_model.model_dir, models_lock=locked_model.lock_path))
-    assert "tokenizer_config.json" in str(caught.value) and "\n" not in str(caught.value)
+    assert "tokenizer_config.json" in str(caught.value)
+    assert "\n" not in str(caught.value)
 
 
 def test_the_real_openchat_entry_is_refused_until_locked(tmp_path: Path) -> None:

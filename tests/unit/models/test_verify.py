@@ -5,8 +5,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE_FILES, LockedModel
 
+from conftest import FIXTURE_FILES, LockedModel
 from hxp_enterprise_llm.models.lockfile import LockedFile
 from hxp_enterprise_llm.models.stamps import VerifiedStamps
 from hxp_enterprise_llm.models.verify import ModelIntegrityError, UnlockedModelError, verify_model_dir
@@ -106,7 +106,8 @@ def test_an_unlocked_entry_is_refused_with_the_command_to_lock_it(locked_model: 
     message = str(caught.value)
     assert f"run `hxp-llm model lock fixture-model --revision {'0123456789' * 4}`" in message
     assert "machine that reaches the Hugging Face Hub" in message
-    assert WEIGHTS in message and "\n" not in message
+    assert WEIGHTS in message
+    assert "\n" not in message
 
 
 def test_a_missing_directory_is_an_integrity_error(locked_model: LockedModel, tmp_path: Path) -> None:
@@ -130,7 +131,8 @@ def test_stamp_skips_hashing_only_while_nothing_changed(locked_model: LockedMode
     assert list((tmp_path / "state" / "verified").glob("*.json"))  # stored outside the model dir
     assert not list(locked_model.model_dir.rglob("*.json.tmp"))
     second = verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None, stamps=stamps)
-    assert second.mode == "stamp" and second.bytes_hashed == 0
+    assert second.mode == "stamp"
+    assert second.bytes_hashed == 0
 
     # Edit in place, same size, mtime put back: ctime still moves, so the stamp no longer applies.
     target = locked_model.model_dir / WEIGHTS
