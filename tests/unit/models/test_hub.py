@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from fake_hub import FakeHub, FakeRepo, git_blob_id
+
 from hxp_enterprise_llm.models.commands import main
 from hxp_enterprise_llm.models.hub import HubMetadataError, download_model, lock_entry_from_hub
 from hxp_enterprise_llm.models.lockfile import LockEntry, ModelsLock, read_lock, write_lock
