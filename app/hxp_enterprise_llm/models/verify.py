@@ -54,8 +54,8 @@ class Problem:
         if self.kind == "missing":
             return f"model file {where} is missing: expected {self.expected}, actual: no such file"
         if self.kind == "extra":
-            return (f"unexpected file {where}: expected {self.expected}, actual {self.actual} "
-                    "(remove it, or re-lock if it belongs to the model)")
+            return (f"unexpected file {where}: expected absent ({self.expected}), actual {self.actual}; "
+                    "remove it, or re-lock if it belongs to the model")
         if self.kind == "size":
             return (f"model file {where} has the wrong size (truncated or replaced): "
                     f"expected {self.expected}, actual {self.actual}")
@@ -142,7 +142,7 @@ def check_layout(entry: LockEntry, stats: dict[str, os.stat_result]) -> list[Pro
             expected = f"{size}sha256 {locked_file.sha256 or '(unlocked)'}"
             problems.append(Problem("missing", path, expected, ""))
     for path in sorted(set(stats) - set(locked)):
-        problems.append(Problem("extra", path, f"no such file in models.lock entry '{entry.name}'",
+        problems.append(Problem("extra", path, f"not listed in models.lock entry '{entry.name}'",
                                 f"a file of {stats[path].st_size} bytes"))
     for path, locked_file in locked.items():
         st = stats.get(path)
