@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 import yaml
@@ -29,7 +30,7 @@ YAML_SECTIONS: dict[str, tuple[str, ...]] = {
     "model": (
         "model_path", "model_name", "models_lock", "model_verification", "prompt_format", "dtype",
         "max_model_len", "tensor_parallel_size", "gpu_memory_utilization", "swap_space",
-        "enforce_eager", "kv_cache_space_gb",
+        "enforce_eager", "kv_cache_space_gb", "model_load_timeout_seconds",
     ),
     "performance": (
         "max_num_batched_tokens", "max_num_seqs", "enable_chunked_prefill", "target_latency_ms",
@@ -101,6 +102,7 @@ class ModelConfigSchema(BaseSettings):
         "auto", description="auto: OpenChat's format when the tokenizer has <|end_of_turn|>")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     kv_cache_space_gb: float = Field(4, gt=0, le=4096, description="KV cache size on CPU hosts")
+    model_load_timeout_seconds: float = Field(600, gt=0, le=86_400, description="give up loading after this")
     enable_chunked_prefill: bool = True
     max_queue_size: int = Field(100, ge=0, le=1_000_000, description="requests waiting for a slot")
     queue_timeout_seconds: float = Field(10, gt=0, le=86_400)
@@ -139,7 +141,8 @@ class ModelConfigSchema(BaseSettings):
 
 # The YAML layer of the config being built; a context variable so that concurrent loads (tests)
 # cannot see each other's files.
-_yaml_layer: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("_yaml_layer", default={})
+_yaml_layer: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "_yaml_layer", default=MappingProxyType({}))
 
 
 class _YamlLayerSource(PydanticBaseSettingsSource):

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
 
-FinishReason = Literal["stop", "length", "abort"]
+# "stop" (end of turn or a stop string), "length" (max_tokens), "abort" (cancelled).
+FinishReason = str
 
 
 class EngineError(RuntimeError):

@@ -1,0 +1,78 @@
+"""Logging: one JSON line per request (never the prompt or the key), to stderr and optionally a file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hxp_enterprise_llm.orchestration.interactive_orchestrator import RequestRecord
+
+REQUEST_LOGGER = "hxp_enterprise_llm.requests"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            entry.update(fields)
+        else:
+            entry["message"] = record.getMessage()
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def configure_logging(level: str, log_dir: Path | None = None) -> None:
+    """JSON lines to stderr, and to `<log_dir>/service.log` (rotated at 50 MB, 5 kept) when set."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.handlers.RotatingFileHandler(
+            log_dir / "service.log", maxBytes=50 * 1024 * 1024, backupCount=5, encoding="utf-8"))
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        handler.setFormatter(JsonFormatter())
+        root.addHandler(handler)
+    root.setLevel(level)
+    # uvicorn's access log would repeat our request line without the figures that matter.
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+class RequestLog:
+    """Observer that writes the request line when the orchestrator closes a record."""
+
+    def __init__(self, model: str) -> None:
+        self._logger = logging.getLogger(REQUEST_LOGGER)
+        self._model = model
+
+    def on_finished(self, record: RequestRecord) -> None:
+        def ms(value: float | None) -> float | None:
+            return None if value is None else round(value * 1000, 1)
+
+        self._logger.info("request", extra={"fields": {
+            "event": "request",
+            "request_id": record.request_id,
+            "model": self._model,
+            "status": record.status,
+            "outcome": record.outcome,
+            "stream": record.stream,
+            "finish_reason": record.finish_reason,
+            "prompt_tokens": record.prompt_tokens,
+            "completion_tokens": record.completion_tokens,
+            "queue_ms": ms(record.queue_wait),
+            "ttft_ms": ms(record.ttft),
+            "latency_ms": ms(record.e2e),
+            "client": record.client,
+        }})

@@ -1,0 +1,69 @@
+"""`GET /metrics/streaming`: streaming figures over a sliding window, as JSON for humans and probes."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import deque
+from typing import Any
+
+from hxp_enterprise_llm.orchestration.interactive_orchestrator import RequestRecord
+
+
+def _percentile(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _summary_ms(values: list[float]) -> dict[str, float | None]:
+    def ms(value: float | None) -> float | None:
+        return None if value is None else round(value * 1000, 3)
+
+    return {"mean_ms": ms(statistics.fmean(values)) if values else None,
+            "p50_ms": ms(_percentile(values, 0.50)), "p95_ms": ms(_percentile(values, 0.95))}
+
+
+class StreamingWindow:
+    """Finished streaming requests of the last `window_seconds`, plus the number streaming now."""
+
+    def __init__(self, window_seconds: float, target_latency_seconds: float) -> None:
+        self.window_seconds = window_seconds
+        self.target_latency_seconds = target_latency_seconds
+        self.active_streams = 0
+        self.streams_completed_total = 0
+        self._records: deque[tuple[float, RequestRecord, int]] = deque()
+
+    def on_finished(self, record: RequestRecord) -> None:
+        if record.stream:
+            self.streams_completed_total += 1
+            self._records.append((time.monotonic(), record, record.frames))
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        while self._records and now - self._records[0][0] > self.window_seconds:
+            self._records.popleft()
+        records = [r for _, r, _ in self._records]
+        span = max(min(self.window_seconds, now - self._records[0][0]) if self._records else 0.0, 1e-9)
+        ttfts = [r.ttft for r in records if r.ttft is not None]
+        gaps = [g for r in records for g in r.inter_token_gaps]
+        e2es = [r.e2e for r in records if r.outcome == "ok" and r.e2e is not None]
+        counted = [r for r in records if r.outcome != "disconnected"]
+        met = [r for r in counted if r.outcome == "ok" and r.e2e is not None
+               and r.e2e <= self.target_latency_seconds]
+        return {
+            "window_seconds": self.window_seconds,
+            "active_streams": self.active_streams,
+            "streams_completed": len(records),
+            "streams_completed_total": self.streams_completed_total,
+            "time_to_first_token": _summary_ms(ttfts),
+            "inter_token_latency": _summary_ms(gaps),
+            "e2e_latency": _summary_ms(e2es),
+            "chunks_per_second": round(sum(f for _, _, f in self._records) / span, 3) if records else 0.0,
+            "tokens_per_second": round(sum(r.completion_tokens for r in records) / span, 3) if records else 0.0,
+            "slo": {"target_latency_ms": self.target_latency_seconds * 1000,
+                    "requests": len(counted), "met": len(met),
+                    "attainment": round(len(met) / len(counted), 4) if counted else None},
+        }

@@ -1,0 +1,114 @@
+"""`hxp-llm`: serve, config show, model download/lock/verify/fetch-demo, bench.
+
+Heavy imports (vLLM, torch, uvicorn) happen inside the commands, so `--help` answers at once.
+Exit codes: 0 ok, 2 bad configuration or usage, 3 model integrity or lock problem, 4 engine failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hxp_enterprise_llm.schemas.configuration.model_schemas import SECTION_OF_KEY, ConfigError, LoadedConfig
+from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
+
+EXIT_CONFIG = 2
+EXIT_MODEL = 3
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting (`--max-num-seqs`), generated from the schema so none can be forgotten."""
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="YAML file in the spec's sections (service/model/performance/realtime/monitoring)")
+    groups: dict[str, Any] = {}
+    for key, info in OpenChat35Config.model_fields.items():
+        section = SECTION_OF_KEY.get(key, "other")
+        group = groups.setdefault(section, parser.add_argument_group(f"{section} settings"))
+        env = OpenChat35Config.env_name(key)
+        default = info.default if not isinstance(info.default, type(...)) else None
+        help_text = f"{info.description + '; ' if info.description else ''}env {env}; default {default}"
+        flag = "--" + key.replace("_", "-")
+        if typing.get_origin(info.annotation) is None and info.annotation is bool:
+            group.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            group.add_argument(flag, dest=key, default=None, metavar=key.split("_")[-1].upper(), help=help_text)
+
+
+def _load(args: argparse.Namespace) -> LoadedConfig:
+    overrides = {key: getattr(args, key) for key in OpenChat35Config.model_fields if getattr(args, key, None) is not None}
+    return OpenChat35Config.load(args.config, overrides)
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    rows = loaded.rows()
+    width = max(len(f"{section}.{key}") for section, key, _, _ in rows)
+    for section, key, value, origin in sorted(rows):
+        print(f"{section + '.' + key:<{width}}  {value!s:<40}  ({origin})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    from hxp_enterprise_llm.api.request_log import configure_logging
+
+    config = loaded.config
+    configure_logging(config.log_level, config.log_dir)
+    from hxp_enterprise_llm.models.lockfile import LockError
+    from hxp_enterprise_llm.models.serving_check import verify_model_for_serving
+    from hxp_enterprise_llm.models.verify import ModelIntegrityError
+
+    try:
+        entry = verify_model_for_serving(config)
+    except (LockError, ModelIntegrityError) as exc:
+        print(f"hxp-llm serve: refusing to start: {exc}", file=sys.stderr)
+        return EXIT_MODEL
+    from hxp_enterprise_llm.server import run_server
+    from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
+
+    service = OpenChat35Service(config, revision=entry.revision if entry else None)  # type: ignore[arg-type]
+    return run_server(config, service)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hxp-llm", description="HXP Enterprise LLM: OpenChat-3.5 real-time OpenAI-compatible service.",
+        epilog="Settings: defaults < YAML (--config) < environment (OPENCHAT_3_5_*) < flags. "
+               "Exit codes: 2 configuration, 3 model integrity, 4 engine failure.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser("serve", help="serve the OpenAI API (port 11402) and metrics (port 11403)",
+                                description="Verify the model against models.lock, then serve the OpenAI API; "
+                                            "the model loads in the background (/health says 'loading').")
+    _add_config_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    config = commands.add_parser("config", help="inspect the effective configuration")
+    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = config_commands.add_parser("show", help="print every setting, its value and where it came from")
+    _add_config_flags(show)
+    show.set_defaults(func=cmd_config_show)
+
+    from hxp_enterprise_llm.bench.cli import add_bench_commands
+    from hxp_enterprise_llm.models.commands import add_model_commands
+
+    add_model_commands(commands)
+    add_bench_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"hxp-llm: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

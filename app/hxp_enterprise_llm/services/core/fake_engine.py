@@ -1,0 +1,137 @@
+"""A scripted, deterministic engine for unit tests: real async behaviour, no model.
+
+Tests `enqueue` the answers they want; otherwise the engine echoes a fixed reply. Token timing is
+configurable so tests can hold a request "running" while they probe admission and cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from hxp_enterprise_llm.services.core.engine import (
+    EngineDeadError,
+    EngineError,
+    EngineStats,
+    GenerationRequest,
+    TokenDelta,
+)
+
+
+class CharTokenizer:
+    """One token per character (id = code point + 3; 1 = BOS, 2 = EOS), so counts are easy to reason about."""
+
+    bos_token_id = 1
+    eos_token_id = 2
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        ids = [ord(ch) + 3 for ch in text]
+        return [self.bos_token_id, *ids] if add_special_tokens else ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return "".join(chr(i - 3) for i in ids if i > 2)
+
+    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True,
+                            tokenize: bool = True) -> list[int]:
+        text = "".join(f"<{m['role']}>{m['content']}" for m in messages) + ("<assistant>" if add_generation_prompt
+                                                                          else "")
+        return self.encode(text)
+
+
+@dataclass(frozen=True)
+class ScriptedReply:
+    tokens: Sequence[str]  # each entry is one token's text
+    finish_reason: str = "stop"
+
+
+class FakeEngine:
+    """Implements the Engine protocol; each token takes `token_delay` seconds."""
+
+    description = "fake"
+    device = "none"
+
+    def __init__(self, token_delay: float = 0.0, start_delay: float = 0.0, fail_start: bool = False,
+                 default_reply: str = "Hello from the fake engine.") -> None:
+        self.token_delay = token_delay
+        self.start_delay = start_delay
+        self.fail_start = fail_start
+        self.default_reply = default_reply
+        self.started = False
+        self.dead = False
+        self.requests: list[GenerationRequest] = []
+        self.aborted: list[str] = []
+        self._running: set[str] = set()
+        self._abort_events: dict[str, asyncio.Event] = {}
+        self._script: deque[ScriptedReply] = deque()
+        self._tokenizer = CharTokenizer()
+
+    def enqueue(self, *tokens: str, finish_reason: str = "stop") -> None:
+        """The next request answers with these tokens (one string per token)."""
+        self._script.append(ScriptedReply(tokens, finish_reason))
+
+    def kill(self) -> None:
+        """Simulate the engine process dying."""
+        self.dead = True
+        for event in self._abort_events.values():
+            event.set()
+
+    async def start(self) -> None:
+        await asyncio.sleep(self.start_delay)
+        if self.fail_start:
+            raise EngineError("fake engine configured to fail at start")
+        self.started = True
+
+    def get_tokenizer(self) -> CharTokenizer:
+        return self._tokenizer
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
+        if not self.started:
+            raise EngineError("engine not started")
+        if self.dead:
+            raise EngineDeadError("fake engine is dead")
+        self.requests.append(request)
+        reply = self._script.popleft() if self._script else ScriptedReply(list(self.default_reply))
+        tokens = list(reply.tokens)
+        finish = reply.finish_reason
+        if len(tokens) >= request.sampling.max_tokens:
+            tokens, finish = tokens[: request.sampling.max_tokens], "length"
+        abort = self._abort_events.setdefault(request.request_id, asyncio.Event())
+        self._running.add(request.request_id)
+        prompt_tokens = len(request.prompt_token_ids)
+        try:
+            for index, text in enumerate(tokens):
+                if self.token_delay:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(abort.wait(), self.token_delay)
+                if self.dead:
+                    raise EngineDeadError("fake engine died mid-request")
+                if abort.is_set():
+                    yield TokenDelta("", (), prompt_tokens, index, "abort")
+                    return
+                last = index == len(tokens) - 1
+                yield TokenDelta(text, (index + 100,), prompt_tokens, index + 1, finish if last else None)
+            if not tokens:
+                yield TokenDelta("", (), prompt_tokens, 0, finish)
+        finally:
+            self._running.discard(request.request_id)
+            self._abort_events.pop(request.request_id, None)
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+        event = self._abort_events.get(request_id)
+        if event is not None:
+            event.set()
+        self._running.discard(request_id)
+
+    async def check_health(self) -> None:
+        if self.dead or not self.started:
+            raise EngineDeadError("fake engine is dead" if self.dead else "fake engine not started")
+
+    def stats(self) -> EngineStats:
+        return EngineStats(running=len(self._running))
+
+    async def shutdown(self) -> None:
+        self.started = False
