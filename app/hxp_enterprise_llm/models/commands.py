@@ -241,8 +241,10 @@ def add_model_commands(subparsers: argparse._SubParsersAction) -> argparse.Argum
     export.add_argument("-o", "--output", help="write to this file instead of stdout")
     export.set_defaults(func=cmd_export_sha256)
 
+    # prefix_chars="+": this parser owns no options, so every "-x" / "--help" passes through to the
+    # demo builder's own parser untouched.
     demo = commands.add_parser("fetch-demo", help="build the small demo models (no Hub needed)",
-                               add_help=False)
+                               add_help=False, prefix_chars="+")
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
     demo.set_defaults(func=cmd_fetch_demo)
 
