@@ -13,6 +13,7 @@ so a stray weight file changes the model even when all locked files are intact.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -119,16 +120,29 @@ def list_model_files(model_dir: Path) -> tuple[dict[str, os.stat_result], list[P
     """Every file under model_dir (symlinks followed, as vLLM follows them) with its stat."""
     stats: dict[str, os.stat_result] = {}
     problems: list[Problem] = []
+    seen_dirs: set[tuple[int, int]] = set()
     for root, dirs, files in os.walk(model_dir, followlinks=True):
         rel_root = Path(root).relative_to(model_dir).as_posix()
+        st_root = os.stat(root)
+        if (st_root.st_dev, st_root.st_ino) in seen_dirs:  # a symlink loop: listed already
+            dirs[:] = []
+            problems.append(Problem("extra", rel_root, "no directory symlinks back into the model",
+                                    "a symlink to a directory listed already"))
+            continue
+        seen_dirs.add((st_root.st_dev, st_root.st_ino))
         rel_root = "" if rel_root == "." else rel_root + "/"
         dirs[:] = sorted(d for d in dirs if not _is_ignored(rel_root + d))
         for name in files:
             relative = rel_root + name
             try:
-                stats[relative] = os.stat(Path(root) / name)
+                st = os.stat(Path(root) / name)
             except OSError as exc:
                 problems.append(Problem("unreadable", relative, "a readable file", exc.strerror or str(exc)))
+                continue
+            if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end when read
+                problems.append(Problem("unreadable", relative, "a regular file", "a special file"))
+                continue
+            stats[relative] = st
     return stats, problems
 
 

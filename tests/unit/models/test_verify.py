@@ -163,3 +163,17 @@ def test_serial_and_parallel_hashing_agree(locked_model: LockedModel) -> None:
                                   progress=None, raise_on_problem=False)
         kinds.append([(p.kind, p.path) for p in report.problems])
     assert kinds == [[("sha256", "config.json")]] * 2
+
+
+def test_a_fifo_in_place_of_a_file_is_reported_not_read(locked_model: LockedModel) -> None:
+    target = locked_model.model_dir / "config.json"
+    target.unlink()
+    os.mkfifo(target)
+    with pytest.raises(ModelIntegrityError, match="'config.json' in .* cannot be read: expected a regular file"):
+        verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None)
+
+
+def test_a_symlink_loop_ends_the_walk(locked_model: LockedModel) -> None:
+    (locked_model.model_dir / "nested" / "loop").symlink_to("..")
+    with pytest.raises(ModelIntegrityError, match="unexpected file 'nested/loop' in .*: expected absent"):
+        verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None)
