@@ -74,6 +74,10 @@ def cmd_download(args: argparse.Namespace) -> int:
         entry = read_lock(_lock_path(args)).find(args.name)
     except LockError as exc:
         return _fail(f"{exc}; lock it first: `hxp-llm model lock {args.name} --revision <commit>`", EXIT_LOCK)
+    try:
+        refuse_unlocked(entry)  # before fetching 14 GB that could not be verified
+    except LockError as exc:
+        return _fail(str(exc), EXIT_LOCK)
     if args.revision and args.revision != entry.revision:
         return _fail(f"models.lock pins {entry.repo_id} at {entry.revision}, not {args.revision}; to move, "
                      f"run `hxp-llm model lock {entry.name} --revision {args.revision}` first", EXIT_LOCK)

@@ -59,3 +59,12 @@ def test_fetch_demo_passes_every_argument_through_to_the_demo_builder() -> None:
     add_model_commands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["model", "fetch-demo", "--help", "--dest", "models", "--only", "x"])
     assert args.demo_args == ["--help", "--dest", "models", "--only", "x"]
+
+
+def test_download_of_an_unlocked_entry_is_refused_before_any_transfer(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code = main(["model", "download", "openchat-3.5-0106", "--models-root", str(tmp_path),
+                 "--endpoint", "http://127.0.0.1:9"])  # nothing listens there: no request may be made
+    assert code == 2
+    assert "hxp-llm model lock openchat-3.5-0106 --revision 9619fb7d" in capsys.readouterr().err
+    assert not (tmp_path / "openchat-3.5-0106").exists()
