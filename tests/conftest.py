@@ -1,0 +1,40 @@
+"""Test tiers by folder: tests/unit -> unit, tests/engine -> engine, tests/container -> container."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TIERS = ("unit", "engine", "container")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests_dir = REPO_ROOT / "tests"
+    for item in items:
+        parts = Path(str(item.path)).resolve().relative_to(tests_dir).parts
+        if parts and parts[0] in TIERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """Where scripts/setup builds the demo models (HXP_MODELS_DIR overrides)."""
+    return Path(os.environ.get("HXP_MODELS_DIR") or REPO_ROOT / "models")
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(models_dir: Path) -> Callable[[str], Path]:
+    """The directory of a built demo model; a missing one fails (scripts/setup builds them), never skips."""
+
+    def find(name: str) -> Path:
+        path = models_dir / name
+        if not (path / "config.json").is_file():
+            pytest.fail(f"demo model {path} is missing: run scripts/setup "
+                        f"(or scripts/fetch-demo-models)")
+        return path
+
+    return find
