@@ -5,11 +5,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from model_fixtures import LockedModel
 
-from conftest import LockedModel
 from hxp_enterprise_llm.models.commands import main
-
-pytestmark = pytest.mark.unit
 
 
 def test_export_sha256_is_accepted_by_real_sha256sum(locked_model: LockedModel, tmp_path: Path) -> None:

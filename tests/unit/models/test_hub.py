@@ -21,8 +21,6 @@ from hxp_enterprise_llm.models.hub import HubMetadataError, download_model, lock
 from hxp_enterprise_llm.models.lockfile import LockEntry, ModelsLock, read_lock, write_lock
 from hxp_enterprise_llm.models.verify import ModelIntegrityError, verify_model_dir
 
-pytestmark = pytest.mark.unit
-
 COMMIT = "c0ffee" + "0123456789abcdef0123456789abcdef01"
 WEIGHTS = "model.safetensors"
 # Larger than huggingface_hub's 10 MiB read chunk, so a cut after 12 MiB leaves 10 MiB on disk to resume from.

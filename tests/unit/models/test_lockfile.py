@@ -15,8 +15,6 @@ from hxp_enterprise_llm.models.lockfile import (
     write_lock,
 )
 
-pytestmark = pytest.mark.unit
-
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 

@@ -2,11 +2,7 @@ from __future__ import annotations
 
 import io
 
-import pytest
-
 from hxp_enterprise_llm.models.progress import HashProgress
-
-pytestmark = pytest.mark.unit
 
 
 def test_a_log_stream_gets_plain_lines_and_a_final_total() -> None:

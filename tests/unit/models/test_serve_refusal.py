@@ -8,10 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import LockedModel
-
-pytestmark = pytest.mark.unit
+from model_fixtures import LockedModel
 
 HXP_LLM = Path(sys.executable).parent / "hxp-llm"
 EXIT_MODEL = 3

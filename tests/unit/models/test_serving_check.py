@@ -5,15 +5,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from model_fixtures import LockedModel
 
-from conftest import LockedModel
 from hxp_enterprise_llm.models.lockfile import LockError
 from hxp_enterprise_llm.models.serving_check import PACKAGE_REPO_ROOT, resolve_lock_path, verify_model_for_serving
 from hxp_enterprise_llm.models.stamps import VerifiedStamps
 from hxp_enterprise_llm.models.verify import ModelIntegrityError, UnlockedModelError
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
-
-pytestmark = pytest.mark.unit
 
 
 def config(**overrides: object) -> OpenChat35Config:

@@ -5,13 +5,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from model_fixtures import FIXTURE_FILES, LockedModel
 
-from conftest import FIXTURE_FILES, LockedModel
 from hxp_enterprise_llm.models.lockfile import LockedFile
 from hxp_enterprise_llm.models.stamps import VerifiedStamps
 from hxp_enterprise_llm.models.verify import ModelIntegrityError, UnlockedModelError, verify_model_dir
-
-pytestmark = pytest.mark.unit
 
 WEIGHTS = "model-00001-of-00002.safetensors"
 

@@ -1,0 +1,25 @@
+"""The demo models built by `hxp-llm model fetch-demo` pass the same check `serve` runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from hxp_enterprise_llm.models.lockfile import LockEntry, read_lock
+from hxp_enterprise_llm.models.serving_check import PACKAGE_REPO_ROOT
+from hxp_enterprise_llm.models.verify import verify_model_dir
+
+DEMO_ENTRIES = [e for e in read_lock(PACKAGE_REPO_ROOT / "models.lock").models if e.revision.startswith("built:")]
+
+
+def test_the_lock_has_demo_entries() -> None:
+    assert {e.name for e in DEMO_ENTRIES} >= {"smollm2-135m-instruct", "openchat-3.5-tiny"}
+
+
+@pytest.mark.parametrize("entry", DEMO_ENTRIES, ids=[e.name for e in DEMO_ENTRIES])
+def test_a_built_demo_model_matches_its_lock_entry(entry: LockEntry, demo_model_dir: Callable[[str], Path]) -> None:
+    report = verify_model_dir(demo_model_dir(entry.name), entry, progress=None)
+    assert report.ok
+    assert report.files_checked == len(entry.files)
