@@ -1,0 +1,197 @@
+"""Admission control, timeouts, cancellation on disconnect, and drain, on a FakeEngine held by the test.
+
+A FakeEngine with a long token_delay keeps a request running until the test ends it with
+`engine.abort(id)`; no test depends on how long anything takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from api_harness import RawExchange, Served, assert_openai_error, chat_body, eventually, sse_chunks, sse_events
+
+from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
+
+pytestmark = pytest.mark.anyio
+
+HOLD = 30.0  # token_delay that keeps a request generating until the test aborts it
+
+
+def one_slot_one_queue(**settings: object) -> dict[str, object]:
+    return {"concurrent_users": 1, "max_queue_size": 1, **settings}
+
+
+async def hold(served: Served, request_id: str, **fields: object) -> asyncio.Task:
+    """Send a request in the background; it takes the free slot or a queue place."""
+    return asyncio.create_task(served.chat(chat_body(**fields), headers={"X-Request-ID": request_id}))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_full_queue_is_429_with_retry_after_before_any_sse(serve_app, stream: bool) -> None:
+    async with serve_app(FakeEngine(token_delay=HOLD), **one_slot_one_queue()) as served:
+        running = await hold(served, "running")
+        await served.started("running")
+        queued = await hold(served, "queued")
+        await eventually(lambda: served.ctx.orchestrator.waiting == 1, "second request queued")
+
+        refused = await served.chat(chat_body(stream=stream), headers={"X-Request-ID": "refused"})
+
+        await served.release("running")
+        await served.release("queued")
+        assert (await running).status_code == 200
+        assert (await queued).status_code == 200
+
+    assert_openai_error(refused, 429, code="queue_full")
+    assert int(refused.headers["retry-after"]) >= 1
+    assert "text/event-stream" not in refused.headers["content-type"]
+    assert b"data:" not in refused.content
+    assert "refused" not in [r.request_id for r in served.engine.requests]
+
+
+async def test_a_freed_slot_admits_the_queued_request(serve_app) -> None:
+    async with serve_app(FakeEngine(token_delay=HOLD), **one_slot_one_queue()) as served:
+        first = await hold(served, "first")
+        await served.started("first")
+        second = await hold(served, "second")
+        await eventually(lambda: served.ctx.orchestrator.waiting == 1, "second queued")
+        assert "second" not in [r.request_id for r in served.engine.requests]
+        await served.engine.abort("first")
+        await served.started("second")  # admitted once the first finished
+        assert served.ctx.orchestrator.waiting == 0
+        await served.engine.abort("second")
+        assert [(await t).status_code for t in (first, second)] == [200, 200]
+
+
+async def test_queue_timeout_is_503_with_retry_after(serve_app) -> None:
+    async with serve_app(FakeEngine(token_delay=HOLD), **one_slot_one_queue(queue_timeout_seconds=0.05)) as served:
+        running = await hold(served, "running")
+        await served.started("running")
+        waited = await served.chat(chat_body(stream=True))
+        assert served.ctx.orchestrator.waiting == 0
+        await served.release("running")
+        await running
+    assert_openai_error(waited, 503, code="queue_timeout")
+    assert int(waited.headers["retry-after"]) >= 1
+    assert "text/event-stream" not in waited.headers["content-type"]
+
+
+async def test_request_timeout_is_504_and_aborts_the_engine_request(serve_app) -> None:
+    async with serve_app(FakeEngine(token_delay=HOLD), connection_timeout_seconds=0.05) as served:
+        response = await served.chat(chat_body(), headers={"X-Request-ID": "slow-plain"})
+        assert served.ctx.orchestrator.running == 0
+    assert_openai_error(response, 504, code="request_timeout")
+    assert "slow-plain" in served.engine.aborted
+
+
+async def test_stream_timeout_is_an_error_frame_then_done(serve_app) -> None:
+    async with serve_app(FakeEngine(token_delay=HOLD), connection_timeout_seconds=0.05) as served:
+        response = await served.chat(chat_body(stream=True), headers={"X-Request-ID": "slow-stream"})
+        assert served.ctx.orchestrator.running == 0
+    assert response.status_code == 200  # the stream had started: the error travels inside it
+    events = sse_events(response.text)
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == "request_timeout"
+    assert set(error) == {"message", "type", "param", "code"}
+    assert "slow-stream" in served.engine.aborted
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_client_gone_mid_answer_aborts_and_frees_the_slot(serve_app, stream: bool) -> None:
+    async with serve_app(FakeEngine(token_delay=0.005), response_chunk_size=1) as served:
+        served.engine.enqueue(*("x" * 5000))
+        exchange = RawExchange(served.app, chat_body(stream=stream, max_tokens=4000), request_id="leaver").start()
+        await served.started("leaver")
+        if stream:
+            await eventually(lambda: b'"content":"x' in exchange.body, "some content streamed")
+        await eventually(lambda: served.ctx.orchestrator.running == 1, "request running")
+
+        exchange.hang_up.set()
+
+        await eventually(lambda: "leaver" in served.engine.aborted, "engine request aborted")
+        await eventually(lambda: served.ctx.orchestrator.running == 0, "slot released")
+        await exchange.finished()
+        assert served.engine.stats().running == 0
+        assert (await served.chat(chat_body())).status_code == 200  # the service still serves
+
+
+async def test_queued_client_gone_frees_its_queue_place(serve_app) -> None:
+    async with serve_app(FakeEngine(token_delay=HOLD), **one_slot_one_queue()) as served:
+        running = await hold(served, "running")
+        await served.started("running")
+        leaver = RawExchange(served.app, chat_body(stream=True), request_id="queued-leaver").start()
+        await eventually(lambda: served.ctx.orchestrator.waiting == 1, "request queued")
+
+        leaver.hang_up.set()
+        await eventually(lambda: served.ctx.orchestrator.waiting == 0, "queue place freed")
+        await leaver.finished()
+
+        # The place is free again: another request queues instead of getting 429.
+        next_in_line = await hold(served, "next")
+        await eventually(lambda: served.ctx.orchestrator.waiting == 1, "next request queued")
+        await served.release("running")
+        await served.release("next")
+        assert [(await t).status_code for t in (running, next_in_line)] == [200, 200]
+    assert "queued-leaver" not in [r.request_id for r in served.engine.requests]
+    assert leaver.status != 200
+
+
+async def test_drain_refuses_new_requests_and_lets_running_ones_finish(serve_app) -> None:
+    async with serve_app() as served:
+        served.engine.enqueue(*"finishing")
+        # A client that is not reading yet keeps its stream (and its slot) open until the gate opens.
+        running = RawExchange(served.app, chat_body(stream=True, max_tokens=50), request_id="running")
+        running.gate.clear()
+        running.start()
+        await eventually(lambda: served.ctx.orchestrator.running == 1, "stream holding its slot")
+
+        drain = asyncio.create_task(served.ctx.orchestrator.drain(timeout=30))
+        await eventually(lambda: served.ctx.orchestrator.draining, "draining")
+        refused = await served.chat(chat_body())
+        refused_stream = await served.chat(chat_body(stream=True))
+        assert not drain.done()
+
+        running.gate.set()
+        await running.finished()
+        assert await asyncio.wait_for(drain, 10) is True
+
+    assert_openai_error(refused, 503, code="draining")
+    assert int(refused.headers["retry-after"]) >= 1
+    assert_openai_error(refused_stream, 503, code="draining")
+    assert running.status == 200
+    chunks = sse_chunks(running.text)
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "finishing"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_drain_times_out_when_a_request_does_not_finish(serve_app) -> None:
+    async with serve_app(FakeEngine(token_delay=HOLD)) as served:
+        running = await hold(served, "running")
+        await served.started("running")
+        assert await served.ctx.orchestrator.drain(timeout=0.01) is False
+        await served.release("running")
+        assert (await running).status_code == 200
+
+
+async def test_engine_dying_mid_answer_is_a_server_error_not_a_hang(serve_app) -> None:
+    async with serve_app(FakeEngine(token_delay=0.01)) as served:
+        served.engine.enqueue(*("x" * 5000))
+        served.engine.enqueue(*("y" * 5000))
+        plain = RawExchange(served.app, chat_body(max_tokens=4000), request_id="plain").start()
+        stream = RawExchange(served.app, chat_body(stream=True, max_tokens=4000), request_id="stream").start()
+        await served.started("plain")
+        await served.started("stream")
+        served.engine.kill()
+        await plain.finished()
+        await stream.finished()
+        assert served.ctx.orchestrator.running == 0
+
+    assert plain.status == 500
+    error = json.loads(plain.text)["error"]
+    assert error["code"] == "engine_error"
+    assert stream.status == 200
+    events = sse_events(stream.text)
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["code"] == "engine_error"

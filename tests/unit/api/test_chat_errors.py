@@ -1,0 +1,201 @@
+"""Every bad request gets its status and an OpenAI error body; client input never causes a 500."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from api_harness import CHAT, MODEL, Served, assert_openai_error, chat_body
+
+from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
+
+pytestmark = pytest.mark.anyio
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+async def post_raw(served: Served, body: bytes) -> Any:
+    return await served.client.post(CHAT, content=body, headers={"content-type": "application/json"})
+
+
+async def test_malformed_json_is_400(served: Served) -> None:
+    error = assert_openai_error(await post_raw(served, b'{"model": "openchat-3.5", "messages": [}'), 400)
+    assert error["type"] == "invalid_request_error"
+
+
+async def test_missing_messages_is_400_naming_messages(served: Served) -> None:
+    error = assert_openai_error(await served.chat({"model": MODEL}), 400, param="messages")
+    assert "messages" in error["message"]
+
+
+async def test_missing_model_is_400_naming_model(served: Served) -> None:
+    assert_openai_error(await served.chat({"messages": MESSAGES}), 400, param="model")
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("max_tokens", "5"),  # strict: a string is not coerced
+    ("max_tokens", 0),
+    ("max_tokens", 2.5),
+    ("max_completion_tokens", -1),
+    ("temperature", 3),
+    ("temperature", -0.1),
+    ("temperature", "hot"),
+    ("top_p", 0),
+    ("top_p", 1.5),
+    ("top_k", -2),
+    ("presence_penalty", 2.5),
+    ("frequency_penalty", -3),
+    ("stream", "yes"),
+    ("seed", "x"),
+])
+async def test_bad_field_is_400_naming_it(served: Served, field: str, value: Any) -> None:
+    error = assert_openai_error(await served.chat(chat_body(**{field: value})), 400, param=field)
+    assert field in error["message"]
+
+
+async def test_n_above_one_is_rejected_clearly(served: Served) -> None:
+    error = assert_openai_error(await served.chat(chat_body(n=2)), 400, param="n")
+    assert "n=1" in error["message"]
+
+
+@pytest.mark.parametrize("unsupported", [{"logprobs": True}, {"tools": [{"type": "function"}]}])
+async def test_unsupported_features_are_400(served: Served, unsupported: dict[str, Any]) -> None:
+    (field,) = unsupported
+    assert_openai_error(await served.chat(chat_body(**unsupported)), 400, param=field)
+
+
+async def test_empty_messages_is_400(served: Served) -> None:
+    assert_openai_error(await served.chat({"model": MODEL, "messages": []}), 400, param="messages")
+
+
+async def test_unknown_role_is_400(served: Served) -> None:
+    error = assert_openai_error(await served.chat({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}),
+                                400)
+    assert error["param"] is not None
+    assert error["param"].startswith("messages")
+
+
+async def test_non_text_content_part_is_400(served: Served) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}
+    error = assert_openai_error(await served.chat(body), 400)
+    assert "image_url" in error["message"]
+
+
+async def test_text_content_parts_are_accepted(served: Served) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
+    assert (await served.chat(body)).status_code == 200
+
+
+async def test_unknown_model_is_404_naming_model(served: Served) -> None:
+    error = assert_openai_error(await served.chat(chat_body(model="gpt-4")), 404, param="model",
+                                code="model_not_found")
+    assert "gpt-4" in error["message"]
+
+
+async def test_model_may_be_named_by_its_full_name(served: Served) -> None:
+    response = await served.chat(chat_body(model=served.ctx.config.model_name))
+    assert response.status_code == 200, response.text
+
+
+async def test_prompt_plus_max_tokens_over_context_is_400_with_the_numbers(served: Served) -> None:
+    response = await served.chat(chat_body(max_tokens=5000))
+    error = assert_openai_error(response, 400, code="context_length_exceeded")
+    prompt_tokens = len(served.ctx.service.prepare([{"role": "user", "content": "hi"}], max_tokens=1)
+                        .prompt_token_ids)
+    for number in (4096, 5000, prompt_tokens, prompt_tokens + 5000):
+        assert str(number) in error["message"], error["message"]
+    assert served.engine.requests == [], "an over-long request reached the engine"
+
+
+async def test_prompt_alone_over_context_is_400(serve_app) -> None:
+    async with serve_app(max_model_len=64) as served:
+        response = await served.chat(chat_body("x" * 100))
+    error = assert_openai_error(response, 400, code="context_length_exceeded")
+    assert "64" in error["message"]
+
+
+async def test_body_over_limit_is_413(serve_app) -> None:
+    async with serve_app(max_request_body_bytes=1024) as served:
+        declared = await served.chat(chat_body("x" * 2000))
+
+        async def undeclared_length():  # chunked upload: no content-length to refuse up front
+            yield json.dumps(chat_body("y" * 1000))[:600].encode()
+            yield b"z" * 1000
+
+        streamed = await served.client.post(CHAT, content=undeclared_length(),
+                                            headers={"content-type": "application/json"})
+        small = await served.chat(chat_body("fits"))
+    assert_openai_error(declared, 413)
+    assert_openai_error(streamed, 413)
+    assert small.status_code == 200
+
+
+async def test_unknown_route_is_404_json(served: Served) -> None:
+    assert_openai_error(await served.client.get("/v1/nothing-here"), 404)
+
+
+async def test_wrong_method_is_405_json(served: Served) -> None:
+    assert_openai_error(await served.client.get(CHAT), 405)
+
+
+async def test_stream_options_without_stream_is_400(served: Served) -> None:
+    assert_openai_error(await served.chat(chat_body(stream_options={"include_usage": True})), 400,
+                        param="stream_options")
+
+
+async def test_stream_when_streaming_disabled_is_400(serve_app) -> None:
+    async with serve_app(streaming_enabled=False) as served:
+        response = await served.chat(chat_body(stream=True))
+    assert_openai_error(response, 400, param="stream")
+
+
+async def test_api_is_503_and_health_loading_while_the_model_loads(serve_app) -> None:
+    async with serve_app(FakeEngine(start_delay=60), wait_ready=False) as served:
+        chat = await served.chat(chat_body())
+        stream = await served.chat(chat_body(stream=True))
+        health = await served.client.get("/health")
+    error = assert_openai_error(chat, 503)
+    assert "loading" in error["message"]
+    assert int(chat.headers["retry-after"]) >= 1
+    assert_openai_error(stream, 503)
+    assert health.status_code == 503
+    assert health.json()["status"] == "loading"
+
+
+ODD_BODIES: list[bytes] = [
+    b"", b"null", b"[]", b'"str"', b"42", b"true", b"{", b"\xff\xfe\x00", b'{"messages": null}',
+    b'{"model": "openchat-3.5", "messages": null}',
+    b'{"model": "openchat-3.5", "messages": "hi"}',
+    b'{"model": "openchat-3.5", "messages": [null]}',
+    b'{"model": "openchat-3.5", "messages": [[]]}',
+    b'{"model": "openchat-3.5", "messages": [{"role": "user"}]}',
+    b'{"model": "openchat-3.5", "messages": [{"content": "hi"}]}',
+    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": 5}]}',
+    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": {"text": "hi"}}]}',
+    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": [{"text": "hi"}]}]}',
+    b'{"model": "openchat-3.5", "messages": [{"role": 1, "content": "hi"}]}',
+    b'{"model": ["openchat-3.5"], "messages": [{"role": "user", "content": "hi"}]}',
+    b'{"model": null, "messages": [{"role": "user", "content": "hi"}]}',
+    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": "hi"}], "stop": [1, 2]}',
+    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": "hi"}], "stop": ["a","b","c","d","e"]}',
+    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": "hi"}], "stream_options": 1,'
+    b' "stream": true}',
+    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e3}',
+    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": true}',
+    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": '
+    + b"9" * 40 + b"}",
+    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
+    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": "hi"}], "temperature": Infinity}',
+    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": "hi"}], "n": 0}',
+    b'{"model": "openchat-3.5", "messages": ' + b"[" * 200 + b"]" * 200 + b"}",
+    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": "hi"}]} trailing',
+]
+
+
+@pytest.mark.parametrize("body", ODD_BODIES, ids=range(len(ODD_BODIES)))
+async def test_odd_bodies_get_a_4xx_openai_error(served: Served, body: bytes) -> None:
+    response = await post_raw(served, body)
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    assert_openai_error(response, response.status_code)
+    assert served.engine.requests == [], "an invalid request reached the engine"

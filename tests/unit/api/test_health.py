@@ -1,0 +1,98 @@
+"""/health tells the truth (loading, ready, draining, failed); /health/live never touches the engine."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from api_harness import MODEL, Served, assert_openai_error, chat_body, eventually
+
+from hxp_enterprise_llm.api.app import EXIT_ENGINE_FAILED
+from hxp_enterprise_llm.api.health import ServiceState
+from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_health_when_ready(served: Served) -> None:
+    before = time.time()
+    response = await served.client.get("/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "healthy"
+    assert body["model"] == MODEL
+    assert body["context_length"] == 4096
+    assert body["streaming"] is True
+    assert isinstance(body["timestamp"], float)
+    assert body["timestamp"] >= before - 1
+
+
+async def test_health_reports_configured_context_length(serve_app) -> None:
+    async with serve_app(max_model_len=2048, streaming_enabled=False) as served:
+        body = (await served.client.get("/health")).json()
+    assert (body["context_length"], body["streaming"]) == (2048, False)
+
+
+async def test_liveness_is_open_in_every_state(serve_app) -> None:
+    async with serve_app(FakeEngine(start_delay=60), wait_ready=False) as served:
+        loading = await served.client.get("/health/live")
+    assert loading.status_code == 200
+    assert loading.json()["status"] == "alive"
+
+
+async def test_killed_engine_turns_health_failed_and_calls_on_fatal(serve_app) -> None:
+    async with serve_app(health_check_interval=0.02) as served:
+        assert (await served.client.get("/health")).status_code == 200
+        served.engine.kill()
+
+        await eventually(lambda: served.fatal_calls, "on_fatal called")
+        health = await served.client.get("/health")
+        live = await served.client.get("/health/live")
+        chat = await served.chat(chat_body())
+    assert health.status_code == 503
+    assert health.json()["status"] == "failed"
+    assert "health check failed" in health.json()["detail"]
+    assert [code for code, _ in served.fatal_calls] == [EXIT_ENGINE_FAILED] == [4]
+    assert live.status_code == 200
+    assert_openai_error(chat, 503)
+
+
+async def test_engine_that_fails_to_start_is_failed_and_fatal(serve_app) -> None:
+    async with serve_app(FakeEngine(fail_start=True), wait_ready=False) as served:
+        await eventually(lambda: served.fatal_calls, "on_fatal called")
+        health = await served.client.get("/health")
+        chat = await served.chat(chat_body())
+    assert health.status_code == 503
+    assert health.json()["status"] == "failed"
+    assert served.fatal_calls[0][0] == EXIT_ENGINE_FAILED
+    assert "fail at start" in served.fatal_calls[0][1]
+    assert_openai_error(chat, 503)
+
+
+async def test_model_load_timeout_is_failed_and_fatal(serve_app) -> None:
+    async with serve_app(FakeEngine(start_delay=60), wait_ready=False, model_load_timeout_seconds=0.02) as served:
+        await eventually(lambda: served.fatal_calls, "on_fatal called")
+        health = await served.client.get("/health")
+    assert health.status_code == 503
+    assert health.json()["status"] == "failed"
+    assert served.fatal_calls[0][0] == EXIT_ENGINE_FAILED
+
+
+async def test_draining_service_is_503_draining(served: Served) -> None:
+    served.ctx.health.set(ServiceState.DRAINING, "shutting down")
+    health = await served.client.get("/health")
+    assert health.status_code == 503
+    assert health.json()["status"] == "draining"
+    assert (await served.client.get("/health/live")).status_code == 200
+
+
+async def test_models_endpoints(served: Served) -> None:
+    listing = await served.client.get("/v1/models")
+    assert listing.status_code == 200
+    assert listing.json()["object"] == "list"
+    assert [m["id"] for m in listing.json()["data"]] == [MODEL]
+    card = await served.client.get(f"/v1/models/{MODEL}")
+    assert card.status_code == 200
+    assert card.json()["id"] == MODEL
+    assert card.json()["max_model_len"] == 4096
+    assert_openai_error(await served.client.get("/v1/models/gpt-4"), 404, param="model")

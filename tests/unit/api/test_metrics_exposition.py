@@ -1,0 +1,130 @@
+"""Prometheus exposition and /metrics/streaming agree with the requests the test made."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+from api_harness import RawExchange, Served, chat_body, eventually
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from hxp_enterprise_llm.api.metrics import render_metrics
+from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
+
+pytestmark = pytest.mark.anyio
+
+HISTOGRAMS = ("openchat_time_to_first_token_seconds", "openchat_inter_token_latency_seconds",
+              "openchat_e2e_request_latency_seconds", "openchat_queue_wait_seconds")
+
+
+def scrape(served: Served) -> dict[str, list[Sample]]:
+    """Samples by family name, parsed as Prometheus would (a parse error fails the test)."""
+    text = render_metrics(served.ctx.metrics.registry).decode()
+    return {family.name: family.samples for family in text_string_to_metric_families(text)}
+
+
+def total(samples: list[Sample], name: str, **labels: str) -> float:
+    return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
+
+
+def assert_buckets_monotonic(samples: list[Sample], family: str) -> None:
+    series: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
+    for sample in samples:
+        if sample.name == f"{family}_bucket":
+            key = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
+            series[key].append((float(sample.labels["le"]), sample.value))
+    assert series, f"{family} has no buckets"
+    for key, buckets in series.items():
+        counts = [count for _, count in sorted(buckets)]
+        assert counts == sorted(counts), f"{family}{dict(key)} buckets decrease: {counts}"
+        assert sorted(buckets)[-1][0] == float("inf")
+        assert counts[-1] == total(samples, f"{family}_count", **dict(key))
+
+
+async def test_counts_and_histograms_match_the_requests_made(serve_app) -> None:
+    async with serve_app(target_latency_ms=600_000) as served:
+        for stream in (False, False, True, False, True):
+            served.engine.enqueue(*"twelve token", finish_reason="stop")
+            response = await served.chat(chat_body(stream=stream, max_tokens=100))
+            assert response.status_code == 200
+        families = scrape(served)
+    made = 5
+    requests = families["openchat_requests"]
+    assert total(requests, "openchat_requests_total") == made
+    assert total(requests, "openchat_requests_total", status="200", finish_reason="stop",
+                 model="openchat-3.5") == made
+    for family in ("openchat_time_to_first_token_seconds", "openchat_e2e_request_latency_seconds",
+                   "openchat_queue_wait_seconds"):
+        assert total(families[family], f"{family}_count") == made, family
+    # 12 tokens per request: the first has a TTFT, the other 11 each an inter-token gap.
+    assert total(families["openchat_inter_token_latency_seconds"],
+                 "openchat_inter_token_latency_seconds_count") == made * 11
+    for family in HISTOGRAMS:
+        assert_buckets_monotonic(families[family], family)
+    assert total(families["openchat_completion_tokens"], "openchat_completion_tokens_total") == made * 12
+    assert total(families["openchat_prompt_tokens"], "openchat_prompt_tokens_total") == sum(
+        len(r.prompt_token_ids) for r in served.engine.requests)
+    assert total(families["openchat_slo_requests"], "openchat_slo_requests_total") == made
+    assert total(families["openchat_slo_met_requests"], "openchat_slo_met_requests_total") == made
+    assert total(families["openchat_stream_chunks"], "openchat_stream_chunks_total") > 0
+    assert total(families["openchat_requests_running"], "openchat_requests_running") == 0
+    assert total(families["openchat_process_resident_memory_bytes"],
+                 "openchat_process_resident_memory_bytes") > 0
+    assert "openchat_model_load_seconds" in families
+
+
+async def test_a_timed_out_request_counts_against_the_slo(serve_app) -> None:
+    async with serve_app(FakeEngine(token_delay=30), target_latency_ms=600_000,
+                         connection_timeout_seconds=0.02) as served:
+        assert (await served.chat(chat_body())).status_code == 504
+        families = scrape(served)
+    assert total(families["openchat_slo_requests"], "openchat_slo_requests_total") == 1
+    assert total(families["openchat_slo_met_requests"], "openchat_slo_met_requests_total") == 0
+    assert total(families["openchat_rejections"], "openchat_rejections_total", reason="timeout") == 1
+    assert total(families["openchat_requests"], "openchat_requests_total", status="504") == 1
+
+
+async def test_rejections_by_reason(serve_app) -> None:
+    async with serve_app(FakeEngine(token_delay=30), concurrent_users=1, max_queue_size=0) as served:
+        holder = RawExchange(served.app, chat_body(), request_id="holder").start()
+        await served.started("holder")
+        assert (await served.chat(chat_body())).status_code == 429
+        assert (await served.chat(chat_body(temperature=9))).status_code == 400
+        await served.release("holder")
+        await holder.finished()
+        families = scrape(served)
+    rejections = families["openchat_rejections"]
+    assert total(rejections, "openchat_rejections_total", reason="queue_full") == 1
+    assert total(rejections, "openchat_rejections_total", reason="invalid") == 1
+    assert total(families["openchat_requests"], "openchat_requests_total", status="429") == 1
+
+
+async def test_client_disconnect_is_counted(serve_app) -> None:
+    async with serve_app(FakeEngine(token_delay=30)) as served:
+        leaver = RawExchange(served.app, chat_body(stream=True), request_id="leaver").start()
+        await served.started("leaver")
+        leaver.hang_up.set()
+        await leaver.finished()
+        await eventually(lambda: served.ctx.orchestrator.running == 0, "slot released")
+        families = scrape(served)
+    assert total(families["openchat_client_disconnects"], "openchat_client_disconnects_total") == 1
+    # A request the client abandoned says nothing about the latency SLO.
+    assert total(families["openchat_slo_requests"], "openchat_slo_requests_total") == 0
+
+
+async def test_streaming_metrics_json_agrees_with_the_streams_made(serve_app) -> None:
+    async with serve_app(target_latency_ms=600_000) as served:
+        for stream in (True, False, True, True):
+            assert (await served.chat(chat_body(stream=stream))).status_code == 200
+        response = await served.client.get("/metrics/streaming")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["streams_completed"] == 3
+    assert body["streams_completed_total"] == 3
+    assert body["active_streams"] == 0
+    assert body["slo"]["requests"] == 3
+    assert body["slo"]["met"] == 3
+    assert body["slo"]["attainment"] == 1.0
+    assert body["time_to_first_token"]["p50_ms"] is not None
+    assert body["tokens_per_second"] > 0

@@ -1,0 +1,151 @@
+"""SSE streams as OpenAI clients parse them: frame format and order, chunking, usage, multi-byte text."""
+
+from __future__ import annotations
+
+import json
+import string
+
+import pytest
+from api_harness import (
+    MODEL,
+    Served,
+    chat_body,
+    content_frames,
+    sse_chunks,
+    sse_events,
+    streamed_text,
+)
+
+from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_stream_frames_are_openai_chunks_in_order(served: Served) -> None:
+    reply = list("Hello there, streaming world.")
+    served.engine.enqueue(*reply)
+    response = await served.chat(chat_body(stream=True, max_tokens=100))
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["x-accel-buffering"] == "no"
+    events = sse_events(response.text)
+    assert events[-1] == "[DONE]"
+    assert response.text.rstrip("\n").endswith("data: [DONE]")
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert all("role" not in c["choices"][0]["delta"] for c in chunks[1:])
+    assert len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["id"].startswith("chatcmpl-")
+    for chunk in chunks:
+        assert chunk["object"] == "chat.completion.chunk"
+        assert chunk["model"] == MODEL
+        assert isinstance(chunk["created"], int)
+        assert chunk["created"] > 0
+    finish_reasons = [c["choices"][0]["finish_reason"] for c in chunks]
+    assert finish_reasons[-1] == "stop"
+    assert all(reason is None for reason in finish_reasons[:-1])
+    assert all(c.get("usage") is None for c in chunks), "usage frame sent without include_usage"
+    assert streamed_text(chunks) == "".join(reply)
+
+
+async def test_usage_frame_only_with_include_usage(served: Served) -> None:
+    served.engine.enqueue(*"abcdef")
+    with_usage = sse_chunks((await served.chat(chat_body(
+        stream=True, max_tokens=50, stream_options={"include_usage": True}))).text)
+    served.engine.enqueue(*"abcdef")
+    without = sse_chunks((await served.chat(chat_body(
+        stream=True, max_tokens=50, stream_options={"include_usage": False}))).text)
+
+    usage_chunk = with_usage[-1]
+    assert usage_chunk["choices"] == []
+    assert usage_chunk["id"] == with_usage[0]["id"]
+    usage = usage_chunk["usage"]
+    prompt_tokens = len(served.engine.requests[0].prompt_token_ids)
+    assert usage == {"prompt_tokens": prompt_tokens, "completion_tokens": 6, "total_tokens": prompt_tokens + 6}
+    assert with_usage[-2]["choices"][0]["finish_reason"] == "stop"
+    assert all(c["choices"] for c in without)
+    assert all(c.get("usage") is None for c in without)
+
+
+async def test_finish_reason_length_when_max_tokens_cuts_the_reply(served: Served) -> None:
+    served.engine.enqueue(*"abcdefghij")
+    chunks = sse_chunks((await served.chat(chat_body(stream=True, max_tokens=4))).text)
+    assert streamed_text(chunks) == "abcd"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize("tokens", [35, 31, 12])
+async def test_first_token_alone_then_chunks_of_response_chunk_size(serve_app, tokens: int) -> None:
+    reply = [string.ascii_letters[i % 52] for i in range(tokens)]
+    async with serve_app(response_chunk_size=10, low_latency_mode=False) as served:
+        served.engine.enqueue(*reply)
+        chunks = sse_chunks((await served.chat(chat_body(stream=True, max_tokens=200))).text)
+
+    sizes = [len(c["choices"][0]["delta"].get("content", "")) for c in content_frames(chunks)]
+    assert chunks[0]["choices"][0]["delta"]["content"] == ""  # the role frame carries no text
+    assert sizes[0] == 1, f"first token not flushed alone: {sizes}"
+    assert all(size == 10 for size in sizes[1:-1]), sizes
+    assert 1 <= sizes[-1] <= 10, sizes
+    assert sum(sizes) == tokens
+    assert streamed_text(chunks) == "".join(reply)
+
+
+async def test_chunk_size_is_configurable(serve_app) -> None:
+    async with serve_app(response_chunk_size=3, low_latency_mode=False) as served:
+        served.engine.enqueue(*"abcdefghijk")
+        chunks = sse_chunks((await served.chat(chat_body(stream=True, max_tokens=200))).text)
+    assert [c["choices"][0]["delta"].get("content") for c in content_frames(chunks)] == [
+        "a", "bcd", "efg", "hij", "k"]
+
+
+async def test_low_latency_mode_flushes_partial_chunks_of_a_slow_engine(serve_app) -> None:
+    # A token every 50 ms against a 1 ms flush budget: each token is sent without waiting for 10.
+    async with serve_app(FakeEngine(token_delay=0.05), response_chunk_size=10, low_latency_mode=True,
+                         stream_flush_interval_ms=1) as served:
+        served.engine.enqueue(*"abcde")
+        chunks = sse_chunks((await served.chat(chat_body(stream=True, max_tokens=50))).text)
+    texts = [c["choices"][0]["delta"].get("content") for c in content_frames(chunks)]
+    assert "".join(t or "" for t in texts) == "abcde"
+    assert len(texts) >= 4, f"tokens were batched despite low_latency_mode: {texts}"
+
+
+@pytest.mark.parametrize("tokens", [
+    ["\ufffd", "é", "x", "y"],  # an incomplete character as the very first token
+    ["a", *"bcdefghij", "\ufffd", "é", *"xyz"],  # an incomplete character at a chunk boundary
+    ["a", "\ufffd", "é"],
+])
+async def test_no_frame_ends_inside_a_multibyte_character(serve_app, tokens: list[str]) -> None:
+    async with serve_app(response_chunk_size=10, low_latency_mode=False) as served:
+        served.engine.enqueue(*tokens)
+        chunks = sse_chunks((await served.chat(chat_body(stream=True, max_tokens=100))).text)
+    texts = [c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]]
+    assert not any(text.endswith("\ufffd") for text in texts), texts
+    assert "".join(texts) == "".join(tokens)
+
+
+async def test_non_streaming_answer_has_openai_shape(served: Served) -> None:
+    served.engine.enqueue(*"Hi there")
+    response = await served.chat(chat_body(max_tokens=50))
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "chat.completion"
+    assert body["id"].startswith("chatcmpl-")
+    assert body["model"] == MODEL
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "Hi there"}
+    assert body["choices"][0]["finish_reason"] == "stop"
+    prompt_tokens = len(served.engine.requests[0].prompt_token_ids)
+    assert body["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": 8,
+                             "total_tokens": prompt_tokens + 8}
+
+
+async def test_sampling_parameters_reach_the_engine(served: Served) -> None:
+    response = await served.chat(chat_body(max_completion_tokens=7, temperature=0.25, top_p=0.5, top_k=20,
+                                           seed=11, stop=["END", "STOP"], presence_penalty=0.5,
+                                           frequency_penalty=-0.5))
+    assert response.status_code == 200, response.text
+    sampling = served.engine.requests[0].sampling
+    assert (sampling.max_tokens, sampling.temperature, sampling.top_p, sampling.top_k, sampling.seed) == (
+        7, 0.25, 0.5, 20, 11)
+    assert sampling.stop == ("END", "STOP")
+    assert (sampling.presence_penalty, sampling.frequency_penalty) == (0.5, -0.5)
