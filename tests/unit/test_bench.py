@@ -289,3 +289,52 @@ def test_cli_exits_2_when_server_unreachable(capsys: pytest.CaptureFixture[str])
         port = sock.getsockname()[1]
     assert bench_main(["--base-url", f"http://127.0.0.1:{port}", "-n", "1", "--quiet"]) == EXIT_ERRORS
     assert "could not run" in capsys.readouterr().err
+
+
+# --- scripts/bench's parts: server processes and the comparison table -------------------------
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_managed_server_waits_for_health_and_stops_its_process(tmp_path: Path) -> None:
+    import sys
+
+    from hxp_enterprise_llm.bench.servers import ManagedServer
+
+    port = _free_port()
+    server = ManagedServer("static", [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)],
+                           f"http://127.0.0.1:{port}/", tmp_path / "static.log")
+    with server:
+        server.wait_healthy(timeout_s=60, poll_s=0.05)
+        process = server.process
+        assert process is not None
+        assert process.poll() is None
+    assert process.poll() is not None
+
+
+def test_managed_server_reports_an_early_exit_with_its_log(tmp_path: Path) -> None:
+    import sys
+
+    from hxp_enterprise_llm.bench.servers import ManagedServer, ServerFailed
+
+    argv = [sys.executable, "-c", "print('model missing'); raise SystemExit(3)"]
+    with ManagedServer("broken", argv, "http://127.0.0.1:9/health", tmp_path / "b.log") as server, \
+            pytest.raises(ServerFailed, match=r"(?s)exited with code 3.*model missing"):
+        server.wait_healthy(timeout_s=60, poll_s=0.05)
+
+
+def test_comparison_table_gives_ours_over_peer() -> None:
+    from hxp_enterprise_llm.bench.compare import ServerRun, comparison_table
+
+    ours = ServerRun("ours", 20.0, {"s": summarize([_result(0.5), _result(0.5)], 1.0)}, {})
+    peer = ServerRun("vllm serve", 80.0, {"s": summarize([_result(1.0), _result(1.0)], 2.0)}, {})
+    table = comparison_table(ours, peer)
+    assert "0.25  lower" in table  # ready 20 s vs 80 s
+    assert "2.00  higher" in table  # 2 req/s vs 1 req/s
+    assert "0.50  lower" in table  # E2E 500 ms vs 1000 ms
+    assert "TTFT" not in table  # neither run streamed: no TTFT rows

@@ -24,7 +24,7 @@ def _version_with_cpu_alias(real_version: Callable[[str], str]) -> Callable[[str
 
 
 def main() -> int:
-    importlib.metadata.version = _version_with_cpu_alias(importlib.metadata.version)
+    importlib.metadata.version = _version_with_cpu_alias(importlib.metadata.version)  # type: ignore[assignment]
     from vllm.entrypoints.cli.main import main as vllm_main  # heavy: only once the alias is in place
 
     sys.argv[0] = "vllm"
