@@ -126,7 +126,7 @@ def _prepare(ctx: AppContext, chat: ChatCompletionRequest, request_id: str) -> G
         max_tokens=chat.requested_max_tokens(), temperature=chat.temperature, top_p=chat.top_p,
         top_k=chat.top_k, seed=chat.seed, stop=chat.stop_sequences(),
         presence_penalty=chat.presence_penalty, frequency_penalty=chat.frequency_penalty,
-        request_id=request_id)
+        logit_bias=chat.token_biases(), request_id=request_id)
 
 
 @router.post("/v1/chat/completions", response_model=None)

@@ -55,6 +55,7 @@ class ChatCompletionRequest(BaseModel):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     model: str
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     logprobs: bool = False
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -79,12 +80,18 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("logprobs: not supported by this service")
         if self.tools:
             raise ValueError("tools: tool calling is not supported by this model")
+        for token in self.logit_bias or {}:
+            if not token.isdigit():
+                raise ValueError(f"logit_bias: keys must be token ids, got {token!r}")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options: only allowed when stream is true")
         return self
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def token_biases(self) -> tuple[tuple[int, float], ...]:
+        return tuple((int(token), bias) for token, bias in (self.logit_bias or {}).items())
 
     def stop_sequences(self) -> tuple[str, ...]:
         if self.stop is None:

@@ -36,6 +36,7 @@ class SamplingOptions:
     stop_token_ids: tuple[int, ...] = ()
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) as OpenAI's logit_bias
 
 
 @dataclass(frozen=True)

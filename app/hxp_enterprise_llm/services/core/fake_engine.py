@@ -27,6 +27,9 @@ class CharTokenizer:
     bos_token_id = 1
     eos_token_id = 2
 
+    def __len__(self) -> int:
+        return 0x110000 + 3
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         ids = [ord(ch) + 3 for ch in text]
         return [self.bos_token_id, *ids] if add_special_tokens else ids

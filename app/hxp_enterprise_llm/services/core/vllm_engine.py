@@ -23,9 +23,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def engine_args_from_config(config: ModelConfigSchema) -> dict[str, Any]:
+GIB = 1 << 30
+
+
+def engine_args_from_config(config: ModelConfigSchema, on_cpu: bool = False) -> dict[str, Any]:
     """The AsyncEngineArgs keywords this config asks for (kept separate so it can be tested without vLLM)."""
-    return {
+    args: dict[str, Any] = {
         "model": str(config.model_path),
         "served_model_name": [config.served_model_name],
         "tokenizer": str(config.model_path),
@@ -42,6 +45,11 @@ def engine_args_from_config(config: ModelConfigSchema) -> dict[str, Any]:
         "disable_log_stats": False,
         "enable_log_requests": False,
     }
+    if on_cpu:
+        # On CPU, vLLM reads gpu_memory_utilization as a share of *host* RAM that must be free at
+        # start (wrong inside a memory-limited container); an explicit KV cache size replaces that.
+        args["kv_cache_memory_bytes"] = int(config.kv_cache_space_gb * GIB)
+    return args
 
 
 class VllmEngine:
@@ -66,22 +74,25 @@ class VllmEngine:
         # Offline by construction: the model is local and verified; a Hub lookup would only hang.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        # On CPU hosts vLLM sizes the KV cache from this variable and ignores gpu_memory_utilization.
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self._config.kv_cache_space_gb:g}")
         if self._config.swap_space:
             logger.warning("swap_space=%s is ignored: vLLM 0.32 has no CPU swap space for the KV cache",
                            self._config.swap_space)
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        args = AsyncEngineArgs(**engine_args_from_config(self._config))
         try:
-            # Building the engine blocks (it spawns the engine core and waits for it): keep the
-            # event loop free so /health can answer "loading" meanwhile.
-            self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+            # Importing vLLM and building the engine both block for many seconds (the engine core is
+            # spawned and waited for): do it off the event loop so /health answers "loading" meanwhile.
+            self._llm = await asyncio.to_thread(self._build)
         except Exception as exc:
             raise EngineError(f"vLLM engine failed to start: {type(exc).__name__}: {exc}") from exc
         self._tokenizer = self._llm.get_tokenizer()
+
+    def _build(self) -> Any:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from vllm.platforms import current_platform
+
+        on_cpu = current_platform.is_cpu()
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args_from_config(self._config, on_cpu)))
 
     def get_tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
@@ -104,6 +115,7 @@ class VllmEngine:
             stop_token_ids=list(options.stop_token_ids) or None,
             presence_penalty=options.presence_penalty,
             frequency_penalty=options.frequency_penalty,
+            logit_bias=dict(options.logit_bias) or None,
             output_kind=RequestOutputKind.DELTA,
         )
         prompt_tokens = len(request.prompt_token_ids)

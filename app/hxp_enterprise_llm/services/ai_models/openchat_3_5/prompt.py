@@ -30,6 +30,7 @@ class PromptMessage:
 class PromptBuilder(Protocol):
     stop_token_ids: tuple[int, ...]
     strip_leading_space: bool
+    vocab_size: int
 
     def build(self, messages: Sequence[PromptMessage]) -> list[int]: ...
 
@@ -43,6 +44,7 @@ class OpenChatPromptBuilder:
 
     def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
+        self.vocab_size = len(tokenizer)
         self._bos = int(tokenizer.bos_token_id)
         self._eot = int(tokenizer.convert_tokens_to_ids(END_OF_TURN))
         if self._eot != END_OF_TURN_ID:
@@ -76,6 +78,7 @@ class ChatTemplatePromptBuilder:
 
     def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
+        self.vocab_size = len(tokenizer)
         eos = getattr(tokenizer, "eos_token_id", None)
         self.stop_token_ids: tuple[int, ...] = (int(eos),) if eos is not None else ()
 

@@ -101,6 +101,7 @@ class OpenChat35Service:
         stop: Sequence[str] = (),
         presence_penalty: float = 0.0,
         frequency_penalty: float = 0.0,
+        logit_bias: Sequence[tuple[int, float]] = (),
         request_id: str | None = None,
     ) -> GenerationRequest:
         """Tokenize and check the request against the context window; raises InvalidRequestError."""
@@ -111,6 +112,11 @@ class OpenChat35Service:
         except ValueError as exc:
             raise InvalidRequestError(str(exc), param="messages") from exc
         limit = self.config.max_model_len
+        vocab_size = self._prompt.vocab_size
+        for token_id, _ in logit_bias:
+            if not 0 <= token_id < vocab_size:
+                raise InvalidRequestError(f"logit_bias: token id {token_id} is outside the vocabulary "
+                                          f"(0..{vocab_size - 1})", param="logit_bias")
         if max_tokens is None:
             max_tokens = limit - len(prompt_ids)
             if max_tokens < 1:
@@ -120,7 +126,7 @@ class OpenChat35Service:
         sampling = SamplingOptions(
             max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
             stop=tuple(stop), stop_token_ids=self._prompt.stop_token_ids,
-            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty)
+            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, logit_bias=tuple(logit_bias))
         return GenerationRequest(request_id or f"req-{uuid.uuid4().hex}", prompt_ids, sampling)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
