@@ -1,4 +1,4 @@
-"""OpenChat35Service: one leading space is stripped from the answer with OpenChat's prompt only."""
+"""OpenChat35Service: one leading space stripped with OpenChat's prompt only; its prompt errors are 400s."""
 
 from __future__ import annotations
 
@@ -72,3 +72,16 @@ async def test_stream_chat_strips_only_the_first_piece() -> None:
     service = await started(engine, "openchat")
     engine.enqueue(" Hi", " there", " you")
     assert [text async for text in service.stream_chat("Hello", max_tokens=50)] == ["Hi", " there", " you"]
+
+
+async def test_openchat_format_over_http_strips_and_rejects_a_late_system_message(serve_app) -> None:
+    async with serve_app(OpenChatFakeEngine(), prompt_format="openchat") as served:
+        served.engine.enqueue(" Hi", " there")
+        ok = await served.chat({"model": "openchat-3.5", "messages": [
+            {"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hello"}]})
+        late_system = await served.chat({"model": "openchat-3.5", "messages": [
+            {"role": "user", "content": "Hello"}, {"role": "system", "content": "Be brief."}]})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["choices"][0]["message"]["content"] == "Hi there"
+    assert late_system.status_code == 400
+    assert late_system.json()["error"]["param"] == "messages"
