@@ -207,3 +207,15 @@ async def test_wrong_method_names_the_allowed_methods(served: Served) -> None:
     response = await served.client.get(CHAT)
     assert response.status_code == 405
     assert response.headers.get("allow") == "POST"
+
+
+@pytest.mark.parametrize("logit_bias", [{"abc": 1}, {"-5": 1}, {"50": 101}, {"50": "x"}, {str(0x110000 + 3): 1}])
+async def test_bad_logit_bias_is_400_naming_it(served: Served, logit_bias: dict[str, Any]) -> None:
+    error = assert_openai_error(await served.chat(chat_body(logit_bias=logit_bias)), 400)
+    assert error["param"] is not None
+    assert error["param"].startswith("logit_bias"), error
+
+
+async def test_logit_bias_reaches_the_engine(served: Served) -> None:
+    assert (await served.chat(chat_body(logit_bias={"50": 5, "72": -100}))).status_code == 200
+    assert served.engine.requests[0].sampling.logit_bias == ((50, 5.0), (72, -100.0))
