@@ -1,0 +1,178 @@
+"""The CPU image as users run it: health, the OpenAI API through the `openai` SDK, concurrency,
+metrics, graceful SIGTERM, the model-lock check at start, and a non-root process."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from .conftest import DEMO_MODEL, RunningService
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def client_for(service: RunningService) -> OpenAI:
+    return OpenAI(base_url=f"{service.api_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def served_model(client: OpenAI) -> str:
+    return client.models.list().data[0].id
+
+
+def test_health_turns_200_with_the_engine_ready(service: RunningService):
+    response = httpx.get(f"{service.api_url}/health", timeout=10)
+    assert response.status_code == 200
+    assert response.json()["status"] == "healthy"
+    assert httpx.get(f"{service.api_url}/health/live", timeout=10).status_code == 200
+
+
+def test_docker_reports_the_container_healthy(service: RunningService):
+    # The image's HEALTHCHECK (hxp-healthcheck) is what compose and `docker ps` show.
+    health = service.state().get("Health")
+    assert health is not None, "image has no HEALTHCHECK"
+    assert health["Status"] in ("healthy", "starting"), health
+    assert all(entry["ExitCode"] in (0, 1) for entry in health["Log"]), health["Log"]
+
+
+def test_chat_completion_through_the_openai_sdk(service: RunningService):
+    client = client_for(service)
+    completion = client.chat.completions.create(
+        model=served_model(client), messages=QUESTION, max_tokens=24, temperature=0)
+    choice = completion.choices[0]
+    assert choice.message.role == "assistant"
+    assert "Paris" in (choice.message.content or "")
+    assert choice.finish_reason in ("stop", "length")
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens > 0
+
+
+def test_streaming_through_the_openai_sdk(service: RunningService):
+    client = client_for(service)
+    stream = client.chat.completions.create(
+        model=served_model(client), messages=QUESTION, max_tokens=24, temperature=0, stream=True,
+        stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish_reasons = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert "Paris" in text
+    assert len([c for c in chunks if c.choices]) > 1, "answer arrived in one piece, not streamed"
+    assert finish_reasons in (["stop"], ["length"])
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+
+
+def test_ten_concurrent_requests_all_succeed(service: RunningService):
+    client = client_for(service)
+    model = served_model(client)
+
+    def ask(index: int) -> str:
+        completion = client.chat.completions.create(
+            model=model, max_tokens=16, temperature=0,
+            messages=[{"role": "user", "content": f"Count from {index} to {index + 5}."}])
+        return completion.choices[0].message.content or ""
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        answers = list(pool.map(ask, range(10)))
+    assert len(answers) == 10
+    assert all(answer.strip() for answer in answers), answers
+
+
+def test_metrics_port_serves_prometheus_text(service: RunningService):
+    client_for(service).chat.completions.create(
+        model=served_model(client_for(service)), messages=QUESTION, max_tokens=4)
+    response = httpx.get(f"{service.metrics_url}/metrics", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert "# TYPE" in response.text
+    assert "_seconds_bucket" in response.text  # latency histograms, not just counters
+
+
+def test_the_service_does_not_run_as_root(service: RunningService):
+    exit_code, output = service.docker.exec_run(["id", "-u"])
+    assert exit_code == 0
+    assert output.decode().strip() not in ("", "0")
+    # Every process, including tini (PID 1) and vLLM's engine core, runs as the image's user.
+    top = service.docker.top(ps_args="-eo uid,pid,comm")
+    uid_column = top["Titles"].index("UID")
+    uids = {process[uid_column] for process in top["Processes"]}
+    assert uids, top
+    assert not uids & {"0", "root"}, top["Processes"]
+
+
+def test_model_is_mounted_read_only(service: RunningService):
+    exit_code, output = service.docker.exec_run(["touch", f"/opt/models/{DEMO_MODEL}/written-by-test"])
+    assert exit_code != 0
+    assert "Read-only file system" in output.decode()
+
+
+def test_sigterm_during_a_stream_lets_it_finish_and_exits_0(start_service):
+    running = start_service()
+    running.wait_healthy()
+    client = client_for(running)
+    model = served_model(client)
+    first_token = threading.Event()
+    outcome: dict[str, object] = {}
+
+    def stream_story() -> None:
+        try:
+            stream = client.chat.completions.create(
+                model=model, max_tokens=120, temperature=0, stream=True,
+                messages=[{"role": "user", "content": "Write a long story about a lighthouse keeper."}])
+            pieces, finish = [], None
+            for chunk in stream:
+                if chunk.choices:
+                    pieces.append(chunk.choices[0].delta.content or "")
+                    finish = chunk.choices[0].finish_reason or finish
+                    first_token.set()
+            outcome.update(text="".join(pieces), finish=finish)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertions below
+            outcome["error"] = exc
+        finally:
+            first_token.set()
+
+    reader = threading.Thread(target=stream_story)
+    reader.start()
+    assert first_token.wait(timeout=120), "no token streamed"
+    running.docker.kill(signal=signal.SIGTERM)
+    reader.join(timeout=180)
+
+    assert "error" not in outcome, f"stream broken by SIGTERM: {outcome.get('error')!r}"
+    assert outcome["finish"] in ("stop", "length"), outcome
+    assert len(str(outcome["text"])) > 0
+    exit_code = running.wait_exit()
+    assert exit_code == 0, running.logs()[-3000:]
+
+
+def test_tampered_model_file_stops_the_container_naming_the_file(start_service, demo_model_dir,
+                                                                 world_readable_tmp: Path):
+    original = demo_model_dir(DEMO_MODEL)
+    copy = world_readable_tmp / DEMO_MODEL
+    shutil.copytree(original, copy)
+    weights = max(copy.glob("*.safetensors"), key=lambda p: p.stat().st_size)
+    with weights.open("r+b") as handle:
+        handle.seek(weights.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    for path in [world_readable_tmp, *world_readable_tmp.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+    running = start_service(models_root=world_readable_tmp)
+    exit_code = running.wait_exit()
+    logs = running.logs()
+    assert exit_code != 0, logs[-3000:]
+    assert weights.name in logs, logs[-3000:]
+
+
+@pytest.mark.parametrize("path", ["/build-inputs", "/tmp/pip-ca-bundle.pem", "/src"])
+def test_build_inputs_did_not_reach_the_image(service: RunningService, path: str):
+    # The wheelhouse and the custom CA live in the builder stage only.
+    exit_code, _ = service.docker.exec_run(["test", "-e", path])
+    assert exit_code != 0, f"{path} is in the final image"
