@@ -10,9 +10,10 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +44,18 @@ SCENARIOS = (
     Scenario("10-way", "10-way concurrency, 30 tok", 10, 10, 30, False),
 )
 
-# (label, getter, higher is better)
-FIGURES: tuple[tuple[str, Any, bool], ...] = (
-    ("req/s", lambda s: s.request_throughput, True),
-    ("out tok/s", lambda s: s.output_throughput, True),
-    ("E2E p50 ms", lambda s: s.e2el.median, False),
-    ("E2E p95 ms", lambda s: s.e2el.p95, False),
-    ("TTFT p50 ms", lambda s: s.ttft.median, False),
-    ("TTFT p95 ms", lambda s: s.ttft.p95, False),
-    ("TPOT mean ms", lambda s: s.tpot.mean, False),
-    ("ITL p50 ms", lambda s: s.itl.median, False),
-    ("errors", lambda s: float(s.failed), False),
+# (label, getter, which way is better); "same" rows show both servers did the same work.
+FIGURES: tuple[tuple[str, Any, str], ...] = (
+    ("out tokens", lambda s: float(s.output_tokens), "same"),
+    ("req/s", lambda s: s.request_throughput, "higher"),
+    ("out tok/s", lambda s: s.output_throughput, "higher"),
+    ("E2E p50 ms", lambda s: s.e2el.median, "lower"),
+    ("E2E p95 ms", lambda s: s.e2el.p95, "lower"),
+    ("TTFT p50 ms", lambda s: s.ttft.median, "lower"),
+    ("TTFT p95 ms", lambda s: s.ttft.p95, "lower"),
+    ("TPOT mean ms", lambda s: s.tpot.mean, "lower"),
+    ("ITL p50 ms", lambda s: s.itl.median, "lower"),
+    ("errors", lambda s: float(s.failed), "lower"),
 )
 
 
@@ -63,6 +65,12 @@ class ServerRun:
     ready_s: float
     summaries: dict[str, Summary]
     documents: dict[str, dict[str, Any]]
+    # 1-minute load average after each scenario: on a shared machine, other work skews the figures.
+    loads: list[float] = field(default_factory=list)
+
+    @property
+    def mean_load(self) -> float:
+        return sum(self.loads) / len(self.loads) if self.loads else math.nan
 
 
 def engine_settings(config_file: Path, model_dir: Path | None) -> dict[str, Any]:
@@ -126,6 +134,7 @@ def run_scenarios(server: ManagedServer, base_url: str, args: argparse.Namespace
             print(f"\n--- {server.name}: {scenario.name}\n{render_table(load, summary, result)}", flush=True)
             run.summaries[scenario.name] = summary
             run.documents[scenario.name] = report_document(load, summary, result)
+            run.loads.append(os.getloadavg()[0])
         print(f"### {server.name}: stopping", flush=True)
     return run
 
@@ -144,18 +153,19 @@ def comparison_table(ours: ServerRun, peer: ServerRun) -> str:
     header = f"{'scenario':<30}{'figure':<14}{'ours':>10}{'vllm':>10}{'ours/vllm':>11}  better"
     lines = [header, "-" * len(header),
              f"{'(start-up)':<30}{'ready s':<14}{_fmt(ours.ready_s):>10}{_fmt(peer.ready_s):>10}"
-             f"{_ratio(ours.ready_s, peer.ready_s):>11}  lower"]
+             f"{_ratio(ours.ready_s, peer.ready_s):>11}  lower",
+             f"{'(machine)':<30}{'load avg 1m':<14}{_fmt(ours.mean_load):>10}{_fmt(peer.mean_load):>10}"
+             f"{_ratio(ours.mean_load, peer.mean_load):>11}  same"]
     for name, ours_summary in ours.summaries.items():
         peer_summary = peer.summaries.get(name)
         if peer_summary is None:
             continue
         label = name
-        for figure, getter, higher_better in FIGURES:
+        for figure, getter, better in FIGURES:
             a, b = getter(ours_summary), getter(peer_summary)
             if math.isnan(a) and math.isnan(b):
                 continue
-            lines.append(f"{label:<30}{figure:<14}{_fmt(a):>10}{_fmt(b):>10}{_ratio(a, b):>11}  "
-                         f"{'higher' if higher_better else 'lower'}")
+            lines.append(f"{label:<30}{figure:<14}{_fmt(a):>10}{_fmt(b):>10}{_ratio(a, b):>11}  {better}")
             label = ""
     return "\n".join(lines)
 
@@ -168,7 +178,6 @@ def _ratio(a: float, b: float) -> str:
 
 def machine_description() -> str:
     """CPU, cores, memory and load: figures from a shared 2-core machine mean little without them."""
-    import os
     import platform
 
     cpu = platform.processor() or "unknown CPU"
@@ -195,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--peer-port", type=int, default=18000, help="vllm serve's port")
     parser.add_argument("--api-key", help="Bearer key for our service, if the config sets one")
     parser.add_argument("--only", choices=("ours", "peer"), help="run one server only")
+    parser.add_argument("--peer-first", action="store_true",
+                        help="run vllm serve first (a second run in the other order cancels load drift)")
     parser.add_argument("--scenario", action="append", choices=[s.key for s in SCENARIOS],
                         help="run only these scenarios (repeatable)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every request count")
@@ -213,12 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     machine_at_start = machine_description()
     print(f"machine: {machine_at_start}", flush=True)
     runs: dict[str, ServerRun] = {}
+    plan = {"ours": lambda: run_scenarios(our_server(args, args.logs), f"http://127.0.0.1:{args.port}", args),
+            "peer": lambda: run_scenarios(peer_server(args, args.logs),
+                                          f"http://127.0.0.1:{args.peer_port}", args)}
+    order = ["peer", "ours"] if args.peer_first else ["ours", "peer"]
     try:
-        if args.only in (None, "ours"):
-            runs["ours"] = run_scenarios(our_server(args, args.logs), f"http://127.0.0.1:{args.port}", args)
-        if args.only in (None, "peer"):
-            runs["peer"] = run_scenarios(peer_server(args, args.logs),
-                                         f"http://127.0.0.1:{args.peer_port}", args)
+        for key in order:
+            if args.only in (None, key):
+                runs[key] = plan[key]()
     except ServerFailed as exc:
         print(f"scripts/bench: {exc}", file=sys.stderr)
         return 2
@@ -230,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({
             "started": started,
             "machine_at_start": machine_at_start,
-            "servers": {key: {"name": run.name, "ready_s": run.ready_s, "scenarios": run.documents}
+            "servers": {key: {"name": run.name, "ready_s": run.ready_s, "load_1m_after_each": run.loads,
+                              "scenarios": run.documents}
                         for key, run in runs.items()},
         }, indent=2) + "\n")
     failed = sum(s.failed for run in runs.values() for s in run.summaries.values())
