@@ -39,7 +39,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> LoadedConfig:
-    overrides = {key: getattr(args, key) for key in OpenChat35Config.model_fields if getattr(args, key, None) is not None}
+    fields = OpenChat35Config.model_fields
+    overrides = {key: getattr(args, key) for key in fields if getattr(args, key, None) is not None}
     return OpenChat35Config.load(args.config, overrides)
 
 

@@ -26,9 +26,10 @@ logger = logging.getLogger(__name__)
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, drain_timeout: float) -> None:
+    def __init__(self, config: uvicorn.Config, drain_timeout: float, failure_grace: float = 0.0) -> None:
         super().__init__(config)
         self.drain_timeout = drain_timeout
+        self.failure_grace = failure_grace
         self.exit_code = 0
         self.ctx: AppContext | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -60,12 +61,18 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
     def fatal(self, code: int, detail: str) -> None:
-        logger.error("fatal: %s; exiting with code %d", detail, code)
+        """The engine is gone: keep answering /health 503 `failed` for a moment, then exit `code`."""
         self.exit_code = code
-        self.should_exit = True
+        grace = min(max(self.failure_grace, 0.0), 30.0)
+        logger.error("fatal: %s; exiting with code %d in %.0f s", detail, code, grace)
+        if self._loop is None:
+            self.should_exit = True
+        else:
+            # Probes polling every health_check_interval see `failed` before the process goes.
+            self._loop.call_later(grace, lambda: setattr(self, "should_exit", True))
         # The engine may be wedged in a thread that cannot be interrupted (vLLM can hang after its
         # core dies): if a clean shutdown has not ended the process in time, end it anyway.
-        watchdog = threading.Timer(30.0, lambda: os._exit(code))
+        watchdog = threading.Timer(grace + 30.0, lambda: os._exit(code))
         watchdog.daemon = True
         watchdog.start()
 
@@ -74,7 +81,8 @@ def run_server(config: ModelConfigSchema, service: OpenChat35Service) -> int:
     servers: list[DrainingServer] = []
     app = build_app(config, service, on_fatal=lambda code, detail: servers[0].fatal(code, detail))
     server = DrainingServer(uvicorn.Config(app, host=config.host, port=config.port, log_config=None,
-                                           access_log=False, lifespan="on"), config.drain_timeout_seconds)
+                                           access_log=False, lifespan="on"),
+                            config.drain_timeout_seconds, failure_grace=config.health_check_interval)
     server.ctx = app.state.ctx
     servers.append(server)
     server.run()

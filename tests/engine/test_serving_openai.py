@@ -119,7 +119,9 @@ def _running_requests(server: ServerProcess) -> tuple[float, float]:
 
 
 def test_dropped_stream_frees_its_slot(demo_server: ServerProcess) -> None:
+    # logit_bias keeps SmolLM2 from ending its turn (<|im_end|> is id 2): only the disconnect can stop it.
     body = {"model": "openchat-3.5", "stream": True, "max_tokens": 2000, "temperature": 1.0,
+            "logit_bias": {"2": -100},
             "messages": [{"role": "user", "content": "Write a very long story about a dragon."}]}
     with httpx.Client(timeout=60) as http, http.stream("POST", f"{demo_server.base_url}/v1/chat/completions",
                                                         json=body) as response:

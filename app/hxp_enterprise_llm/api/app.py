@@ -56,8 +56,12 @@ class AppContext:
             self.metrics.reject(reason)
         record: RequestRecord | None = getattr(request.state, "record", None)
         if record is not None:
-            outcome = "invalid" if isinstance(error, InvalidRequestError) or error.status_code in (401, 404) \
-                else "rejected" if error.status_code in (429, 503) else "error"
+            if isinstance(error, InvalidRequestError) or error.status_code in (401, 404):
+                outcome = "invalid"
+            elif error.status_code in (429, 503):
+                outcome = "rejected"
+            else:  # keep what the orchestrator already knew (e.g. "timeout" for a 504)
+                outcome = record.outcome if record.outcome != "running" else "error"
             self.orchestrator.finish(record, outcome=outcome, status=error.status_code)
 
 

@@ -15,6 +15,7 @@ from hxp_enterprise_llm.schemas.errors import (
     EngineFailureError,
     InvalidRequestError,
     MethodNotAllowedError,
+    ModelNotFoundError,
     NotFoundError,
     QueueFullError,
     QueueTimeoutError,
@@ -31,7 +32,7 @@ def rejection_reason(error: ServiceError) -> str | None:
     for kind, reason in ((QueueFullError, "queue_full"), (QueueTimeoutError, "queue_timeout"),
                          (RequestTimeoutError, "timeout"), (AuthenticationError, "unauthorized"),
                          (ServiceUnavailableError, "unavailable"), (InvalidRequestError, "invalid"),
-                         (NotFoundError, "invalid")):
+                         (NotFoundError, "invalid"), (ModelNotFoundError, "invalid")):
         if isinstance(error, kind):
             return reason
     return None
@@ -47,16 +48,22 @@ def validation_error(exc: ValidationError) -> InvalidRequestError:
     if first["type"] == "missing":
         text = f"'{path}' is a required property"
     elif first["type"] == "json_invalid":
-        return InvalidRequestError(f"We could not parse the JSON body of your request: {first.get('ctx', {}).get('error', message)}",
-                                   code="invalid_json")
+        reason = first.get("ctx", {}).get("error", message)
+        return InvalidRequestError(f"We could not parse the JSON body of your request: {reason}", code="invalid_json")
     elif first["type"] == "model_type" and not path:
         return InvalidRequestError("the request body must be a JSON object", code="invalid_json")
     elif first["type"] == "value_error" and ":" in message and not path:
         field = message.split(":", 1)[0]
         return InvalidRequestError(message, param=field, code="unsupported_parameter")
     else:
-        text = f"{path}: {message} (got {first.get('input')!r})" if path else message
+        text = f"{path}: {message} (got {_short_repr(first.get('input'))})" if path else message
     return InvalidRequestError(text, param=path or None, code="invalid_value")
+
+
+def _short_repr(value: object, limit: int = 100) -> str:
+    """The offending value for the message, cut so a huge body is not echoed back in full."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -77,6 +84,7 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             error = ServiceError(str(exc.detail))
             error.status_code = exc.status_code
+        error.headers.update(exc.headers or {})  # e.g. Allow on a 405
         return error_response(request, error)
 
     @app.exception_handler(Exception)

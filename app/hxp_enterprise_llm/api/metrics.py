@@ -91,7 +91,8 @@ class ServiceMetrics:
             self.disconnects.labels(model).inc()
         if record.outcome == "ok" and record.e2e is not None:
             self.e2e.labels(model).observe(record.e2e)
-        if record.outcome != "disconnected":
+        # The SLO is the service's promise: a client's own mistake (4xx) or departure does not count.
+        if record.outcome not in ("disconnected", "invalid"):
             self.slo_requests.labels(model).inc()
             if record.outcome == "ok" and record.e2e is not None and record.e2e <= self.target_latency_seconds:
                 self.slo_met.labels(model).inc()

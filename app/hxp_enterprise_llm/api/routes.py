@@ -222,7 +222,7 @@ def _stream(ctx: AppContext, chat: ChatCompletionRequest, generation: Generation
 
     return _SlotHoldingResponse(
         frames(), on_close=close, ping=config.stream_ping_seconds, sep="\n",
-        ping_message_factory=lambda: ServerSentEvent(comment="ping"),
+        ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 

@@ -37,7 +37,7 @@ class StreamingWindow:
         self._records: deque[tuple[float, RequestRecord, int]] = deque()
 
     def on_finished(self, record: RequestRecord) -> None:
-        if record.stream:
+        if record.stream and record.status == 200:  # a refused stream never streamed
             self.streams_completed_total += 1
             self._records.append((time.monotonic(), record, record.frames))
 
@@ -50,7 +50,7 @@ class StreamingWindow:
         ttfts = [r.ttft for r in records if r.ttft is not None]
         gaps = [g for r in records for g in r.inter_token_gaps]
         e2es = [r.e2e for r in records if r.outcome == "ok" and r.e2e is not None]
-        counted = [r for r in records if r.outcome != "disconnected"]
+        counted = [r for r in records if r.outcome not in ("disconnected", "invalid")]
         met = [r for r in counted if r.outcome == "ok" and r.e2e is not None
                and r.e2e <= self.target_latency_seconds]
         return {

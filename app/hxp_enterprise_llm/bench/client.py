@@ -48,7 +48,6 @@ class RequestResult:
     ok: bool = False
     status: int | None = None
     error: str | None = None
-    start: float = 0.0
     ttft: float | None = None
     e2e: float = 0.0
     content_times: list[float] = field(default_factory=list)
@@ -109,7 +108,6 @@ async def send_chat_request(client: httpx.AsyncClient, spec: RequestSpec) -> Req
     """Send one request; never raises for server or transport failures, they land in the result."""
     result = RequestResult()
     start = time.perf_counter()
-    result.start = start
     try:
         async with client.stream("POST", CHAT_PATH, json=spec.body()) as response:
             result.status = response.status_code

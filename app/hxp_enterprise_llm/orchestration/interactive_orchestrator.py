@@ -118,24 +118,31 @@ class InteractiveOrchestrator:
                 f"(max_queue_size={self._config.max_queue_size}); retry after the Retry-After delay",
                 headers={"Retry-After": str(self.retry_after_seconds())})
         self.waiting += 1
+        self._idle.clear()
         try:
             await asyncio.wait_for(self._slots.acquire(), self._config.queue_timeout_seconds)
+            self.running += 1
         except TimeoutError:
             raise QueueTimeoutError(
                 f"no slot became free within queue_timeout_seconds={self._config.queue_timeout_seconds:g}",
                 headers={"Retry-After": str(self.retry_after_seconds())}) from None
         finally:
             self.waiting -= 1
+            self._set_idle_if_empty()
         record.admitted = time.monotonic()
-        self.running += 1
-        self._idle.clear()
         return Slot(self)
 
     def _release(self) -> None:
         self.running -= 1
         self._slots.release()
-        if self.running == 0:
+        self._set_idle_if_empty()
+
+    def _set_idle_if_empty(self) -> None:
+        # Idle means nothing running *and* nothing queued: a queued request takes a freed slot.
+        if self.running == 0 and self.waiting == 0:
             self._idle.set()
+        else:
+            self._idle.clear()
 
     async def run(self, source: StreamSource, request: GenerationRequest,
                   record: RequestRecord) -> AsyncIterator[TokenDelta]:

@@ -167,8 +167,6 @@ async def test_drain_refuses_new_requests_and_lets_running_ones_finish(serve_app
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: drain() waits for running == 0 only; a queued request that takes the "
-                                       "freed slot is still running when drain() returns True")
 async def test_drain_waits_for_queued_requests_too(serve_app) -> None:
     async with serve_app(concurrent_users=1, max_queue_size=5) as served:
         exchanges = [RawExchange(served.app, chat_body(stream=True), request_id=name) for name in ("first", "queued")]

@@ -201,8 +201,6 @@ async def test_odd_bodies_get_a_4xx_openai_error(served: Served, body: bytes) ->
     assert served.engine.requests == [], "an invalid request reached the engine"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: api/errors.py http_error drops the HTTPException's headers, so the "
-                                       "405 has no Allow header (RFC 9110 requires it)")
 async def test_wrong_method_names_the_allowed_methods(served: Served) -> None:
     response = await served.client.get(CHAT)
     assert response.status_code == 405

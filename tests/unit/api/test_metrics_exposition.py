@@ -130,8 +130,6 @@ async def test_streaming_metrics_json_agrees_with_the_streams_made(serve_app) ->
     assert body["tokens_per_second"] > 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the usage frame is counted as a content frame "
-                                       "(response_streamer counts it in summary.frames)")
 async def test_stream_chunks_count_content_frames_only(served: Served) -> None:
     served.engine.enqueue(*"abcdefghijklmnopqrstuvwxy")
     response = await served.chat(chat_body(stream=True, stream_options={"include_usage": True}))
@@ -140,8 +138,6 @@ async def test_stream_chunks_count_content_frames_only(served: Served) -> None:
     assert total(scrape(served)["openchat_stream_chunks"], "openchat_stream_chunks_total") == len(content)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: StreamingWindow.on_finished counts refused stream requests "
-                                       "(404 unknown model, 429) as completed streams and SLO misses")
 async def test_refused_stream_requests_are_not_completed_streams(serve_app) -> None:
     async with serve_app(target_latency_ms=600_000) as served:
         assert (await served.chat(chat_body(stream=True))).status_code == 200
@@ -151,8 +147,6 @@ async def test_refused_stream_requests_are_not_completed_streams(serve_app) -> N
     assert body["slo"] == {"target_latency_ms": 600_000.0, "requests": 1, "met": 1, "attainment": 1.0}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ServiceMetrics.on_finished counts client errors (400/401/404) in "
-                                       "openchat_slo_requests_total, so bad clients lower the service's SLO attainment")
 async def test_client_errors_do_not_count_against_the_slo(serve_app) -> None:
     async with serve_app(target_latency_ms=600_000) as served:
         assert (await served.chat(chat_body())).status_code == 200

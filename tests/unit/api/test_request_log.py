@@ -78,8 +78,6 @@ async def test_prompt_text_never_logged(served: Served, caplog: pytest.LogCaptur
         assert SECRET_PROMPT not in formatter.format(record)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: AppContext.record_rejection overwrites the record's outcome 'timeout' "
-                                       "with 'error' for a non-streaming 504 (streams log 'timeout')")
 async def test_timed_out_request_is_logged_as_timeout(serve_app, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=REQUEST_LOGGER)
     async with serve_app(FakeEngine(token_delay=30), connection_timeout_seconds=0.02) as served:

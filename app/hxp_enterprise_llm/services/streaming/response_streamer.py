@@ -126,7 +126,6 @@ class ResponseStreamer:
             finish = "stop"
         yield self._chunk(DeltaMessage(content=pending_text) if pending_text else DeltaMessage(), finish)
         if self.include_usage:
-            self.summary.frames += 1
             yield sse_frame(ChatCompletionStreamResponse(
                 id=self.completion_id, created=self.created, model=self.model, choices=[],
                 usage=self.usage()).model_dump())
