@@ -7,6 +7,7 @@ Exit codes: 0 ok, 2 bad configuration or usage, 3 model integrity or lock proble
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import typing
 from collections.abc import Sequence
@@ -23,7 +24,8 @@ EXIT_MODEL = 3
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per setting (`--max-num-seqs`), generated from the schema so none can be forgotten."""
     parser.add_argument("--config", type=Path, metavar="FILE",
-                        help="YAML file in the spec's sections (service/model/performance/realtime/monitoring)")
+                        help="YAML file in the spec's sections (service/model/performance/realtime/monitoring); "
+                             "env OPENCHAT_3_5_CONFIG_FILE")
     groups: dict[str, Any] = {}
     for key, info in OpenChat35Config.model_fields.items():
         section = SECTION_OF_KEY.get(key, "other")
@@ -41,7 +43,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace) -> LoadedConfig:
     fields = OpenChat35Config.model_fields
     overrides = {key: getattr(args, key) for key in fields if getattr(args, key, None) is not None}
-    return OpenChat35Config.load(args.config, overrides)
+    config_file = args.config
+    if config_file is None and os.environ.get(OpenChat35Config.env_name("config_file")):
+        config_file = Path(os.environ[OpenChat35Config.env_name("config_file")])
+    return OpenChat35Config.load(config_file, overrides)
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
