@@ -159,6 +159,7 @@ def test_summary_goodput_counts_only_successes_meeting_every_slo() -> None:
     assert summary.request_throughput == 1.5
     assert summary.output_throughput == 15.0
     assert summary.errors == {"status 429": 1}
+    assert summary.error_samples == {"status 429": "HTTP 429: no"}
     assert summary.e2el.median == pytest.approx(800.0)
     assert summary.tpot.mean == pytest.approx(((0.4 + 0.5 + 1.1) / 9) / 3 * 1000)
 
@@ -236,6 +237,7 @@ def test_failures_are_results_grouped_by_kind(server_url: str, prompt: str, key:
     [result] = run(server_url, prompt, num_requests=1)
     assert not result.ok
     assert result.error_key == key
+    assert result.error is not None
 
 
 def test_concurrent_run_sends_every_request_once(server_url: str) -> None:
@@ -277,7 +279,9 @@ def test_cli_exits_1_when_slo_missed(server_url: str) -> None:
     assert code == EXIT_SLO_MISSED
 
 
-def test_cli_exits_2_on_errors(server_url: str) -> None:
+def test_cli_exits_2_on_errors(server_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_main(["--base-url", server_url, "-n", "2", "--prompt", "error-in-stream"]) == EXIT_ERRORS
+    assert "(first: stream error: engine died)" in capsys.readouterr().out
     assert bench_main(["--base-url", server_url, "-n", "2", "--prompt", "broken", "--quiet"]) == EXIT_ERRORS
 
 

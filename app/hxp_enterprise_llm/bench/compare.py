@@ -95,6 +95,7 @@ def engine_settings(config_file: Path, model_dir: Path | None) -> dict[str, Any]
 def our_server(args: argparse.Namespace, logs: Path) -> ManagedServer:
     argv = [str(ROOT / ".venv/bin/hxp-llm"), "serve", "--config", str(args.config),
             "--host", "127.0.0.1", "--port", str(args.port), "--metrics-port", str(args.metrics_port)]
+    argv += args.ours_arg
     if args.model_dir:
         # A model outside the lock cannot be verified against it.
         argv += ["--model-path", str(args.model_dir), "--model-verification", "off"]
@@ -204,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--peer-port", type=int, default=18000, help="vllm serve's port")
     parser.add_argument("--api-key", help="Bearer key for our service, if the config sets one")
     parser.add_argument("--only", choices=("ours", "peer"), help="run one server only")
+    parser.add_argument("--ours-arg", action="append", default=[], metavar="FLAG",
+                        help="extra `hxp-llm serve` flag, repeatable (--ours-arg=--connection-timeout-seconds=120)")
     parser.add_argument("--peer-first", action="store_true",
                         help="run vllm serve first (a second run in the other order cancels load drift)")
     parser.add_argument("--scenario", action="append", choices=[s.key for s in SCENARIOS],

@@ -44,7 +44,8 @@ def render_table(run: LoadRun, summary: Summary, verdict: Verdict) -> str:
         lines.append(f"{label:<16}{_fmt(dist.mean):>10}{_fmt(dist.median):>10}{_fmt(dist.p95):>10}"
                      f"{_fmt(dist.p99):>10}{dist.count:>10}")
     for key, count in sorted(summary.errors.items()):
-        lines.append(f"{'Errors ' + key + ':':<34}{count}")
+        sample = summary.error_samples.get(key, "")
+        lines.append(f"{'Errors ' + key + ':':<34}{count}  (first: {sample[:100]})")
     lines += [verdict.message, "=" * 62]
     return "\n".join(lines)
 

@@ -112,6 +112,7 @@ class Summary:
     itl: Distribution
     e2el: Distribution
     errors: dict[str, int] = field(default_factory=dict)
+    error_samples: dict[str, str] = field(default_factory=dict)  # first message of each kind
 
     @property
     def failed(self) -> int:
@@ -140,7 +141,16 @@ def summarize(results: Sequence[RequestResult], duration_s: float, slos: Sequenc
         itl=Distribution.of_seconds([gap for r in succeeded for gap in r.itls]),
         e2el=Distribution.of_seconds([r.e2e for r in succeeded]),
         errors=dict(Counter(r.error_key for r in results if not r.ok)),
+        error_samples=_first_error_of_each_kind(results),
     )
+
+
+def _first_error_of_each_kind(results: Sequence[RequestResult]) -> dict[str, str]:
+    samples: dict[str, str] = {}
+    for result in results:
+        if not result.ok:
+            samples.setdefault(result.error_key, result.error or "")
+    return samples
 
 
 EXIT_OK = 0
