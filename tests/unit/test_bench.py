@@ -330,6 +330,12 @@ def test_managed_server_reports_an_early_exit_with_its_log(tmp_path: Path) -> No
     with ManagedServer("broken", argv, "http://127.0.0.1:9/health", tmp_path / "b.log") as server, \
             pytest.raises(ServerFailed, match=r"(?s)exited with code 3.*model missing"):
         server.wait_healthy(timeout_s=60, poll_s=0.05)
+    server.start()
+    assert server.process is not None
+    server.process.wait(timeout=60)
+    with pytest.raises(ServerFailed, match=r"(?s)not running \(exit code 3\).*model missing"):
+        server.check_running()
+    server.stop()
 
 
 def test_comparison_table_gives_ours_over_peer() -> None:

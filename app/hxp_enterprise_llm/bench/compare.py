@@ -129,7 +129,12 @@ def run_scenarios(server: ManagedServer, base_url: str, args: argparse.Namespace
                 base_url=base_url, api_key=args.api_key, num_requests=_scaled(scenario.num_requests, args),
                 concurrency=scenario.concurrency, max_tokens=scenario.max_tokens, stream=scenario.stream,
                 ignore_eos=args.ignore_eos, warmup=min(scenario.concurrency, 2), timeout_s=args.timeout)
-            load = asyncio.run(run_load(options))
+            server.check_running()
+            try:
+                load = asyncio.run(run_load(options))
+            except Exception as exc:  # e.g. /v1/models unreachable: the server died under us
+                raise ServerFailed(f"{server.name}: {scenario.name} could not run: {type(exc).__name__}: "
+                                   f"{exc}\n{server.log_tail()}") from exc
             summary = summarize(load.results, load.duration_s)
             result = verdict(summary, 0.0, max_errors=0)
             print(f"\n--- {server.name}: {scenario.name}\n{render_table(load, summary, result)}", flush=True)

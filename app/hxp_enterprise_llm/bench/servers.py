@@ -36,6 +36,12 @@ class ManagedServer:
             self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
                                             env=self.env, start_new_session=True)
 
+    def check_running(self) -> None:
+        """Raise ServerFailed if the process is gone (crashed, or stopped by someone else)."""
+        if self.process is None or self.process.poll() is not None:
+            code = None if self.process is None else self.process.returncode
+            raise ServerFailed(f"{self.name} is not running (exit code {code})\n{self.log_tail()}")
+
     def wait_healthy(self, timeout_s: float, poll_s: float = 1.0) -> float:
         """Seconds from now until the health URL answered 200; raises ServerFailed otherwise."""
         assert self.process is not None, "start() first"
