@@ -14,10 +14,16 @@ TIERS = ("unit", "engine", "container")
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     tests_dir = REPO_ROOT / "tests"
+    outside = []
     for item in items:
         parts = Path(str(item.path)).resolve().relative_to(tests_dir).parts
-        if parts and parts[0] in TIERS:
+        if parts[0] in TIERS:
             item.add_marker(getattr(pytest.mark, parts[0]))
+        else:
+            outside.append(item.nodeid)
+    # scripts/test runs tiers by marker: a test outside the tier folders would never run there.
+    if outside:
+        raise pytest.UsageError(f"tests outside tests/{{{','.join(TIERS)}}}/ belong to no tier: {outside}")
 
 
 @pytest.fixture(scope="session")
