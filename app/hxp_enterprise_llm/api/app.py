@@ -48,7 +48,7 @@ class AppContext:
     on_fatal: Callable[[int, str], Any] | None = None
 
     def model_ids(self) -> tuple[str, ...]:
-        return (self.config.served_model_name, self.config.model_name)
+        return (self.config.served_model_name, self.config.model_name, *self.config.model_aliases)
 
     def record_rejection(self, request: Request, error: ServiceError) -> None:
         reason = rejection_reason(error)

@@ -24,7 +24,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 # exactly one section, so `service.port` and `OPENCHAT_3_5_PORT` name the same setting.
 YAML_SECTIONS: dict[str, tuple[str, ...]] = {
     "service": (
-        "host", "port", "workers", "log_level", "log_dir", "api_key", "served_model_name",
+        "host", "port", "workers", "log_level", "log_dir", "api_key", "served_model_name", "model_aliases",
         "memory_gb", "cpu_cores",
     ),
     "model": (
@@ -93,6 +93,7 @@ class ModelConfigSchema(BaseSettings):
 
     # --- our extensions (not in the spec)
     served_model_name: str = Field("openchat-3.5", min_length=1, description="model id in the API")
+    model_aliases: tuple[str, ...] = Field((), description="other model ids requests may name (comma-separated)")
     api_key: SecretStr | None = Field(None, description="Bearer key for inference routes; None = open")
     log_dir: Path | None = Field(None, description="also write JSON logs to a rotating file here")
     models_lock: Path = Field(Path("models.lock"), description="lock file the model is verified against")
