@@ -8,10 +8,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hxp_enterprise_llm.bench.runner import BUILTIN_PROMPTS, LoadOptions, run_load
+from hxp_enterprise_llm.bench.prompts import BUILTIN_PROMPTS
 from hxp_enterprise_llm.bench.stats import EXIT_ERRORS, Slo, summarize, verdict
+
+if TYPE_CHECKING:
+    from hxp_enterprise_llm.bench.runner import LoadOptions
 
 DEFAULT_MIN_GOODPUT_RATIO = 0.9
 
@@ -90,6 +93,8 @@ def add_bench_commands(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace) -> LoadOptions:
+    from hxp_enterprise_llm.bench.runner import LoadOptions  # httpx only when a benchmark runs
+
     if not args.stream and any(slo.metric in ("ttft", "tpot") for slo in args.slo):
         raise SystemExit("bench: ttft and tpot SLOs need --stream (a whole answer has no first token time)")
     return LoadOptions(
@@ -102,6 +107,7 @@ def options_from_args(args: argparse.Namespace) -> LoadOptions:
 
 def run_bench_command(args: argparse.Namespace) -> int:
     from hxp_enterprise_llm.bench.report import render_table, write_json
+    from hxp_enterprise_llm.bench.runner import run_load
 
     options = options_from_args(args)
     try:

@@ -6,8 +6,10 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from hxp_enterprise_llm.bench.client import RequestResult
+if TYPE_CHECKING:  # the CLI parser imports this module: keep httpx out of `hxp-llm serve`'s imports
+    from hxp_enterprise_llm.bench.client import RequestResult
 
 # Per-request figures an SLO can bound, as `vllm bench serve --goodput` names them (milliseconds).
 SLO_METRICS = ("ttft", "tpot", "e2el")
