@@ -77,19 +77,24 @@ class ResponseStreamer:
         """Every frame of the stream, ending with `data: [DONE]`; errors become an error frame."""
         yield self._chunk(DeltaMessage(role="assistant", content=""))
         pending_text, pending_tokens, first_sent = "", 0, False
+        pending_since = 0.0  # when the oldest unsent token arrived: the flush budget runs from there
+        loop = asyncio.get_running_loop()
         iterator = aiter(deltas)
         next_delta: asyncio.Task[TokenDelta] | None = None
         try:
             while True:
                 if next_delta is None:
                     next_delta = asyncio.ensure_future(anext(iterator))
-                timeout = self.flush_interval if (pending_tokens and self.flush_interval) else None
+                timeout = None
+                if pending_tokens and self.flush_interval:
+                    timeout = max(0.0, pending_since + self.flush_interval - loop.time())
                 done, _ = await asyncio.wait({next_delta}, timeout=timeout)
                 if not done:  # the flush budget passed with tokens pending
                     text, pending_text = _split_complete(pending_text)
                     if text:
                         yield self._chunk(DeltaMessage(content=text))
-                        pending_tokens = 0
+                    # Whatever is held back (half a character) waits for the next token.
+                    pending_tokens = 0
                     continue
                 try:
                     delta = next_delta.result()
@@ -99,12 +104,16 @@ class ResponseStreamer:
                     next_delta = None
                 self.summary.prompt_tokens = delta.prompt_tokens
                 self.summary.completion_tokens = delta.completion_tokens
+                new_tokens = max(len(delta.token_ids), 1 if delta.text else 0)
+                if new_tokens and not pending_tokens:
+                    pending_since = loop.time()
                 pending_text += delta.text
-                pending_tokens += max(len(delta.token_ids), 1 if delta.text else 0)
+                pending_tokens += new_tokens
                 if delta.finish_reason is not None:
                     self.summary.finish_reason = delta.finish_reason
                     break
-                if not first_sent or pending_tokens >= self.chunk_size:
+                budget_spent = bool(self.flush_interval) and loop.time() - pending_since >= (self.flush_interval or 0)
+                if not first_sent or pending_tokens >= self.chunk_size or (pending_tokens and budget_spent):
                     text, pending_text = _split_complete(pending_text)
                     if text:
                         first_sent = True
