@@ -27,7 +27,6 @@ from hxp_enterprise_llm.schemas.errors import (
     InvalidRequestError,
     ModelNotFoundError,
     PayloadTooLargeError,
-    ServiceError,
     ServiceUnavailableError,
 )
 from hxp_enterprise_llm.schemas.openai import (
@@ -251,5 +250,3 @@ def _model_card(ctx: AppContext) -> ModelCard:
 async def streaming_metrics(request: Request) -> JSONResponse:
     return JSONResponse(_ctx(request).streaming.snapshot())
 
-
-__all__ = ["router", "ServiceError"]
