@@ -36,9 +36,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + key.replace("_", "-")
         if typing.get_origin(info.annotation) is None and info.annotation is bool:
             group.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif typing.get_origin(info.annotation) is tuple:
-            group.add_argument(flag, dest=key, default=None, metavar="A,B", help=help_text,
-                               type=lambda text: tuple(item.strip() for item in text.split(",") if item.strip()))
+        elif key == "model_aliases":
+            group.add_argument(flag, dest=key, default=None, metavar="A,B", help=help_text)
         else:
             group.add_argument(flag, dest=key, default=None, metavar=key.split("_")[-1].upper(), help=help_text)
 

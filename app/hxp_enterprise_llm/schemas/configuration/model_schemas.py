@@ -13,12 +13,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 # The spec's YAML is nested by concern; the settings themselves are flat. Each YAML key lives in
 # exactly one section, so `service.port` and `OPENCHAT_3_5_PORT` name the same setting.
@@ -93,7 +93,8 @@ class ModelConfigSchema(BaseSettings):
 
     # --- our extensions (not in the spec)
     served_model_name: str = Field("openchat-3.5", min_length=1, description="model id in the API")
-    model_aliases: tuple[str, ...] = Field((), description="other model ids requests may name (comma-separated)")
+    model_aliases: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="other model ids requests may name (comma-separated)")
     api_key: SecretStr | None = Field(None, description="Bearer key for inference routes; None = open")
     log_dir: Path | None = Field(None, description="also write JSON logs to a rotating file here")
     models_lock: Path = Field(Path("models.lock"), description="lock file the model is verified against")
@@ -111,6 +112,14 @@ class ModelConfigSchema(BaseSettings):
     stream_ping_seconds: float = Field(15, gt=0, le=3600)
     max_request_body_bytes: int = Field(1_048_576, ge=1024, le=1 << 30)
     drain_timeout_seconds: float = Field(30, ge=0, le=3600)
+
+    @field_validator("model_aliases", mode="before")
+    @classmethod
+    def _split_aliases(cls, value: Any) -> Any:
+        # "a,b" from an env file or flag; a YAML list arrives as a list already.
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
 
     @model_validator(mode="after")
     def _check_cross_field(self) -> ModelConfigSchema:
@@ -265,6 +274,8 @@ def load_config(
             config = cls(**cli)
     except ValidationError as exc:
         raise ConfigError(_describe_validation_error(cls, exc, origins)) from None
+    except SettingsError as exc:  # a value pydantic-settings could not even decode (e.g. bad JSON)
+        raise ConfigError(f"invalid configuration: {exc}") from None
     return LoadedConfig(config, origins)
 
 

@@ -1,0 +1,29 @@
+"""model_aliases reads the same from every layer: a YAML list, or "a,b" in the environment or a flag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_aliases_from_env_file_style_value() -> None:
+    loaded = OpenChat35Config.load(environ={"OPENCHAT_3_5_MODEL_ALIASES": "openchat/openchat-3.5-0106, b"})
+    assert loaded.config.model_aliases == ("openchat/openchat-3.5-0106", "b")
+
+
+def test_aliases_from_yaml_list_and_cli_override() -> None:
+    from_yaml = OpenChat35Config.load(REPO / "config" / "demo-cpu.yaml", environ={})
+    assert "openchat/openchat-3.5-0106" in from_yaml.config.model_aliases
+    from_cli = OpenChat35Config.load(REPO / "config" / "demo-cpu.yaml", {"model_aliases": "x,y"}, environ={})
+    assert from_cli.config.model_aliases == ("x", "y")
+    assert from_cli.origins["model_aliases"] == "cli"
+
+
+def test_container_demo_env_file_answers_to_the_production_names() -> None:
+    lines = (REPO / "config" / "container-cpu.env").read_text().splitlines()
+    environ = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    loaded = OpenChat35Config.load(environ=environ)
+    assert loaded.config.model_aliases == ("openchat/openchat-3.5-0106", "openchat-3.5-0106")
