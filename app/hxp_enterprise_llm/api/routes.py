@@ -205,7 +205,7 @@ def _stream(ctx: AppContext, chat: ChatCompletionRequest, generation: Generation
             completed = True
         finally:
             summary = streamer.summary
-            record.frames = max(summary.frames - 1, 0)  # the role frame carries no content
+            record.frames = summary.content_frames
             ctx.metrics.stream_chunks.labels(ctx.config.served_model_name).inc(record.frames)
             if summary.error is not None:
                 ctx.orchestrator.finish(record, outcome=record.outcome if record.outcome != "running"

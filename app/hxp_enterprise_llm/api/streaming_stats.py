@@ -34,18 +34,18 @@ class StreamingWindow:
         self.target_latency_seconds = target_latency_seconds
         self.active_streams = 0
         self.streams_completed_total = 0
-        self._records: deque[tuple[float, RequestRecord, int]] = deque()
+        self._records: deque[tuple[float, RequestRecord]] = deque()
 
     def on_finished(self, record: RequestRecord) -> None:
         if record.stream and record.status == 200:  # a refused stream never streamed
             self.streams_completed_total += 1
-            self._records.append((time.monotonic(), record, record.frames))
+            self._records.append((time.monotonic(), record))
 
     def snapshot(self) -> dict[str, Any]:
         now = time.monotonic()
         while self._records and now - self._records[0][0] > self.window_seconds:
             self._records.popleft()
-        records = [r for _, r, _ in self._records]
+        records = [r for _, r in self._records]
         span = max(min(self.window_seconds, now - self._records[0][0]) if self._records else 0.0, 1e-9)
         ttfts = [r.ttft for r in records if r.ttft is not None]
         gaps = [g for r in records for g in r.inter_token_gaps]
@@ -61,7 +61,7 @@ class StreamingWindow:
             "time_to_first_token": _summary_ms(ttfts),
             "inter_token_latency": _summary_ms(gaps),
             "e2e_latency": _summary_ms(e2es),
-            "chunks_per_second": round(sum(f for _, _, f in self._records) / span, 3) if records else 0.0,
+            "chunks_per_second": round(sum(r.frames for r in records) / span, 3) if records else 0.0,
             "tokens_per_second": round(sum(r.completion_tokens for r in records) / span, 3) if records else 0.0,
             "slo": {"target_latency_ms": self.target_latency_seconds * 1000,
                     "requests": len(counted), "met": len(met),

@@ -44,7 +44,7 @@ class StreamSummary:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None
-    frames: int = 0
+    content_frames: int = 0  # frames carrying text or the finish reason (not role, usage, error)
     error: ServiceError | None = None
 
 
@@ -64,7 +64,8 @@ class ResponseStreamer:
         self._map_error = error_mapper or _default_error
 
     def _chunk(self, delta: DeltaMessage, finish_reason: str | None = None) -> str:
-        self.summary.frames += 1
+        if delta.role is None:
+            self.summary.content_frames += 1
         body = ChatCompletionStreamResponse(
             id=self.completion_id, created=self.created, model=self.model,
             choices=[ChatCompletionStreamChoice(delta=delta, finish_reason=finish_reason)])
