@@ -7,7 +7,7 @@ same code) and `FakeEngine` (scripted, deterministic, for unit tests).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -57,13 +57,6 @@ class TokenDelta:
     finish_reason: FinishReason | None = None
 
 
-@dataclass(frozen=True)
-class EngineStats:
-    running: int = 0
-    waiting: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
-
-
 class Tokenizer(Protocol):
     """The part of a Hugging Face tokenizer the prompt builders use."""
 
@@ -91,9 +84,6 @@ class Engine(Protocol):
 
     def get_tokenizer(self) -> Tokenizer:
         """The model's tokenizer, once started."""
-
-    def stats(self) -> EngineStats:
-        """Running and waiting requests as the engine sees them (cheap, no I/O)."""
 
 
 def create_engine(config: ModelConfigSchema) -> Engine:

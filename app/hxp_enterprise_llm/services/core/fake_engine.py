@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from hxp_enterprise_llm.services.core.engine import (
     EngineDeadError,
     EngineError,
-    EngineStats,
     GenerationRequest,
     TokenDelta,
 )
@@ -133,8 +132,10 @@ class FakeEngine:
         if self.dead or not self.started:
             raise EngineDeadError("fake engine is dead" if self.dead else "fake engine not started")
 
-    def stats(self) -> EngineStats:
-        return EngineStats(running=len(self._running))
+    @property
+    def running_requests(self) -> int:
+        """Requests generating now, as the engine itself sees them."""
+        return len(self._running)
 
     async def shutdown(self) -> None:
         self.started = False

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 from hxp_enterprise_llm.services.core.engine import (
     EngineDeadError,
     EngineError,
-    EngineStats,
     GenerationRequest,
     TokenDelta,
     Tokenizer,
@@ -155,11 +154,6 @@ class VllmEngine:
             await self._llm.check_health()
         except Exception as exc:
             raise EngineDeadError(f"vLLM engine health check failed: {exc}") from exc
-
-    def stats(self) -> EngineStats:
-        if self._llm is None:
-            return EngineStats()
-        return EngineStats(running=self._llm.get_num_unfinished_requests())
 
     async def shutdown(self) -> None:
         llm, self._llm = self._llm, None
