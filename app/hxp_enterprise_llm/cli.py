@@ -1,4 +1,4 @@
-"""`hxp-llm`: serve, config show, model download/lock/verify/fetch-demo, bench.
+"""`hxp-llm`: serve, config show, model download/lock/verify/export-sha256, bench.
 
 Heavy imports (vLLM, torch, uvicorn) happen inside the commands, so `--help` answers at once.
 Exit codes: 0 ok, 2 bad configuration or usage, 3 model integrity or lock problem, 4 engine failed.

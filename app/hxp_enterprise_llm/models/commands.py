@@ -1,4 +1,4 @@
-"""`hxp-llm model ...`: download, lock, verify, export-sha256, fetch-demo.
+"""`hxp-llm model ...`: download, lock, verify, export-sha256.
 
 Each subcommand parser carries `func(args) -> exit code`. Exit codes: 0 success, 1 the model
 files do not match the lock (or the download failed), 2 a lock or usage problem (missing entry,
@@ -198,22 +198,12 @@ def cmd_export_sha256(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- fetch-demo
-
-def cmd_fetch_demo(args: argparse.Namespace) -> int:
-    import importlib
-
-    # Built by a separate module with heavy imports (transformers); loaded only when asked for.
-    demo_models = importlib.import_module("hxp_enterprise_llm.models.demo_models")
-    return int(demo_models.main(list(args.demo_args)) or 0)
-
-
 def add_model_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `model` and its subcommands on the top-level CLI's subparsers."""
     model = subparsers.add_parser("model", help="download, lock and verify model weights",
                                   description="Model files and models.lock: download, lock, verify.")
     commands = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
-    lock_help = "lock file (default models.lock: current directory, then the checkout's root)"
+    lock_help = "lock file (default: models.lock in the current directory)"
 
     download = commands.add_parser("download", help="download a locked model from the Hub and verify it")
     download.add_argument("name", metavar="NAME", help="lock entry name or Hub repo id")
@@ -244,13 +234,6 @@ def add_model_commands(subparsers: argparse._SubParsersAction) -> argparse.Argum
     export.add_argument("name", metavar="NAME")
     export.add_argument("-o", "--output", help="write to this file instead of stdout")
     export.set_defaults(func=cmd_export_sha256)
-
-    # prefix_chars="+": this parser owns no options, so every "-x" / "--help" passes through to the
-    # demo builder's own parser untouched.
-    demo = commands.add_parser("fetch-demo", help="build the small demo models (no Hub needed)",
-                               add_help=False, prefix_chars="+")
-    demo.add_argument("demo_args", nargs=argparse.REMAINDER)
-    demo.set_defaults(func=cmd_fetch_demo)
 
     for sub in (download, lock, export):
         sub.add_argument("--lock", type=Path, default=Path("models.lock"), help=lock_help)

@@ -87,7 +87,7 @@ def download_model(entry: LockEntry, dest: Path, *, endpoint: str | None = None,
 
     if not COMMIT_HASH.fullmatch(entry.revision):
         raise LockError(f"models.lock entry '{entry.name}' has revision '{entry.revision}', not a Hub "
-                        "commit: it is built locally (`hxp-llm model fetch-demo`), not downloaded")
+                        "commit: it is built locally (`scripts/fetch-demo-models`), not downloaded")
     # The lock lists the files to fetch; glob.escape keeps names with [ ] * ? literal in
     # huggingface_hub's fnmatch-based filter.
     patterns = [glob.escape(f.path) for f in entry.files] or None

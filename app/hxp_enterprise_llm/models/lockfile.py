@@ -18,7 +18,7 @@ LOCK_FORMAT_VERSION = 1
 LOCK_HEADER = """\
 # models.lock: the exact model files this service may load. Format version 1 (TOML).
 # One [[model]] per model: name (directory under the models root), repo_id, revision (40-hex commit
-# on the Hugging Face Hub, or "built:<recipe>" for models built here by `hxp-llm model fetch-demo`),
+# on the Hugging Face Hub, or "built:<recipe>" for models built here by `scripts/fetch-demo-models`),
 # then one [[model.file]] per file: path, size (bytes; omitted = not known yet), sha256 ("" = unlocked).
 # `hxp-llm model verify` and every `hxp-llm serve` start check the model directory against it;
 # `hxp-llm model lock NAME --revision R` fills hashes from the Hub's metadata; never edit by hand.

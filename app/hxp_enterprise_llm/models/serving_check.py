@@ -1,10 +1,8 @@
 """The check `hxp-llm serve` runs before the engine loads: the model directory must match models.lock.
 
-The lock file is `config.models_lock`; a relative path is looked up first against the current
-directory, then against the repository root of this package (a source checkout or an editable
-install), so `hxp-llm serve` works from anywhere inside a checkout. Images should set an
-absolute path. The lock entry is the one named like the model directory (`/opt/models/<name>`),
-else the one whose name or repo id is `config.model_name`.
+The lock file is `config.models_lock`; a relative path is taken from the current directory (the
+image sets an absolute one, /app/models.lock). The lock entry is the one named like the model
+directory (`/opt/models/<name>`), else the one whose name or repo id is `config.model_name`.
 """
 
 from __future__ import annotations
@@ -19,9 +17,6 @@ from hxp_enterprise_llm.models.verify import verify_model_dir
 
 log = logging.getLogger(__name__)
 
-# app/hxp_enterprise_llm/models/serving_check.py -> the checkout's root.
-PACKAGE_REPO_ROOT = Path(__file__).resolve().parents[3]
-
 
 class _ModelSettings(Protocol):
     @property
@@ -35,15 +30,12 @@ class _ModelSettings(Protocol):
 
 
 def resolve_lock_path(path: Path, cwd: Path | None = None) -> Path:
-    """An absolute path as is; a relative one against the CWD, then the package's repository root."""
-    if path.is_absolute():
-        return path
-    candidates = [(cwd or Path.cwd()) / path, PACKAGE_REPO_ROOT / path]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise LockError(f"lock file {path} not found (looked in {candidates[0].parent} and {PACKAGE_REPO_ROOT}); "
-                    "set model.models_lock to its absolute path")
+    """The lock file: an absolute path as is, a relative one from the current directory."""
+    resolved = path if path.is_absolute() else (cwd or Path.cwd()) / path
+    if not resolved.is_file():
+        raise LockError(f"lock file {resolved} not found; set model.models_lock (OPENCHAT_3_5_MODELS_LOCK) "
+                        "to its path")
+    return resolved
 
 
 def find_entry_for(lock: ModelsLock, model_path: Path, model_name: str) -> LockEntry:

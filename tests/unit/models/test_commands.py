@@ -48,17 +48,6 @@ def test_verify_exit_codes_and_messages(locked_model: LockedModel, capsys: pytes
     assert "no entry for 'no-such-model'" in capsys.readouterr().err
 
 
-def test_fetch_demo_passes_every_argument_through_to_the_demo_builder() -> None:
-    import argparse
-
-    from hxp_enterprise_llm.models.commands import add_model_commands
-
-    parser = argparse.ArgumentParser()
-    add_model_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["model", "fetch-demo", "--help", "--dest", "models", "--only", "x"])
-    assert args.demo_args == ["--help", "--dest", "models", "--only", "x"]
-
-
 def test_download_of_an_unlocked_entry_is_refused_before_any_transfer(
         capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code = main(["model", "download", "openchat-3.5-0106", "--models-root", str(tmp_path),

@@ -1,4 +1,4 @@
-"""The demo models built by `hxp-llm model fetch-demo` pass the same check `serve` runs."""
+"""The demo models built by `scripts/fetch-demo-models` pass the same check `serve` runs."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from hxp_enterprise_llm.models.lockfile import LockEntry, read_lock
-from hxp_enterprise_llm.models.serving_check import PACKAGE_REPO_ROOT
 from hxp_enterprise_llm.models.verify import verify_model_dir
 
-DEMO_ENTRIES = [e for e in read_lock(PACKAGE_REPO_ROOT / "models.lock").models if e.revision.startswith("built:")]
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+DEMO_ENTRIES = [e for e in read_lock(REPO_ROOT / "models.lock").models if e.revision.startswith("built:")]
 
 
 def test_the_lock_has_demo_entries() -> None:

@@ -11,6 +11,7 @@ import pytest
 from model_fixtures import LockedModel
 
 HXP_LLM = Path(sys.executable).parent / "hxp-llm"
+REPO_ROOT = Path(__file__).resolve().parents[3]
 EXIT_MODEL = 3
 
 
@@ -51,6 +52,7 @@ def test_serve_exits_3_naming_the_tampered_file_without_loading_the_engine(
 def test_serve_refuses_an_unlocked_model_with_the_lock_command(tmp_path: Path) -> None:
     model_dir = tmp_path / "openchat-3.5-0106"
     model_dir.mkdir()
-    result = serve([str(HXP_LLM), "serve", "--model-path", str(model_dir)], tmp_path)
+    result = serve([str(HXP_LLM), "serve", "--model-path", str(model_dir),
+                    "--models-lock", str(REPO_ROOT / "models.lock")], tmp_path)
     assert result.returncode == EXIT_MODEL, result.stderr
     assert "hxp-llm model lock openchat-3.5-0106 --revision 9619fb7d2a8e25fa6b0633c0f57f7f4aa79b45c4" in result.stderr

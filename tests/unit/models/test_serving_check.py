@@ -8,10 +8,12 @@ import pytest
 from model_fixtures import LockedModel
 
 from hxp_enterprise_llm.models.lockfile import LockError
-from hxp_enterprise_llm.models.serving_check import PACKAGE_REPO_ROOT, resolve_lock_path, verify_model_for_serving
+from hxp_enterprise_llm.models.serving_check import resolve_lock_path, verify_model_for_serving
 from hxp_enterprise_llm.models.stamps import VerifiedStamps
 from hxp_enterprise_llm.models.verify import ModelIntegrityError, UnlockedModelError
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def config(**overrides: object) -> OpenChat35Config:
@@ -50,7 +52,7 @@ def test_the_real_openchat_entry_is_refused_until_locked(tmp_path: Path) -> None
     model_dir = tmp_path / "openchat-3.5-0106"
     model_dir.mkdir()
     with pytest.raises(UnlockedModelError, match="hxp-llm model lock openchat-3.5-0106 --revision 9619fb7d"):
-        verify_model_for_serving(config(model_path=model_dir, models_lock=PACKAGE_REPO_ROOT / "models.lock"))
+        verify_model_for_serving(config(model_path=model_dir, models_lock=REPO_ROOT / "models.lock"))
 
 
 def test_off_skips_the_check_and_says_so_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -73,11 +75,11 @@ def test_stamp_mode_hashes_once_then_trusts_the_stamp(locked_model: LockedModel,
     assert "verified-stamp trusted" in caplog.records[1].getMessage()
 
 
-def test_a_relative_lock_path_is_looked_up_in_the_cwd_then_the_checkout(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_relative_lock_path_is_taken_from_the_cwd_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No fallback to the package's location: in the image that would be a path inside the venv.
     monkeypatch.chdir(tmp_path)
-    assert resolve_lock_path(Path("models.lock")) == PACKAGE_REPO_ROOT / "models.lock"
+    with pytest.raises(LockError, match=f"{tmp_path}/models.lock not found"):
+        resolve_lock_path(Path("models.lock"))
     (tmp_path / "models.lock").write_text("version = 1\n")
     assert resolve_lock_path(Path("models.lock")) == tmp_path / "models.lock"
-    with pytest.raises(LockError, match="absent.lock not found"):
-        resolve_lock_path(Path("absent.lock"))
+    assert resolve_lock_path(tmp_path / "models.lock") == tmp_path / "models.lock"

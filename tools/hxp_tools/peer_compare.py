@@ -19,10 +19,10 @@ from typing import Any
 
 from hxp_enterprise_llm.bench.report import render_table, report_document
 from hxp_enterprise_llm.bench.runner import LoadOptions, run_load
-from hxp_enterprise_llm.bench.servers import ManagedServer, ServerFailed
 from hxp_enterprise_llm.bench.stats import Summary, summarize, verdict
+from hxp_tools.servers import ManagedServer, ServerFailed
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]  # tools/hxp_tools/peer_compare.py -> the checkout
 
 
 @dataclass(frozen=True)

