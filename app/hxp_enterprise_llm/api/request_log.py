@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hxp_enterprise_llm.orchestration.interactive_orchestrator import RequestRecord
+from hxp_enterprise_llm.orchestration.request_record import RequestRecord
 
 REQUEST_LOGGER = "hxp_enterprise_llm.requests"
 
@@ -65,8 +65,10 @@ class RequestLog:
             "event": "request",
             "request_id": record.request_id,
             "model": self._model,
+            "route": record.route,
             "status": record.status,
             "outcome": record.outcome,
+            "error_code": record.error.code if record.error is not None else None,
             "stream": record.stream,
             "finish_reason": record.finish_reason,
             "prompt_tokens": record.prompt_tokens,

@@ -19,7 +19,7 @@ import httpx
 from fastapi import FastAPI
 
 from hxp_enterprise_llm.api.app import AppContext, build_app
-from hxp_enterprise_llm.api.health import ServiceState
+from hxp_enterprise_llm.orchestration.service_state import ServiceState
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
 from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
@@ -61,9 +61,9 @@ class Served:
                          f"engine request {request_id} started")
 
     async def release(self, request_id: str) -> None:
-        """End a held engine request (the FakeEngine then finishes it as aborted)."""
+        """Let a held engine request finish now with its full answer."""
         await self.started(request_id)
-        await self.engine.abort(request_id)
+        await self.engine.finish(request_id)
 
 
 def make_config(**settings: Any) -> OpenChat35Config:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 import time
 
 import pytest
 from api_harness import MODEL, Served, assert_openai_error, chat_body, eventually
 
 from hxp_enterprise_llm.api.app import EXIT_ENGINE_FAILED
-from hxp_enterprise_llm.api.health import ServiceState
+from hxp_enterprise_llm.orchestration.service_state import ServiceState
 from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
 
 pytestmark = pytest.mark.anyio
@@ -23,8 +24,11 @@ async def test_health_when_ready(served: Served) -> None:
     assert body["model"] == MODEL
     assert body["context_length"] == 4096
     assert body["streaming"] is True
-    assert isinstance(body["timestamp"], float)
-    assert body["timestamp"] >= before - 1
+    # A string, as the spec's example shows: ISO-8601 UTC.
+    stamp = datetime.datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00"))
+    assert stamp.tzinfo is not None
+    assert body["timestamp"].endswith("Z")
+    assert stamp.timestamp() >= before - 1
 
 
 async def test_health_reports_configured_context_length(serve_app) -> None:

@@ -10,11 +10,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from hxp_enterprise_llm.schemas.outcomes import FinishReason
+
 if TYPE_CHECKING:
     from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
-
-# "stop" (end of turn or a stop string), "length" (max_tokens), "abort" (cancelled).
-FinishReason = str
 
 
 class EngineError(RuntimeError):

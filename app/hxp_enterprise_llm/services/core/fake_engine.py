@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
+from hxp_enterprise_llm.schemas.outcomes import FinishReason
 from hxp_enterprise_llm.services.core.engine import (
     EngineDeadError,
     EngineError,
@@ -53,6 +54,7 @@ class FakeEngine:
     """Implements the Engine protocol; each token takes `token_delay` seconds."""
 
     description = "fake"
+    version = "fake 1"
     device = "none"
 
     def __init__(self, token_delay: float = 0.0, start_delay: float = 0.0, fail_start: bool = False,
@@ -67,6 +69,7 @@ class FakeEngine:
         self.aborted: list[str] = []
         self._running: set[str] = set()
         self._abort_events: dict[str, asyncio.Event] = {}
+        self._finish_events: dict[str, asyncio.Event] = {}
         self._script: deque[ScriptedReply] = deque()
         self._tokenizer = CharTokenizer()
 
@@ -97,21 +100,22 @@ class FakeEngine:
         self.requests.append(request)
         reply = self._script.popleft() if self._script else ScriptedReply(list(self.default_reply))
         tokens = list(reply.tokens)
-        finish = reply.finish_reason
+        finish = FinishReason(reply.finish_reason)
         if len(tokens) >= request.sampling.max_tokens:
-            tokens, finish = tokens[: request.sampling.max_tokens], "length"
+            tokens, finish = tokens[: request.sampling.max_tokens], FinishReason.LENGTH
         abort = self._abort_events.setdefault(request.request_id, asyncio.Event())
+        finish_now = self._finish_events.setdefault(request.request_id, asyncio.Event())
         self._running.add(request.request_id)
         prompt_tokens = len(request.prompt_token_ids)
         try:
             for index, text in enumerate(tokens):
-                if self.token_delay:
+                if self.token_delay and not finish_now.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(abort.wait(), self.token_delay)
+                        await asyncio.wait_for(_first_of(abort, finish_now), self.token_delay)
                 if self.dead:
                     raise EngineDeadError("fake engine died mid-request")
                 if abort.is_set():
-                    yield TokenDelta("", (), prompt_tokens, index, "abort")
+                    yield TokenDelta("", (), prompt_tokens, index, FinishReason.ABORT)
                     return
                 last = index == len(tokens) - 1
                 yield TokenDelta(text, (index + 100,), prompt_tokens, index + 1, finish if last else None)
@@ -120,6 +124,12 @@ class FakeEngine:
         finally:
             self._running.discard(request.request_id)
             self._abort_events.pop(request.request_id, None)
+            self._finish_events.pop(request.request_id, None)
+
+    async def finish(self, request_id: str) -> None:
+        """Let a request held by a long token_delay finish now, with its whole scripted answer."""
+        await _until(lambda: request_id in self._finish_events)
+        self._finish_events[request_id].set()
 
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)
@@ -139,3 +149,17 @@ class FakeEngine:
 
     async def shutdown(self) -> None:
         self.started = False
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.001)

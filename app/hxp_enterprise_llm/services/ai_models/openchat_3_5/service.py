@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hxp_enterprise_llm.schemas.errors import ContextLengthError, InvalidRequestError
@@ -54,6 +56,20 @@ def to_prompt_messages(messages: MessagesInput) -> list[PromptMessage]:
     return result
 
 
+def model_quantization(model_path: Path) -> str:
+    """How the weights are stored, from the model's config.json: "none", or the method (e.g. "awq")."""
+    try:
+        config = json.loads((model_path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "unknown"
+    quantization = config.get("quantization_config") if isinstance(config, dict) else None
+    if not isinstance(quantization, dict):
+        return "none"
+    method = str(quantization.get("quant_method", "unknown"))
+    detail = quantization.get("format")
+    return f"{method}:{detail}" if isinstance(detail, str) and detail else method
+
+
 class OpenChat35Service:
     """Prompt building, sampling defaults and output clean-up around an Engine."""
 
@@ -83,9 +99,12 @@ class OpenChat35Service:
             "revision": self.revision,
             "context_length": self.config.max_model_len,
             "dtype": self.config.dtype,
+            "quantization": model_quantization(self.config.model_path),
             "streaming": self.config.streaming_enabled,
             "engine": getattr(self.engine, "description", type(self.engine).__name__),
+            "engine_version": getattr(self.engine, "version", "unknown"),
             "device": getattr(self.engine, "device", "unknown"),
+            "loaded": self.ready,
             "prompt_format": type(self._prompt).__name__ if self._prompt else None,
         }
 
