@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+from starlette.types import Receive, Scope, Send
 
 from hxp_enterprise_llm.api.lifecycle import open_record
 from hxp_enterprise_llm.api.request_input import (
@@ -39,7 +40,7 @@ from hxp_enterprise_llm.schemas.openai import (
     now,
 )
 from hxp_enterprise_llm.services.core.engine import GenerationRequest
-from hxp_enterprise_llm.services.streaming.response_streamer import ResponseStreamer
+from hxp_enterprise_llm.services.streaming.response_streamer import Delta, Prefetched, ResponseStreamer
 
 if TYPE_CHECKING:
     from hxp_enterprise_llm.api.app import AppContext
@@ -68,12 +69,19 @@ async def chat_completions(request: Request) -> Response:
     except ClientDisconnected:
         return Response(status_code=STATUS_CLIENT_GONE)
     generation = ctx.orchestrator.generate(record, prepared)
-    if chat.stream:
-        return _stream(ctx, chat, generation, record)
     try:
+        if chat.stream:
+            # Headers wait for the first token: whatever fails before it (the engine refusing the
+            # request, a dead engine, the deadline) is still a plain HTTP error, not a 200 stream.
+            first = await until_disconnected(request, generation.next())
+            return _stream(ctx, chat, generation, record, first)
         return await until_disconnected(request, _complete(chat, generation, record))
     except ClientDisconnected:
+        await generation.aclose()
         return Response(status_code=STATUS_CLIENT_GONE)
+    except BaseException:
+        await generation.aclose()
+        raise
 
 
 def _check_model(ctx: AppContext, model: str) -> None:
@@ -93,16 +101,14 @@ def _prepare(ctx: AppContext, chat: ChatCompletionRequest, request_id: str) -> G
 
 async def _complete(chat: ChatCompletionRequest, generation: Generation, record: RequestRecord) -> JSONResponse:
     parts: list[str] = []
-    try:
-        while True:
-            try:
-                delta = await generation.next()
-            except StopAsyncIteration:
-                break
-            if delta is not None:
-                parts.append(delta.text)
-    finally:
-        await generation.aclose()
+    while True:
+        try:
+            delta = await generation.next()
+        except StopAsyncIteration:
+            break
+        if delta is not None:
+            parts.append(delta.text)
+    await generation.aclose()
     body = ChatCompletionResponse(
         id=new_completion_id(), created=now(), model=chat.model,
         choices=[ChatCompletionChoice(message=ResponseMessage(content="".join(parts)),
@@ -112,25 +118,39 @@ async def _complete(chat: ChatCompletionRequest, generation: Generation, record:
     return JSONResponse(body.model_dump())
 
 
-def _stream(ctx: AppContext, chat: ChatCompletionRequest, generation: Generation,
-            record: RequestRecord) -> EventSourceResponse:
+def _stream(ctx: AppContext, chat: ChatCompletionRequest, generation: Generation, record: RequestRecord,
+            first: Delta | None) -> EventSourceResponse:
     streamer = ResponseStreamer.for_config(
         ctx.config, model=chat.model, include_usage=bool(chat.stream_options and chat.stream_options.include_usage))
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            async for frame in streamer.frames(generation):
+            async for frame in streamer.frames(Prefetched(first, generation)):
                 yield frame.encode()
         finally:
             record.frames = streamer.content_frames
             if streamer.error is not None:
                 record.fail(streamer.error)
-            await generation.aclose()
 
-    return EventSourceResponse(
-        body(), ping=ctx.config.stream_ping_seconds, sep="\n",
+    return GenerationResponse(
+        generation, body(), ping=ctx.config.stream_ping_seconds, sep="\n",
         ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+class GenerationResponse(EventSourceResponse):
+    """An SSE response that owns its generation: however it ends (even before its first byte, when
+    the client has gone), the engine request is closed and aborted if unfinished."""
+
+    def __init__(self, generation: Generation, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._generation = generation
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._generation.aclose()
 
 
 @router.get("/v1/models")

@@ -86,8 +86,18 @@ async def test_request_timeout_is_504_and_aborts_the_engine_request(serve_app) -
     assert "slow-plain" in served.engine.aborted
 
 
-async def test_stream_timeout_is_an_error_frame_then_done(serve_app) -> None:
+async def test_stream_timeout_before_the_first_token_is_a_plain_504(serve_app) -> None:
     async with serve_app(FakeEngine(token_delay=HOLD), connection_timeout_seconds=0.05) as served:
+        response = await served.chat(chat_body(stream=True), headers={"X-Request-ID": "slow-start"})
+        assert served.ctx.orchestrator.running == 0
+    # No byte had been sent: the client gets an HTTP error, not a 200 stream with an error inside.
+    assert_openai_error(response, 504, code="request_timeout")
+    assert "slow-start" in served.engine.aborted
+
+
+async def test_stream_timeout_mid_answer_is_an_error_frame_then_done(serve_app) -> None:
+    async with serve_app(connection_timeout_seconds=0.2) as served:
+        served.engine.enqueue(*"first then held", hold_after=1)
         response = await served.chat(chat_body(stream=True), headers={"X-Request-ID": "slow-stream"})
         assert served.ctx.orchestrator.running == 0
     assert response.status_code == 200  # the stream had started: the error travels inside it
@@ -96,6 +106,7 @@ async def test_stream_timeout_is_an_error_frame_then_done(serve_app) -> None:
     error = json.loads(events[-2])["error"]
     assert error["code"] == "request_timeout"
     assert set(error) == {"message", "type", "param", "code"}
+    assert "f" in "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-2])
     assert "slow-stream" in served.engine.aborted
 
 
@@ -192,7 +203,8 @@ async def test_drain_waits_for_queued_requests_too(serve_app) -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_drain_deadline_stops_running_requests_with_an_honest_error(serve_app, stream: bool) -> None:
-    async with serve_app(FakeEngine(token_delay=HOLD)) as served:
+    async with serve_app() as served:
+        served.engine.enqueue(*"started, then held", hold_after=1)
         running = await hold(served, "running", stream=stream)
         await served.started("running")
         assert await served.ctx.orchestrator.drain(timeout=0.01) is False
@@ -209,13 +221,14 @@ async def test_drain_deadline_stops_running_requests_with_an_honest_error(serve_
 
 
 async def test_engine_dying_mid_answer_is_503_engine_failed_and_fatal(serve_app) -> None:
-    async with serve_app(FakeEngine(token_delay=0.01)) as served:
-        served.engine.enqueue(*("x" * 5000))
-        served.engine.enqueue(*("y" * 5000))
+    async with serve_app() as served:
+        served.engine.enqueue(*("x" * 50), hold_after=1)
+        served.engine.enqueue(*("y" * 50), hold_after=1)
         plain = RawExchange(served.app, chat_body(max_tokens=4000), request_id="plain").start()
         stream = RawExchange(served.app, chat_body(stream=True, max_tokens=4000), request_id="stream").start()
         await served.started("plain")
         await served.started("stream")
+        await eventually(lambda: b'"content":"y"' in stream.body, "the stream started")
         served.engine.kill()
         await plain.finished()
         await stream.finished()

@@ -1,24 +1,21 @@
 """The validated service configuration and its loading: defaults < YAML < environment < CLI.
 
 `ModelConfigSchema` holds every key with its default and allowed range. A model's settings class
-(`OpenChat35Config`) subclasses it to set the environment prefix. `load_config` builds one frozen
-instance from the four layers and remembers where each value came from, for `hxp-llm config show`.
+(`OpenChat35Config`) adds the environment prefix. `load_config` merges the four layers into one
+mapping, validates it once, and remembers where each value came from, for `hxp-llm config show`.
 """
 
 from __future__ import annotations
 
-import contextvars
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+from pydantic_settings import NoDecode
 
 # The spec's YAML is nested by concern; the settings themselves are flat. Each YAML key lives in
 # exactly one section, so `service.port` and `OPENCHAT_3_5_PORT` name the same setting.
@@ -49,16 +46,19 @@ YAML_SECTIONS: dict[str, tuple[str, ...]] = {
 SECTION_OF_KEY = {key: section for section, keys in YAML_SECTIONS.items() for key in keys}
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+C = TypeVar("C", bound="ModelConfigSchema")
 
 
 class ConfigError(ValueError):
     """A configuration that cannot start the service; the message names the key and the value."""
 
 
-class ModelConfigSchema(BaseSettings):
+class ModelConfigSchema(BaseModel):
     """Every setting of the service, with the spec's defaults."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    # The environment variables' prefix; a settings class (OpenChat35Config) reads them with it.
+    env_prefix: ClassVar[str] = "OPENCHAT_3_5_"
 
     # --- service (spec)
     host: str = "0.0.0.0"
@@ -133,43 +133,8 @@ class ModelConfigSchema(BaseSettings):
         return self
 
     @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Highest first: CLI (init kwargs) > environment > YAML > defaults.
-        return init_settings, env_settings, _YamlLayerSource(settings_cls)
-
-    @classmethod
     def env_name(cls, key: str) -> str:
-        return f"{cls.model_config.get('env_prefix', '')}{key}".upper()
-
-
-# The YAML layer of the config being built; a context variable so that concurrent loads (tests)
-# cannot see each other's files.
-_yaml_layer: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
-    "_yaml_layer", default=MappingProxyType({}))
-
-
-class _YamlLayerSource(PydanticBaseSettingsSource):
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return _yaml_layer.get().get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(_yaml_layer.get())
-
-
-@contextmanager
-def _yaml_values(values: Mapping[str, Any]) -> Iterator[None]:
-    token = _yaml_layer.set(values)
-    try:
-        yield
-    finally:
-        _yaml_layer.reset(token)
+        return f"{cls.env_prefix}{key}".upper()
 
 
 def read_yaml_config(path: Path) -> dict[str, Any]:
@@ -240,21 +205,25 @@ class LoadedConfig:
 
 
 def load_config(
-    cls: type[ModelConfigSchema],
+    cls: type[C],
     config_file: Path | None = None,
     cli_overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> LoadedConfig:
-    """Build the frozen config from defaults < YAML < environment < CLI, or raise ConfigError."""
+    """Merge defaults < YAML < environment < CLI into one mapping and validate it once; or raise ConfigError.
+
+    `environ` is read as given (the process environment by default) and never written.
+    """
     environ = os.environ if environ is None else environ
     cli = {k: v for k, v in (cli_overrides or {}).items() if v is not None}
     yaml_values = read_yaml_config(config_file) if config_file is not None else {}
+    env_values = {key: environ[cls.env_name(key)] for key in cls.model_fields if cls.env_name(key) in environ}
 
     origins: dict[str, str] = {}
     for key in cls.model_fields:
         if key in cli:
             origins[key] = "cli"
-        elif cls.env_name(key) in environ:
+        elif key in env_values:
             origins[key] = f"env:{cls.env_name(key)}"
         elif key in yaml_values:
             origins[key] = f"yaml:{config_file}"
@@ -270,29 +239,14 @@ def load_config(
                           f"(known keys: see `hxp-llm config show`)")
 
     try:
-        with _yaml_values(yaml_values), _environment(environ):
-            config = cls(**cli)
+        # Validated by the plain schema (a settings class would read the process environment again),
+        # then given the settings class's type without a second validation.
+        validated = ModelConfigSchema.model_validate({**yaml_values, **env_values, **cli})
     except ValidationError as exc:
         raise ConfigError(_describe_validation_error(cls, exc, origins)) from None
-    except SettingsError as exc:  # a value pydantic-settings could not even decode (e.g. bad JSON)
-        raise ConfigError(f"invalid configuration: {exc}") from None
+    config = cls.model_construct(_fields_set=validated.model_fields_set,
+                                 **{key: getattr(validated, key) for key in cls.model_fields})
     return LoadedConfig(config, origins)
-
-
-@contextmanager
-def _environment(environ: Mapping[str, str]) -> Iterator[None]:
-    """Let pydantic-settings read `environ` instead of the process environment (tests pass their own)."""
-    if environ is os.environ:
-        yield
-        return
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(environ)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def _describe_validation_error(cls: type[ModelConfigSchema], exc: ValidationError,

@@ -48,6 +48,7 @@ class CharTokenizer:
 class ScriptedReply:
     tokens: Sequence[str]  # each entry is one token's text
     finish_reason: str = "stop"
+    hold_after: int | None = None  # after this many tokens, wait until finish() or abort()
 
 
 class FakeEngine:
@@ -73,9 +74,9 @@ class FakeEngine:
         self._script: deque[ScriptedReply] = deque()
         self._tokenizer = CharTokenizer()
 
-    def enqueue(self, *tokens: str, finish_reason: str = "stop") -> None:
-        """The next request answers with these tokens (one string per token)."""
-        self._script.append(ScriptedReply(tokens, finish_reason))
+    def enqueue(self, *tokens: str, finish_reason: str = "stop", hold_after: int | None = None) -> None:
+        """The next request answers with these tokens (one string per token), pausing after `hold_after`."""
+        self._script.append(ScriptedReply(tokens, finish_reason, hold_after))
 
     def kill(self) -> None:
         """Simulate the engine process dying."""
@@ -109,6 +110,8 @@ class FakeEngine:
         prompt_tokens = len(request.prompt_token_ids)
         try:
             for index, text in enumerate(tokens):
+                if index == reply.hold_after:
+                    await _first_of(abort, finish_now)
                 if self.token_delay and not finish_now.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(_first_of(abort, finish_now), self.token_delay)

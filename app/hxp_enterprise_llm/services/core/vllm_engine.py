@@ -9,7 +9,9 @@ import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from hxp_enterprise_llm.schemas.errors import InvalidRequestError
 from hxp_enterprise_llm.schemas.outcomes import FinishReason
+from hxp_enterprise_llm.services.core.cpu_budget import cpu_thread_binding, warn_if_over_budget
 from hxp_enterprise_llm.services.core.engine import (
     EngineDeadError,
     EngineError,
@@ -25,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 
 GIB = 1 << 30
+# Imported by vLLM inside its worker process (see vllm_cpu_seed_fix); named here so that this
+# module does not import vLLM.
+SEED_FIX_EXTENSION = "hxp_enterprise_llm.services.core.vllm_cpu_seed_fix.SeedFixWorkerExtension"
 
 
 def engine_args_from_config(config: ModelConfigSchema, on_cpu: bool = False) -> dict[str, Any]:
@@ -45,6 +50,10 @@ def engine_args_from_config(config: ModelConfigSchema, on_cpu: bool = False) -> 
         "trust_remote_code": False,
         "disable_log_stats": False,
         "enable_log_requests": False,
+        # A no-op on GPU; on CPU it keeps seeded sampling from killing the engine.
+        "worker_extension_cls": SEED_FIX_EXTENSION,
+        # A progress bar is not a log line: it would bypass the JSON log format.
+        "use_tqdm_on_load": False,
     }
     if on_cpu:
         # On CPU, vLLM reads gpu_memory_utilization as a share of *host* RAM that must be free at
@@ -60,6 +69,8 @@ class VllmEngine:
         self._config = config
         self._llm: Any = None
         self._tokenizer: Any = None
+        # False only on a CPU engine whose worker did not take the seed fix: seeded sampling is then refused.
+        self.seeded_sampling_safe = True
 
     @property
     def description(self) -> str:
@@ -95,6 +106,7 @@ class VllmEngine:
         except Exception as exc:
             raise EngineError(f"vLLM engine failed to start: {type(exc).__name__}: {exc}") from exc
         self._tokenizer = self._llm.get_tokenizer()
+        await self._check_seed_fix()
 
     def _build(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -102,12 +114,28 @@ class VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         on_cpu = current_platform.is_cpu()
-        if on_cpu and len(os.sched_getaffinity(0)) <= 2 and "VLLM_CPU_NUM_OF_RESERVED_CPU" not in os.environ:
-            # vLLM keeps one core for its scheduler; with two cores that halves the compute for the
-            # model. Measured on 2 cores (docs/benchmark.md): 20 users 3.9 -> 6.4 req/s with none reserved.
-            os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
-            logger.info("2 or fewer cores: VLLM_CPU_NUM_OF_RESERVED_CPU=0 (no core set aside for the scheduler)")
+        if on_cpu:
+            for name, value in cpu_thread_binding(self._config.cpu_cores, os.environ).items():
+                os.environ[name] = value  # inherited by vLLM's engine-core and worker processes
+            logger.info("vLLM CPU threads bound to cores %s (cpu_cores=%g)",
+                        os.environ.get("VLLM_CPU_OMP_THREADS_BIND"), self._config.cpu_cores)
+            warn_if_over_budget(self._config)
         return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args_from_config(self._config, on_cpu)))
+
+    async def _check_seed_fix(self) -> None:
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu():
+            return
+        try:
+            answers = await self._llm.collective_rpc("hxp_seed_fix_active")
+            self.seeded_sampling_safe = bool(answers) and all(answers)
+        except Exception:
+            logger.exception("could not ask the worker whether the seed fix is active")
+            self.seeded_sampling_safe = False
+        if not self.seeded_sampling_safe:
+            logger.error("the CPU seeded-sampling fix is not active in vLLM's worker: requests with `seed` and "
+                         "temperature > 0 are refused (they could crash this vLLM version's CPU engine)")
 
     def get_tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
@@ -115,24 +143,31 @@ class VllmEngine:
         return self._tokenizer
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
+        from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         if self._llm is None:
             raise EngineError("engine not started")
         options = request.sampling
-        params = SamplingParams(
-            max_tokens=options.max_tokens,
-            temperature=options.temperature,
-            top_p=options.top_p,
-            top_k=max(options.top_k, 0),
-            seed=options.seed,
-            stop=list(options.stop) or None,
-            stop_token_ids=list(options.stop_token_ids) or None,
-            presence_penalty=options.presence_penalty,
-            frequency_penalty=options.frequency_penalty,
-            logit_bias=dict(options.logit_bias) or None,
-            output_kind=RequestOutputKind.DELTA,
-        )
+        if options.seed is not None and options.temperature > 0 and not self.seeded_sampling_safe:
+            raise InvalidRequestError("seed with temperature > 0 is unavailable on this CPU engine (see the "
+                                      "service log); use temperature 0 or drop seed", param="seed")
+        try:
+            params = SamplingParams(
+                max_tokens=options.max_tokens,
+                temperature=options.temperature,
+                top_p=options.top_p,
+                top_k=max(options.top_k, 0),
+                seed=options.seed,
+                stop=list(options.stop) or None,
+                stop_token_ids=list(options.stop_token_ids) or None,
+                presence_penalty=options.presence_penalty,
+                frequency_penalty=options.frequency_penalty,
+                logit_bias=dict(options.logit_bias) or None,
+                output_kind=RequestOutputKind.DELTA,
+            )
+        except (VLLMClientError, ValueError, TypeError) as exc:
+            raise _invalid(exc) from None
         prompt_tokens = len(request.prompt_token_ids)
         completion_tokens = 0
         try:
@@ -147,10 +182,24 @@ class VllmEngine:
                     completion_tokens=completion_tokens,
                     finish_reason=_finish_reason(completion.finish_reason) if output.finished else None,
                 )
-        except Exception as exc:
-            if self._llm.errored:
-                raise EngineDeadError(f"vLLM engine died: {self._llm.dead_error}") from exc
+        except asyncio.CancelledError:
             raise
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: Exception) -> Exception:
+        """vLLM's exceptions as the service's: a dead engine, the client's mistake (400), or a bug."""
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
+
+        if (self._llm is not None and self._llm.errored) or isinstance(exc, VllmEngineDeadError):
+            return EngineDeadError(f"vLLM engine died: {self._llm.dead_error if self._llm else exc}")
+        if isinstance(exc, VLLMClientError):
+            return _invalid(exc)
+        cause = exc.__cause__
+        if isinstance(cause, (ValueError, TypeError)):  # vLLM wraps those in EngineGenerateError
+            return _invalid(cause)
+        return exc
 
     async def abort(self, request_id: str) -> None:
         if self._llm is not None and not self._llm.errored:
@@ -170,6 +219,10 @@ class VllmEngine:
         llm, self._llm = self._llm, None
         if llm is not None:
             await asyncio.to_thread(llm.shutdown)
+
+
+def _invalid(exc: BaseException) -> InvalidRequestError:
+    return InvalidRequestError(str(exc), param=getattr(exc, "parameter", None))
 
 
 def _finish_reason(reason: str | None) -> FinishReason:

@@ -76,6 +76,20 @@ class IteratorSource:
         return delta
 
 
+class Prefetched:
+    """A DeltaSource whose first delta was read already (the route waits for it before the headers)."""
+
+    def __init__(self, first: Delta | None, rest: DeltaSource) -> None:
+        self._first = first
+        self._rest = rest
+
+    async def next(self, wait: float | None = None) -> Delta | None:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await self._rest.next(wait)
+
+
 def sse_frame(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
