@@ -18,7 +18,7 @@ from types import FrameType
 
 import uvicorn
 
-from hxp_enterprise_llm.api.app import AppContext, build_app
+from hxp_enterprise_llm.api.app import EXIT_ENGINE_FAILED, AppContext, build_app
 from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
 
@@ -45,6 +45,9 @@ class DrainingServer(uvicorn.Server):
 
     async def serve(self, sockets: list | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        if self.ctx is not None:
+            # SIGHUP re-reads api_keys_file: a key rotates without a restart.
+            self._loop.add_signal_handler(signal.SIGHUP, self.ctx.api_keys.reload)
         await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -90,9 +93,17 @@ def run_server(config: ModelConfigSchema, service: OpenChat35Service) -> int:
     servers: list[DrainingServer] = []
     app = build_app(config, service, on_fatal=lambda code, detail: servers[0].fatal(code, detail))
     server = DrainingServer(uvicorn.Config(app, host=config.host, port=config.port, log_config=None,
-                                           access_log=False, lifespan="on", workers=config.workers),
+                                           access_log=False, lifespan="on", workers=config.workers,
+                                           # A request head (line + headers) larger than this is refused
+                                           # with 400 before the body is read.
+                                           h11_max_incomplete_event_size=config.max_header_bytes),
                             config.drain_timeout_seconds)
     server.ctx = app.state.ctx
     servers.append(server)
     server.run()
+    if server.exit_code == EXIT_ENGINE_FAILED:
+        # The engine is dead: nothing is left to clean up, and the interpreter's own shutdown can
+        # hang on vLLM's threads and finalizers. Leave now, with the code the restart policy reads.
+        logging.shutdown()
+        os._exit(server.exit_code)
     return server.exit_code

@@ -94,10 +94,10 @@ class Generation:
                 f"generation failed ({type(exc).__name__}); see the service log for request "
                 f"{self._record.request_id}")) from None
         self._record.observe(delta)
-        if delta.finish_reason is not None:
+        if delta.finish_reason is FinishReason.ABORT:
+            raise self._aborted()
+        if self._record.finish_reason is not None:  # every choice has ended
             self._finished = True
-            if delta.finish_reason is FinishReason.ABORT:
-                raise self._aborted()
         return delta
 
     def stop_for_shutdown(self) -> None:
@@ -107,7 +107,7 @@ class Generation:
             self._pending.cancel()  # wakes a reader waiting for it; cancelling also aborts in vLLM
 
     def _aborted(self) -> ServiceError:
-        self._record.finish_reason = FinishReason.ABORT
+        self._record.mark_aborted()
         return self._failed(GenerationAbortedError(
             "the service stopped this generation before it finished (shutting down); the answer is "
             "incomplete: retry on another replica", headers={"Retry-After": "5"}))

@@ -150,7 +150,7 @@ class RawExchange:
     """One HTTP request sent straight to the ASGI app, with the client's side under the test's control."""
 
     def __init__(self, app: FastAPI, body: dict[str, Any], *, request_id: str,
-                 path: str = CHAT, headers: dict[str, str] | None = None) -> None:
+                 path: str = CHAT, headers: dict[str, str] | None = None, stall_body: bool = False) -> None:
         self._app = app
         self._body = json.dumps(body).encode()
         self.request_id = request_id
@@ -163,6 +163,7 @@ class RawExchange:
         self.response_headers: dict[str, str] = {}
         self.body = bytearray()
         self._body_sent = False
+        self._stall_body = stall_body  # send half the body, then nothing more: a slow-body client
         self.app_error: Exception | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -186,6 +187,8 @@ class RawExchange:
     async def _receive(self) -> dict[str, Any]:
         if not self._body_sent:
             self._body_sent = True
+            if self._stall_body:
+                return {"type": "http.request", "body": self._body[: len(self._body) // 2], "more_body": True}
             return {"type": "http.request", "body": self._body, "more_body": False}
         await self.hang_up.wait()
         return {"type": "http.disconnect"}

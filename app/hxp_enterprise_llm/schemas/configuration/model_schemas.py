@@ -21,8 +21,8 @@ from pydantic_settings import NoDecode
 # exactly one section, so `service.port` and `OPENCHAT_3_5_PORT` name the same setting.
 YAML_SECTIONS: dict[str, tuple[str, ...]] = {
     "service": (
-        "host", "port", "workers", "log_level", "log_dir", "api_key", "served_model_name", "model_aliases",
-        "memory_gb", "cpu_cores",
+        "host", "port", "workers", "log_level", "log_dir", "api_key", "api_keys_file", "served_model_name",
+        "model_aliases", "memory_gb", "cpu_cores",
     ),
     "model": (
         "model_path", "model_name", "models_lock", "model_verification", "prompt_format", "dtype",
@@ -31,16 +31,17 @@ YAML_SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "performance": (
         "max_num_batched_tokens", "max_num_seqs", "enable_chunked_prefill", "target_latency_ms",
-        "target_throughput_rps",
+        "target_throughput_rps", "default_temperature", "default_top_p", "max_n",
     ),
     "realtime": (
         "streaming_enabled", "concurrent_users", "response_chunk_size", "low_latency_mode",
         "connection_timeout_seconds", "max_queue_size", "queue_timeout_seconds",
         "stream_flush_interval_ms", "stream_ping_seconds", "max_request_body_bytes",
+        "max_header_bytes", "body_timeout_seconds", "max_messages", "max_message_chars",
         "drain_timeout_seconds",
     ),
     "monitoring": (
-        "metrics_port", "health_check_interval", "metrics_collection_interval",
+        "metrics_port", "metrics_host", "health_check_interval", "metrics_collection_interval",
     ),
 }
 SECTION_OF_KEY = {key: section for section, keys in YAML_SECTIONS.items() for key in keys}
@@ -95,7 +96,22 @@ class ModelConfigSchema(BaseModel):
     served_model_name: str = Field("openchat-3.5", min_length=1, description="model id in the API")
     model_aliases: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="other model ids requests may name (comma-separated)")
-    api_key: SecretStr | None = Field(None, description="Bearer key for inference routes; None = open")
+    api_key: SecretStr | None = Field(None, description="Bearer key for the API routes; None (and no "
+                                      "api_keys_file) = open")
+    api_keys_file: Path | None = Field(None, description="more Bearer keys, one per line (# comments); re-read "
+                                       "on SIGHUP and when it changes, so keys rotate without a restart")
+    metrics_host: str | None = Field(None, description="address the metrics port binds to; None = host")
+    default_temperature: float | None = Field(None, ge=0, le=2, description="temperature of requests that "
+                                              "send none; None = the model's generation_config.json, else 1")
+    default_top_p: float | None = Field(None, gt=0, le=1, description="top_p of requests that send none; "
+                                        "None = the model's generation_config.json, else 1")
+    max_n: int = Field(8, ge=1, le=128, description="most choices (`n`) one request may ask for")
+    max_messages: int = Field(1024, ge=1, le=1_000_000, description="most messages in one chat request")
+    max_message_chars: int = Field(200_000, ge=1, le=100_000_000, description="most characters in one message")
+    max_header_bytes: int = Field(16_384, ge=1024, le=1 << 20, description="largest request head (request line "
+                                  "and headers); larger is refused before the body is read")
+    body_timeout_seconds: float = Field(10, gt=0, le=3600, description="a request body must arrive within "
+                                        "this (slow-body clients are cut off with 408)")
     log_dir: Path | None = Field(None, description="also write JSON logs to a rotating file here")
     models_lock: Path = Field(Path("models.lock"), description="lock file the model is verified against")
     model_verification: Literal["full", "stamp", "off"] = Field(

@@ -16,8 +16,10 @@ from hxp_enterprise_llm.services.core.engine import (
     EngineDeadError,
     EngineError,
     GenerationRequest,
+    SamplingOptions,
     TokenDelta,
     Tokenizer,
+    TokenLogprob,
 )
 
 if TYPE_CHECKING:
@@ -143,45 +145,36 @@ class VllmEngine:
         return self._tokenizer
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
-        from vllm.exceptions import VLLMClientError
-        from vllm.sampling_params import RequestOutputKind, SamplingParams
-
         if self._llm is None:
             raise EngineError("engine not started")
         options = request.sampling
         if options.seed is not None and options.temperature > 0 and not self.seeded_sampling_safe:
             raise InvalidRequestError("seed with temperature > 0 is unavailable on this CPU engine (see the "
                                       "service log); use temperature 0 or drop seed", param="seed")
-        try:
-            params = SamplingParams(
-                max_tokens=options.max_tokens,
-                temperature=options.temperature,
-                top_p=options.top_p,
-                top_k=max(options.top_k, 0),
-                seed=options.seed,
-                stop=list(options.stop) or None,
-                stop_token_ids=list(options.stop_token_ids) or None,
-                presence_penalty=options.presence_penalty,
-                frequency_penalty=options.frequency_penalty,
-                logit_bias=dict(options.logit_bias) or None,
-                output_kind=RequestOutputKind.DELTA,
-            )
-        except (VLLMClientError, ValueError, TypeError) as exc:
-            raise _invalid(exc) from None
+        params = _sampling_params(options)
         prompt_tokens = len(request.prompt_token_ids)
         completion_tokens = 0
+        first = True
         try:
             async for output in self._llm.generate(
                     {"prompt_token_ids": list(request.prompt_token_ids)}, params, request.request_id):
-                completion = output.outputs[0]
-                completion_tokens += len(completion.token_ids)
-                yield TokenDelta(
-                    text=completion.text,
-                    token_ids=tuple(completion.token_ids),
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    finish_reason=_finish_reason(completion.finish_reason) if output.finished else None,
-                )
+                prompt_logprobs = _prompt_logprobs(output.prompt_logprobs, options.prompt_logprobs or 0) \
+                    if first and options.prompt_logprobs is not None else None
+                first = False
+                for completion in output.outputs:
+                    completion_tokens += len(completion.token_ids)
+                    yield TokenDelta(
+                        text=completion.text,
+                        token_ids=tuple(completion.token_ids),
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                        finish_reason=_finish_reason(completion.finish_reason)
+                        if completion.finish_reason is not None or output.finished else None,
+                        index=completion.index,
+                        logprobs=_logprobs(completion.token_ids, completion.logprobs, options.logprobs),
+                        prompt_logprobs=prompt_logprobs,
+                    )
+                    prompt_logprobs = None
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -219,6 +212,70 @@ class VllmEngine:
         llm, self._llm = self._llm, None
         if llm is not None:
             await asyncio.to_thread(llm.shutdown)
+
+
+def _sampling_params(options: SamplingOptions) -> Any:
+    """vLLM's SamplingParams for these options; vLLM's own refusals become 400s naming the field."""
+    from vllm.exceptions import VLLMClientError
+    from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+
+    structured = None
+    if options.json_schema is not None:
+        structured = StructuredOutputsParams(json=dict(options.json_schema))
+    elif options.json_object:
+        structured = StructuredOutputsParams(json_object=True)
+    try:
+        return SamplingParams(
+            n=options.n,
+            max_tokens=options.max_tokens,
+            temperature=options.temperature,
+            top_p=options.top_p,
+            top_k=max(options.top_k, 0),
+            min_p=options.min_p,
+            repetition_penalty=options.repetition_penalty,
+            presence_penalty=options.presence_penalty,
+            frequency_penalty=options.frequency_penalty,
+            seed=options.seed,
+            stop=list(options.stop) or None,
+            stop_token_ids=list(options.stop_token_ids) or None,
+            min_tokens=options.min_tokens,
+            ignore_eos=options.ignore_eos,
+            logit_bias=dict(options.logit_bias) or None,
+            logprobs=options.logprobs,
+            prompt_logprobs=options.prompt_logprobs,
+            structured_outputs=structured,
+            output_kind=RequestOutputKind.DELTA,
+        )
+    except (VLLMClientError, ValueError, TypeError) as exc:
+        raise _invalid(exc) from None
+
+
+def _entry(token_id: int, candidates: Any, top: int) -> TokenLogprob:
+    """One position's Logprob dict (token id -> Logprob(logprob, rank, decoded_token)) as a TokenLogprob."""
+    chosen = candidates[token_id]
+    ranked = sorted((c for c in candidates.values() if c.rank is not None and c.rank <= top), key=lambda c: c.rank)
+    return TokenLogprob(token_id=token_id, token=chosen.decoded_token or "", logprob=float(chosen.logprob),
+                        top=tuple((c.decoded_token or "", float(c.logprob)) for c in ranked))
+
+
+def _logprobs(token_ids: Any, positions: Any, top: int | None) -> tuple[TokenLogprob, ...] | None:
+    if top is None or positions is None:
+        return None
+    return tuple(_entry(token_id, candidates, top) for token_id, candidates in zip(token_ids, positions, strict=True))
+
+
+def _prompt_logprobs(positions: Any, top: int) -> tuple[TokenLogprob | None, ...] | None:
+    """Prompt positions; the first has no logprob (nothing precedes it), vLLM gives None there."""
+    if positions is None:
+        return None
+    entries: list[TokenLogprob | None] = []
+    for candidates in positions:
+        if not candidates:
+            entries.append(None)
+            continue
+        # vLLM puts the prompt's own token first, then the top alternatives.
+        entries.append(_entry(next(iter(candidates)), candidates, top))
+    return tuple(entries)
 
 
 def _invalid(exc: BaseException) -> InvalidRequestError:
