@@ -73,6 +73,7 @@ class VllmEngine:
         self._tokenizer: Any = None
         # False only on a CPU engine whose worker did not take the seed fix: seeded sampling is then refused.
         self.seeded_sampling_safe = True
+        self._device = "not started"
 
     @property
     def description(self) -> str:
@@ -90,9 +91,8 @@ class VllmEngine:
 
     @property
     def device(self) -> str:
-        from vllm.platforms import current_platform
-
-        return str(current_platform.device_type)
+        """"cpu" or "cuda" once started (asking earlier would import vLLM just to answer)."""
+        return self._device
 
     async def start(self) -> None:
         # Offline by construction: the model is local and verified; a Hub lookup would only hang.
@@ -116,6 +116,7 @@ class VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         on_cpu = current_platform.is_cpu()
+        self._device = str(current_platform.device_type)
         if on_cpu:
             for name, value in cpu_thread_binding(self._config.cpu_cores, os.environ).items():
                 os.environ[name] = value  # inherited by vLLM's engine-core and worker processes

@@ -244,18 +244,24 @@ class ResponseStreamer:
         """The spec's convenience form: SSE frames for a prompt (a string or chat messages).
 
         `config` is a chat service (an `OpenChat35Service`, started or not), or a service config
-        (an `OpenChat35Config`), whose `service()` makes one; the model loads on first use. The
-        streamer's own settings are not changed: the frames follow the service's chunking settings.
+        (an `OpenChat35Config`), whose `service()` makes one for this stream (the model loads, and
+        is released when the stream ends). The streamer's own settings are not changed: the frames
+        follow the service's chunking settings.
         """
-        source = config.service() if hasattr(config, "service") and callable(config.service) else config
+        owned = hasattr(config, "service") and callable(config.service)
+        source = config.service() if owned else config
         if source is None:
             raise TypeError("stream_response needs a service or a service config, e.g. OpenChat35Config()")
-        if not source.ready:
-            await source.start()
-        streamer = ResponseStreamer.for_config(source.config, include_usage=self.include_usage)
-        request = source.prepare(prompt, **sampling)
-        async for frame in streamer.frames(IteratorSource(source.stream(request))):
-            yield frame
+        try:
+            if not source.ready:
+                await source.start()
+            streamer = ResponseStreamer.for_config(source.config, include_usage=self.include_usage)
+            request = source.prepare(prompt, **sampling)
+            async for frame in streamer.frames(IteratorSource(source.stream(request))):
+                yield frame
+        finally:
+            if owned:  # made here for this one stream: its engine goes with it
+                await source.shutdown()
 
 
 class CompletionStreamer(ResponseStreamer):
