@@ -85,6 +85,9 @@ class ServiceMetrics:
               m, registry=r).labels(model).set(config.max_queue_size)
         Gauge("openchat_slo_target_latency_seconds", "target_latency_ms: the e2e latency the SLO promises",
               m, registry=r).labels(model).set(self.target_latency_seconds)
+        Gauge("openchat_slo_target_throughput_rps", "target_throughput_rps: the request rate the deployment "
+              "is sized for (scripts/validate and the dashboards compare against it)",
+              m, registry=r).labels(model).set(config.target_throughput_rps)
         Gauge("openchat_memory_limit_bytes", "memory_gb, or the container's memory limit if lower",
               m, registry=r).labels(model).set(memory_limit_bytes(config.memory_gb))
         self.build_info = Gauge("openchat_build_info", "Service, vLLM and model versions (value 1)",

@@ -19,6 +19,7 @@ import httpx
 from fastapi import FastAPI
 
 from hxp_enterprise_llm.api.app import AppContext, build_app
+from hxp_enterprise_llm.bench.client import SSEDecoder
 from hxp_enterprise_llm.orchestration.service_state import ServiceState
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
@@ -95,16 +96,18 @@ async def serve(engine: FakeEngine | None = None, *, wait_ready: bool = True,
 
 
 def sse_events(body: str) -> list[str]:
-    """The `data:` payloads of an SSE body in order, up to and including `[DONE]`; comments skipped."""
-    events = []
-    for block in body.replace("\r\n", "\n").split("\n\n"):
-        data = [line.removeprefix("data:").removeprefix(" ") for line in block.split("\n")
-                if line.startswith("data:")]
-        if not data:
-            continue
-        events.append("\n".join(data))
-        if events[-1] == "[DONE]":
-            break
+    """The `data:` payloads of an SSE body in order, up to and including `[DONE]`; comments skipped.
+
+    Parsed by the benchmark client's decoder, the one SSE parser of the project.
+    """
+    decoder = SSEDecoder()
+    events: list[str] = []
+    for line in [*body.replace("\r\n", "\n").split("\n"), ""]:
+        for data in decoder.feed(line):
+            events.append(data)
+            if data == "[DONE]":
+                return events
+    events.extend(decoder.close())
     return events
 
 
