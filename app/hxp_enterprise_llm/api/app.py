@@ -72,13 +72,15 @@ def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_me
                                        config.metrics_port) if serve_metrics else None
         if metrics_server is not None:
             metrics_server.start()
-        loader = asyncio.create_task(_run_model(ctx))
+        background = [asyncio.create_task(_run_model(ctx)),
+                      asyncio.create_task(metrics.sample_every(config.metrics_collection_interval))]
         try:
             yield
         finally:
-            loader.cancel()
-            with contextlib.suppress(BaseException):
-                await loader
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
             await service.shutdown()
             if metrics_server is not None:
                 metrics_server.stop()

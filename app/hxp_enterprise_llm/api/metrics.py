@@ -6,6 +6,7 @@ so the same dashboards read both.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.metadata
 import logging
@@ -75,9 +76,9 @@ class ServiceMetrics:
                            "draining, failed), 0 for the others", ["model", "state"], registry=r)
         self.model_load = Gauge("openchat_model_load_seconds", "Time the engine took to load the model",
                                 m, registry=r)
-        self.rss = Gauge("openchat_process_resident_memory_bytes",
-                         "Resident memory of this process and its children (the engine core)", m, registry=r)
-        self.rss.labels(model).set_function(resident_memory_bytes)
+        self.rss = Gauge("openchat_process_resident_memory_bytes", "Resident memory of this process and its "
+                         "children (the engine core), sampled every metrics_collection_interval", m, registry=r)
+        self.sample()
         # The limits and targets the alert rules and dashboards compare against, from the config.
         Gauge("openchat_requests_running_limit", "concurrent_users: requests that may generate at once",
               m, registry=r).labels(model).set(config.concurrent_users)
@@ -104,6 +105,16 @@ class ServiceMetrics:
         info = orchestrator.service.get_model_info()
         self.build_info.labels(model, service_version(), info["engine_version"], info["revision"] or "unlocked",
                                info["dtype"], info["quantization"]).set(1)
+
+    def sample(self) -> None:
+        """The gauges the service measures itself (the others are read when Prometheus scrapes)."""
+        self.rss.labels(self.model).set(resident_memory_bytes())
+
+    async def sample_every(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            # psutil walks /proc for every child: off the event loop, so requests never wait for it.
+            await asyncio.to_thread(self.sample)
 
     def model_load_done(self, seconds: float) -> None:
         self.model_load.labels(self.model).set(seconds)

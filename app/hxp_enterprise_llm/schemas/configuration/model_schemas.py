@@ -64,23 +64,30 @@ class ModelConfigSchema(BaseModel):
     # --- service (spec)
     host: str = "0.0.0.0"
     port: int = Field(11402, ge=1, le=65535)
-    workers: int = Field(1, ge=1, le=1, description="one process owns the engine; scale with replicas")
+    workers: int = Field(1, ge=1, le=1, description="server processes: 1, the process that owns the engine "
+                         "(scale out with replicas: docs/scaling.md)")
     log_level: LogLevel = "INFO"
-    memory_gb: float = Field(8, gt=0, le=4096, description="container memory limit (compose, quadlet)")
-    cpu_cores: float = Field(4, gt=0, le=1024, description="container CPU limit (compose, quadlet)")
+    memory_gb: float = Field(8, gt=0, le=4096, description="memory budget: the container limit (compose, quadlet), "
+                             "openchat_memory_limit_bytes for alerts, and a start-up warning on CPU hosts when "
+                             "weights + KV cache + runtime exceed it")
+    cpu_cores: float = Field(4, gt=0, le=1024, description="CPU cores: the container limit (compose, quadlet) and, "
+                             "on CPU hosts, the cores vLLM's compute threads are bound to")
     # --- model (spec)
     model_path: Path = Path("/opt/models/openchat-3.5-0106")
     model_name: str = "openchat/openchat-3.5-0106"
     max_model_len: int = Field(4096, ge=16, le=1_048_576)
     tensor_parallel_size: int = Field(1, ge=1, le=64)
     gpu_memory_utilization: float = Field(0.7, gt=0, le=1)
-    swap_space: float = Field(0, ge=0, le=1024, description="accepted for the spec; vLLM 0.32 has no swap space")
+    swap_space: float = Field(0, ge=0, le=0, description="the spec's key; only 0: vLLM 0.32 has no CPU swap space "
+                              "for the KV cache (a preempted request is recomputed)")
     enforce_eager: bool = False
     # --- performance (spec)
     max_num_batched_tokens: int = Field(2048, ge=16, le=1_048_576)
     max_num_seqs: int = Field(64, ge=1, le=4096)
-    target_latency_ms: float = Field(1000, gt=0, le=600_000)
-    target_throughput_rps: float = Field(50, gt=0, le=1_000_000)
+    target_latency_ms: float = Field(1000, gt=0, le=600_000, description="the e2e latency SLO: goodput counters, "
+                                     "/metrics/streaming attainment, alert rules, scripts/validate's target")
+    target_throughput_rps: float = Field(50, gt=0, le=1_000_000, description="the request rate the deployment is "
+                                         "sized for: openchat_slo_target_throughput_rps, scripts/validate's target")
     # --- realtime (spec)
     streaming_enabled: bool = True
     concurrent_users: int = Field(50, ge=1, le=100_000)
@@ -90,7 +97,9 @@ class ModelConfigSchema(BaseModel):
     # --- monitoring (spec)
     metrics_port: int = Field(11403, ge=1, le=65535)
     health_check_interval: float = Field(15, gt=0, le=3600)
-    metrics_collection_interval: float = Field(10, gt=0, le=3600)
+    metrics_collection_interval: float = Field(10, gt=0, le=3600, description="seconds between the service's "
+                                               "samples of its own gauges (resident memory) and refreshes of the "
+                                               "live dashboard page")
 
     # --- our extensions (not in the spec)
     served_model_name: str = Field("openchat-3.5", min_length=1, description="model id in the API")

@@ -98,9 +98,6 @@ class VllmEngine:
         # Offline by construction: the model is local and verified; a Hub lookup would only hang.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        if self._config.swap_space:
-            logger.warning("swap_space=%s is ignored: vLLM 0.32 has no CPU swap space for the KV cache",
-                           self._config.swap_space)
         try:
             # Importing vLLM and building the engine both block for many seconds (the engine core is
             # spawned and waited for): do it off the event loop so /health answers "loading" meanwhile.
