@@ -6,7 +6,7 @@ same code) and `FakeEngine` (scripted, deterministic, for unit tests).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -93,8 +93,9 @@ class Tokenizer(Protocol):
 
 @runtime_checkable
 class Engine(Protocol):
-    async def start(self) -> None:
-        """Load the model; raise EngineError if it cannot."""
+    async def start(self, on_death: Callable[[str], object] | None = None) -> None:
+        """Load the model; raise EngineError if it cannot. `on_death(why)` is called at once if the
+        engine dies later, even while no request is running."""
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
         """Stream deltas until one carries a finish_reason."""

@@ -72,6 +72,7 @@ class FakeEngine:
         self._running: set[str] = set()
         self._abort_events: dict[str, asyncio.Event] = {}
         self._finish_events: dict[str, asyncio.Event] = {}
+        self._on_death: Callable[[str], object] | None = None
         self._script: deque[ScriptedReply] = deque()
         self._tokenizer = CharTokenizer()
 
@@ -84,8 +85,11 @@ class FakeEngine:
         self.dead = True
         for event in self._abort_events.values():
             event.set()
+        if self._on_death is not None:
+            self._on_death("fake engine killed")
 
-    async def start(self) -> None:
+    async def start(self, on_death: Callable[[str], object] | None = None) -> None:
+        self._on_death = on_death
         await asyncio.sleep(self.start_delay)
         if self.fail_start:
             raise EngineError("fake engine configured to fail at start")

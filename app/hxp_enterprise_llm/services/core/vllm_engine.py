@@ -6,7 +6,7 @@ import asyncio
 import importlib.metadata
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from hxp_enterprise_llm.schemas.errors import InvalidRequestError
@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 GIB = 1 << 30
+DEATH_WATCH_SECONDS = 0.5
 # Imported by vLLM inside its worker process (see vllm_cpu_seed_fix); named here so that this
 # module does not import vLLM.
 SEED_FIX_EXTENSION = "hxp_enterprise_llm.services.core.vllm_cpu_seed_fix.SeedFixWorkerExtension"
@@ -74,6 +75,7 @@ class VllmEngine:
         # False only on a CPU engine whose worker did not take the seed fix: seeded sampling is then refused.
         self.seeded_sampling_safe = True
         self._device = "not started"
+        self._death_watch: asyncio.Task[None] | None = None
 
     @property
     def description(self) -> str:
@@ -94,7 +96,7 @@ class VllmEngine:
         """"cpu" or "cuda" once started (asking earlier would import vLLM just to answer)."""
         return self._device
 
-    async def start(self) -> None:
+    async def start(self, on_death: Callable[[str], object] | None = None) -> None:
         # Offline by construction: the model is local and verified; a Hub lookup would only hang.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -106,6 +108,17 @@ class VllmEngine:
             raise EngineError(f"vLLM engine failed to start: {type(exc).__name__}: {exc}") from exc
         self._tokenizer = self._llm.get_tokenizer()
         await self._check_seed_fix()
+        if on_death is not None:
+            self._death_watch = asyncio.create_task(self._watch_for_death(on_death))
+
+    async def _watch_for_death(self, on_death: Callable[[str], object]) -> None:
+        """vLLM notices its engine-core process die at once (a process sentinel) and says so in
+        `errored`, a local flag: reading it often costs nothing, and an idle service learns of a
+        dead engine within a second instead of at the next health check."""
+        while self._llm is not None and not self._llm.errored:
+            await asyncio.sleep(DEATH_WATCH_SECONDS)
+        if self._llm is not None:
+            on_death(f"vLLM engine died: {self._llm.dead_error}")
 
     def _build(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -207,6 +220,8 @@ class VllmEngine:
             raise EngineDeadError(f"vLLM engine health check failed: {exc}") from exc
 
     async def shutdown(self) -> None:
+        if self._death_watch is not None:
+            self._death_watch.cancel()
         llm, self._llm = self._llm, None
         if llm is not None:
             await asyncio.to_thread(llm.shutdown)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,8 +86,8 @@ class OpenChat35Service:
     def ready(self) -> bool:
         return self._prompt is not None
 
-    async def start(self) -> None:
-        await self.engine.start()
+    async def start(self, on_death: Callable[[str], object] | None = None) -> None:
+        await self.engine.start(on_death)
         self._prompt = prompt_builder_for(self.engine.get_tokenizer(), self.config.prompt_format)
 
     async def shutdown(self) -> None:
