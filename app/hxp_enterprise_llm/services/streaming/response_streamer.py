@@ -181,56 +181,65 @@ class ResponseStreamer:
         loop = asyncio.get_running_loop()
         try:
             while not all(c.finished for c in choices):
-                wait = None
-                pending = [c for c in choices if c.pending_tokens]
-                if pending and self.flush_interval:
-                    oldest = min(c.pending_since for c in pending)
-                    wait = max(0.0, oldest + self.flush_interval - loop.time())
                 try:
-                    delta = await source.next(wait)
+                    delta = await source.next(self._flush_wait(choices, loop.time()))
                 except StopAsyncIteration:
                     break
                 if delta is None:  # a flush budget passed with tokens pending
-                    for choice in pending:
-                        if loop.time() - choice.pending_since >= (self.flush_interval or 0):
-                            for frame in self._flush(choice):
-                                yield frame
+                    for frame in self._flush_due(choices, loop.time()):
+                        yield frame
                     continue
                 last = delta
-                choice = choices[delta.index]
-                new_tokens = max(len(delta.token_ids), 1 if delta.text else 0)
-                if new_tokens and not choice.pending_tokens:
-                    choice.pending_since = loop.time()
-                choice.pending_text += delta.text
-                choice.pending_tokens += new_tokens
-                choice.pending_logprobs.extend(getattr(delta, "logprobs", None) or ())
-                if delta.finish_reason is not None:
-                    choice.finished = True
-                    yield self._content(choice, choice.pending_text, str(delta.finish_reason))
-                    continue
-                budget_spent = bool(self.flush_interval) and \
-                    loop.time() - choice.pending_since >= (self.flush_interval or 0)
-                if not choice.first_sent or choice.pending_tokens >= self.chunk_size or budget_spent:
-                    for frame in self._flush(choice):
-                        choice.first_sent = True
-                        yield frame
+                for frame in self._take(choices[delta.index], delta, loop.time()):
+                    yield frame
         except ServiceError as exc:  # the stream has started: report in-band, then end it cleanly
             self.error = exc
         except Exception:
             logger.exception("stream %s failed", self.completion_id)
             self.error = InternalError(f"stream {self.completion_id} failed; see the service log")
+        for frame in self._ending(choices, last):
+            yield frame
+
+    def _flush_wait(self, choices: list[_Choice], now: float) -> float | None:
+        """How long the next delta may take before pending text must go out (None: no limit)."""
+        pending = [c.pending_since for c in choices if c.pending_tokens]
+        if not pending or not self.flush_interval:
+            return None
+        return max(0.0, min(pending) + self.flush_interval - now)
+
+    def _budget_spent(self, choice: _Choice, now: float) -> bool:
+        return bool(self.flush_interval) and now - choice.pending_since >= (self.flush_interval or 0)
+
+    def _flush_due(self, choices: list[_Choice], now: float) -> list[str]:
+        return [frame for c in choices if c.pending_tokens and self._budget_spent(c, now) for frame in self._flush(c)]
+
+    def _take(self, choice: _Choice, delta: Delta, now: float) -> list[str]:
+        """Add a delta to its choice; the frames it makes due (its first token, a full chunk, a spent budget)."""
+        new_tokens = max(len(delta.token_ids), 1 if delta.text else 0)
+        if new_tokens and not choice.pending_tokens:
+            choice.pending_since = now
+        choice.pending_text += delta.text
+        choice.pending_tokens += new_tokens
+        choice.pending_logprobs.extend(getattr(delta, "logprobs", None) or ())
+        if delta.finish_reason is not None:
+            choice.finished = True
+            return [self._content(choice, choice.pending_text, str(delta.finish_reason))]
+        if choice.first_sent and choice.pending_tokens < self.chunk_size and not self._budget_spent(choice, now):
+            return []
+        frames = self._flush(choice)
+        choice.first_sent = choice.first_sent or bool(frames)
+        return frames
+
+    def _ending(self, choices: list[_Choice], last: Delta | None) -> list[str]:
         if self.error is not None:
             # Text the client has not seen yet is dropped with the error: the answer is incomplete
             # either way, and a half-sent chunk must not look like the end of a complete one.
-            yield sse_frame(self.error.body())
-            yield DONE_FRAME
-            return
-        for choice in choices:
-            if not choice.finished:  # a source without finish reasons (a plain iterator) ended
-                yield self._content(choice, choice.pending_text, "stop")
+            return [sse_frame(self.error.body()), DONE_FRAME]
+        # A source without finish reasons (a plain iterator) that ended: its choices stop here.
+        frames = [self._content(c, c.pending_text, "stop") for c in choices if not c.finished]
         if self.include_usage:
-            yield self._frame(None, usage=_usage(last))
-        yield DONE_FRAME
+            frames.append(self._frame(None, usage=_usage(last)))
+        return [*frames, DONE_FRAME]
 
     def _flush(self, choice: _Choice) -> list[str]:
         """The choice's complete text so far as one frame; half a character waits for the next token."""
