@@ -37,8 +37,10 @@ def test_parse_with_a_pydantic_model_returns_a_parsed_object(demo_server: Server
 def test_json_object_mode_answers_json(demo_server: ServerProcess) -> None:
     import json
 
+    ask = [{"role": "user", "content": "Give the capital of France as a JSON object with keys country and capital."}]
     completion = client(demo_server).chat.completions.create(
-        model="openchat-3.5", messages=FRANCE, response_format={"type": "json_object"}, max_tokens=40, temperature=0)
+        model="openchat-3.5", messages=ask, response_format={"type": "json_object"}, max_tokens=150, temperature=0)
+    assert completion.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(completion.choices[0].message.content or ""), dict)
 
 

@@ -105,7 +105,6 @@ async def completions(request: Request) -> Response:
                                   "prompt_logprobs": body.logprobs if body.echo and body.logprobs is not None
                                   else None}
     answer = _Answer(model=model, n=body.n, top_logprobs=body.logprobs, echo=body.echo)
-
     prompt = body.single_prompt()
 
     def prepare() -> GenerationRequest:
@@ -115,13 +114,10 @@ async def completions(request: Request) -> Response:
             answer.first_prompt_token = ctx.service.detokenize(prepared.prompt_token_ids[:1])
         return prepared
 
-    def streamer() -> ResponseStreamer:
-        return CompletionStreamer(model=model, chunk_size=ctx.config.response_chunk_size,
-                                  flush_interval=ResponseStreamer.for_config(ctx.config).flush_interval,
-                                  include_usage=body.include_usage(), choices=body.n,
-                                  top_logprobs=body.logprobs)
-
-    return await _generate(request, ctx, record, body.stream, answer, prepare, streamer=streamer,
+    return await _generate(request, ctx, record, body.stream, answer, prepare,
+                           streamer=lambda: CompletionStreamer.for_config(
+                               ctx.config, model=model, include_usage=body.include_usage(), choices=body.n,
+                               top_logprobs=body.logprobs),
                            respond=_completion_body)
 
 

@@ -190,6 +190,9 @@ class OpenChat35Service:
             raise ContextLengthError(len(prompt_ids), max_tokens, limit)
         for key, default in self.sampling_defaults().items():
             requested.setdefault(key, default.value)
+        if n > 1 and requested["temperature"] == 0:
+            raise InvalidRequestError("n: greedy sampling (temperature 0) would give every choice the same answer; "
+                                      "use temperature > 0 with n > 1", param="n")
         requested["top_k"] = int(requested["top_k"])
         # The model's end of turn always stops it; the client's own stop ids come on top.
         stop_ids = tuple(dict.fromkeys((*builder.stop_token_ids, *requested.pop("stop_token_ids", ()))))
