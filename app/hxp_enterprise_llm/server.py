@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 # After an engine failure: requests in flight get their 503 / error frame during the grace, then the
 # server stops without waiting for clients; if the engine's shutdown hangs, the watchdog exits.
 FAILURE_GRACE_SECONDS = 1.0
+FAILURE_EXIT_SECONDS = 2.0
 FAILURE_WATCHDOG_SECONDS = 8.0
 # The last resort, in the kernel: SIGALRM's default action ends the process even if Python cannot
 # run (a thread stuck in C code holding the GIL), so the exit is certain within this time.
@@ -87,6 +88,14 @@ class DrainingServer(uvicorn.Server):
         # which could otherwise keep a dead service answering 503 for as long as clients stay.
         self.should_exit = True
         self.force_exit = True
+        # If the orderly stop itself stalls (vLLM's shutdown, a thread that will not finish), leave
+        # from the event loop with the right code before the watchdogs have to.
+        assert self._loop is not None
+        self._loop.call_later(FAILURE_EXIT_SECONDS, self._exit_now)
+
+    def _exit_now(self) -> None:
+        logging.shutdown()
+        os._exit(self.exit_code)
 
 
 def run_server(config: ModelConfigSchema, service: OpenChat35Service) -> int:
