@@ -367,13 +367,18 @@ def test_timeline_spreads_tokens_over_frames_and_counts_in_flight() -> None:
 
     a = RequestResult(ok=True, sent_at=0.0, e2e=2.0, ttft=0.5, content_times=[0.5, 1.5], output_tokens=10)
     b = RequestResult(ok=True, sent_at=1.0, e2e=3.0, ttft=1.5, content_times=[2.5], output_tokens=4)
-    failed = RequestResult(ok=False, sent_at=0.0, e2e=0.1, status=429)
-    line = timeline([a, b, failed], duration_s=4.0, bins=4)
+    refused = RequestResult(ok=False, sent_at=0.0, e2e=0.1, status=429)
+    # A stream cut after two frames (no usage frame: one token per frame) delivered those tokens all the same.
+    cut = RequestResult(ok=False, sent_at=2.0, e2e=1.5, ttft=0.2, content_times=[0.2, 0.4], output_tokens=2,
+                        error="stream error: timeout")
+    line = timeline([a, b, refused, cut], duration_s=4.0, bins=4)
     assert line.bin_seconds == 1.0
     assert line.starts == [0.0, 1.0, 2.0, 3.0]
-    assert line.tokens_per_second == [5.0, 5.0, 0.0, 4.0]  # a: 5 at 0.5 s and 5 at 1.5 s; b: 4 at 3.5 s
+    # a: 5 at 0.5 s and 5 at 1.5 s; cut: 2 at 2.2-2.4 s; b: 4 at 3.5 s
+    assert line.tokens_per_second == [5.0, 5.0, 2.0, 4.0]
     assert line.finished_per_second == [0.0, 0.0, 1.0, 1.0]  # a at 2.0 s; b at 4.0 s, the end, in the last bin
-    assert line.in_flight == [1, 2, 1, 1]
+    assert line.failed_per_second == [1.0, 0.0, 0.0, 1.0]  # refused at 0.1 s, cut at 3.5 s
+    assert line.in_flight == [1, 2, 2, 1]  # at 0.5: a; 1.5: a, b; 2.5: b, cut; 3.5: b
 
 
 def test_plot_writes_a_png(server_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

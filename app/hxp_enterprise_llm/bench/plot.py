@@ -34,11 +34,13 @@ def require_matplotlib() -> Any:
 
 @dataclass(frozen=True)
 class Timeline:
-    """Per-bin figures over the run: bin start times (s), output tokens/s, finished requests/s, in flight."""
+    """Per-bin figures over the run: bin start times (s), output tokens/s, finished and failed requests/s,
+    requests in flight."""
 
     starts: list[float]
     tokens_per_second: list[float]
     finished_per_second: list[float]
+    failed_per_second: list[float]
     in_flight: list[int]
     bin_seconds: float
 
@@ -47,21 +49,21 @@ def timeline(results: Sequence[RequestResult], duration_s: float, bins: int = 40
     """Throughput over time from each request's send time and frame times.
 
     A frame may carry several tokens: a request's output tokens are spread evenly over its content frames
-    (all at the finish when it was not streamed). In flight is counted at the middle of each bin.
+    (all at the finish when it was not streamed). Tokens a failed stream delivered before failing count too:
+    the server produced them. In flight is counted at the middle of each bin.
     """
     end = max([duration_s, *(r.finished_at for r in results)], default=duration_s)
     width = max(end / bins, 1e-3)
     count = max(1, math.ceil(end / width))
     tokens = [0.0] * count
     finished = [0.0] * count
+    failed = [0.0] * count
 
     def slot(t: float) -> int:
         return min(count - 1, max(0, int(t / width)))
 
     for result in results:
-        if not result.ok:
-            continue
-        finished[slot(result.finished_at)] += 1
+        (finished if result.ok else failed)[slot(result.finished_at)] += 1
         frames = result.content_times
         if frames:
             for t in frames:
@@ -70,7 +72,8 @@ def timeline(results: Sequence[RequestResult], duration_s: float, bins: int = 40
             tokens[slot(result.finished_at)] += result.output_tokens
     starts = [i * width for i in range(count)]
     in_flight = [sum(1 for r in results if r.sent_at <= s + width / 2 < r.finished_at) for s in starts]
-    return Timeline(starts, [t / width for t in tokens], [f / width for f in finished], in_flight, width)
+    return Timeline(starts, [t / width for t in tokens], [f / width for f in finished],
+                    [f / width for f in failed], in_flight, width)
 
 
 def _histogram(axis: Any, title: str, seconds: Sequence[float]) -> None:
@@ -110,6 +113,9 @@ def write_plot(path: Path, run: LoadRun, summary: Summary) -> None:
     right.plot(line.starts, line.in_flight, drawstyle="steps-post", color="#dd8452", label="requests in flight")
     right.plot(line.starts, line.finished_per_second, drawstyle="steps-post", color="#55a868", alpha=0.8,
                label="requests finished/s")
+    if any(line.failed_per_second):
+        right.plot(line.starts, line.failed_per_second, drawstyle="steps-post", color="#c44e52",
+                   label="requests failed/s")
     right.set_ylabel("requests")
     handles = axis.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     axis.legend(handles, [str(h.get_label()) for h in handles], loc="upper right", fontsize=8)
