@@ -77,16 +77,22 @@ def timeline(results: Sequence[RequestResult], duration_s: float, bins: int = 40
 
 
 def _histogram(axis: Any, title: str, seconds: Sequence[float]) -> None:
-    millis = [s * 1000.0 for s in seconds]
-    axis.set_title(f"{title} ({len(millis)} samples)", fontsize=10)
-    axis.set_xlabel("ms")
-    if not millis:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_title(f"{title} ({len(seconds)} samples)", fontsize=10)
+    if not seconds:
         axis.text(0.5, 0.5, "no samples\n(needs --stream)", ha="center", va="center", transform=axis.transAxes)
         return
-    axis.hist(millis, bins=min(40, max(5, len(millis) // 3)), color="#4c72b0", alpha=0.85)
+    # Milliseconds, or seconds once the values reach tens of seconds (tick labels stay short).
+    unit, scale = ("s", 1.0) if max(seconds) >= 10 else ("ms", 1000.0)
+    values = [s * scale for s in seconds]
+    axis.set_xlabel(unit)
+    axis.xaxis.set_major_locator(MaxNLocator(6))
+    axis.hist(values, bins=min(40, max(5, len(values) // 3)), color="#4c72b0", alpha=0.85)
     for q, style in ((50, "-"), (95, "--"), (99, ":")):
-        value = percentile(millis, q)
-        axis.axvline(value, color="#c44e52", linestyle=style, linewidth=1.2, label=f"p{q} {value:.0f} ms")
+        value = percentile(values, q)
+        label = f"p{q} {value:.0f} ms" if unit == "ms" else f"p{q} {value:.1f} s"
+        axis.axvline(value, color="#c44e52", linestyle=style, linewidth=1.2, label=label)
     axis.legend(fontsize=8)
     axis.set_ylabel("requests" if title != "ITL" else "frame gaps")
 
@@ -117,8 +123,11 @@ def write_plot(path: Path, run: LoadRun, summary: Summary) -> None:
         right.plot(line.starts, line.failed_per_second, drawstyle="steps-post", color="#c44e52",
                    label="requests failed/s")
     right.set_ylabel("requests")
+    # Both axes from 0, with headroom above the lines for the legend.
+    axis.set_ylim(0, max([*line.tokens_per_second, 1.0]) * 1.35)
+    right.set_ylim(0, max([*line.in_flight, *line.finished_per_second, 1.0]) * 1.35)
     handles = axis.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    axis.legend(handles, [str(h.get_label()) for h in handles], loc="upper right", fontsize=8)
+    axis.legend(handles, [str(h.get_label()) for h in handles], loc="upper center", ncol=len(handles), fontsize=8)
 
     options = run.options
     figure.suptitle(
