@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -69,17 +68,12 @@ def page_url(demo_server: ServerProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def browser(page_url: str, request: pytest.FixtureRequest) -> Iterator[Any]:
-    shots: list[Path] = []
+def browser(page_url: str) -> Iterator[Any]:
     with chromium_driver() as driver:
-        driver.shots = shots
         driver.get(page_url)
         wait_for(lambda: driver.find_element("id", "state-badge").text == "ready", "state badge 'ready'",
                  STATE_WITHIN_SECONDS)
         yield driver
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and shots:
-        reporter.write_line(f"web UI screenshots: {', '.join(str(p) for p in shots)}")
 
 
 def set_field(driver: Any, element_id: str, value: str) -> None:
@@ -115,7 +109,7 @@ def test_chat_streams_the_answer_frame_by_frame(browser: Any) -> None:
 
     answer = wait_for(lambda: (a := last_answer(browser)) and a["state"] in ("done", "error") and a,
                       "the answer to finish", ANSWER_WITHIN_SECONDS)
-    browser.shots.append(screenshot(browser, "web-ui", "chat-streamed-answer"))
+    screenshot(browser, "web-ui", "chat-streamed-answer")
     assert answer["state"] == "done", answer
     final = answer["text"]
     assert final.strip(), answer
@@ -158,7 +152,7 @@ def test_stop_cancels_the_answer_and_frees_the_slot(browser: Any, demo_server: S
     settings = httpx.get(f"{demo_server.base_url}/ui/config.json", timeout=10).json()
     wait_for(lambda: browser.find_element("id", "dash-load").text.startswith("0 /"),
              "the dashboard to show 0 running", 3 * settings["refresh_seconds"] + STATE_WITHIN_SECONDS)
-    browser.shots.append(screenshot(browser, "web-ui", "chat-stopped"))
+    screenshot(browser, "web-ui", "chat-stopped")
 
 
 def test_dashboard_shows_tokens_per_second_after_traffic(browser: Any, demo_server: ServerProcess) -> None:
@@ -177,4 +171,4 @@ def test_dashboard_shows_tokens_per_second_after_traffic(browser: Any, demo_serv
     assert browser.find_element("id", "dash-ttft").text != "–"
     assert "%" in browser.find_element("id", "dash-slo").text
     assert "updated" in browser.find_element("id", "dash-updated").text
-    browser.shots.append(screenshot(browser, "web-ui", "dashboard-after-traffic"))
+    screenshot(browser, "web-ui", "dashboard-after-traffic")

@@ -18,6 +18,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 # Git-ignored; CI keeps whatever a run leaves here.
 ARTIFACTS = Path(os.environ.get("HXP_TEST_ARTIFACTS") or REPO / "test-artifacts")
+# Screenshots taken in this pytest session, listed at the end of the run (tests/conftest.py).
+SAVED: list[Path] = []
 
 
 def _in_ci() -> bool:
@@ -62,4 +64,5 @@ def screenshot(driver: Any, folder: str, name: str) -> Path:
     path = ARTIFACTS / folder / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(path))
+    SAVED.append(path)
     return path
