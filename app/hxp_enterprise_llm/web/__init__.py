@@ -42,7 +42,7 @@ def page_config(config: ModelConfigSchema) -> dict[str, Any]:
     """What the page needs to know about the service; never the key itself."""
     return {
         "model": config.served_model_name,
-        "api_key_required": config.api_key is not None,
+        "api_key_required": config.api_key is not None or config.api_keys_file is not None,
         "refresh_seconds": config.metrics_collection_interval,
         "max_model_len": config.max_model_len,
         "target_latency_ms": config.target_latency_ms,

@@ -57,13 +57,16 @@ async def test_root_redirects_to_the_page_and_the_page_is_served() -> None:
 
 
 @pytest.mark.anyio
-async def test_config_json_gives_the_refresh_interval_and_never_the_key() -> None:
+async def test_config_json_gives_the_refresh_interval_and_never_the_key(tmp_path: Path) -> None:
     app = app_with_ui(metrics_collection_interval=3, api_key="s3cret-key", served_model_name="m1")
     response = await get(app, "/ui/config.json")
     assert response.status_code == 200
     assert response.json() == {"model": "m1", "api_key_required": True, "refresh_seconds": 3.0,
                                 "max_model_len": 4096, "target_latency_ms": 1000.0}
     assert "s3cret-key" not in response.text
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("k1\n")
+    assert (await get(app_with_ui(api_keys_file=keys_file), "/ui/config.json")).json()["api_key_required"] is True
     open_app = await get(app_with_ui(), "/ui/config.json")
     assert open_app.json()["api_key_required"] is False
     assert open_app.json()["refresh_seconds"] == 10.0  # the spec's metrics_collection_interval default
