@@ -45,3 +45,13 @@ def demo_model_dir(models_dir: Path) -> Callable[[str], Path]:
         return path
 
     return find
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say where the screenshots of browser tests went (test-artifacts/, git-ignored)."""
+    from support.browser import SAVED
+
+    if SAVED:
+        terminalreporter.write_sep("-", "test artifacts")
+        for path in SAVED:
+            terminalreporter.write_line(str(path))

@@ -22,7 +22,7 @@ from pydantic_settings import NoDecode
 YAML_SECTIONS: dict[str, tuple[str, ...]] = {
     "service": (
         "host", "port", "workers", "log_level", "log_dir", "api_key", "api_keys_file", "served_model_name",
-        "model_aliases", "memory_gb", "cpu_cores",
+        "model_aliases", "memory_gb", "cpu_cores", "web_ui_enabled",
     ),
     "model": (
         "model_path", "model_name", "models_lock", "model_verification", "prompt_format", "dtype",
@@ -137,6 +137,7 @@ class ModelConfigSchema(BaseModel):
     stream_ping_seconds: float = Field(15, gt=0, le=3600)
     max_request_body_bytes: int = Field(1_048_576, ge=1024, le=1 << 30)
     drain_timeout_seconds: float = Field(30, ge=0, le=3600)
+    web_ui_enabled: bool = Field(True, description="serve the chat and dashboard page at /ui")
 
     @field_validator("model_aliases", mode="before")
     @classmethod
