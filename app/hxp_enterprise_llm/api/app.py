@@ -28,6 +28,7 @@ from hxp_enterprise_llm.orchestration.interactive_orchestrator import Interactiv
 from hxp_enterprise_llm.orchestration.service_state import Health, ServiceState
 from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
+from hxp_enterprise_llm.web import mount_web_ui
 
 EXIT_ENGINE_FAILED = 4
 
@@ -95,6 +96,7 @@ def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_me
     app.include_router(health_routes.router)
     app.include_router(routes.router)
     app.include_router(model_routes.router)
+    mount_web_ui(app, config)
     install_openapi(app)
     return app
 

@@ -14,10 +14,19 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import start_wsgi_server
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import Metric
 
 from hxp_enterprise_llm.orchestration.service_state import Health, ServiceState
@@ -210,6 +219,35 @@ def render_metrics(service_registry: CollectorRegistry) -> bytes:
     return generate_latest(exposition_registry(service_registry))
 
 
+def text_format_app(registry: CollectorRegistry) -> Callable[..., list[bytes]]:
+    """A WSGI app that always answers in the classic text format.
+
+    Prometheus asks for OpenMetrics first, and prometheus_client's OpenMetrics output rewrites
+    vLLM's `vllm:name` metrics to `vllm_name`; in the text format every scraper sees the names
+    that vLLM, its dashboards and our docs use.
+    """
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"metrics are at /metrics\n"]
+        body = generate_latest(registry)
+        # 0.0.4: the text format every Prometheus reads; the names are classic ones (colons allowed).
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_PLAIN_0_0_4), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        """Scrapes are not worth a log line each."""
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
 class MetricsServer:
     """`GET /metrics` on its own port, in a thread, so a busy event loop never delays a scrape."""
 
@@ -221,8 +259,10 @@ class MetricsServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._server, self._thread = start_wsgi_server(self._port, self._host,
-                                                       exposition_registry(self._registry))
+        self._server = make_server(self._host, self._port, text_format_app(exposition_registry(self._registry)),
+                                   _ThreadingServer, handler_class=_QuietHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+        self._thread.start()
         logger.info("metrics on http://%s:%d/metrics", self._host, self._port)
 
     def stop(self) -> None:
