@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +48,7 @@ def venv_path(cache: Path, requirements: Path = REQUIREMENTS) -> Path:
     return cache / f"quant-venv-{venv_key(requirements)}"
 
 
-def ensure_quant_venv(cache: Path, log: callable = print, requirements: Path = REQUIREMENTS) -> Path:  # type: ignore[valid-type]
+def ensure_quant_venv(cache: Path, log: Callable[[str], None] = print, requirements: Path = REQUIREMENTS) -> Path:
     """The venv's python, building the venv first if this key has none (a few minutes, about 1.5 GB)."""
     venv = venv_path(cache, requirements)
     python = venv / "bin" / "python"
