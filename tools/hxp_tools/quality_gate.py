@@ -1,0 +1,133 @@
+"""The quality gate: short factual questions asked greedily of a running service, scored by accepted answers.
+
+A model variant (dtype, quantization, compiled or eager) is judged by a question set, never by one answer.
+The questions live in tools/hxp_tools/data/quality_questions.json: each has `accept` substrings (one must
+occur as a whole word or phrase, case-insensitive) and optional `reject` ones (none may occur), so a
+hedging answer that names the right and a wrong answer does not pass.
+
+    python -m hxp_tools.quality_gate --base-url http://127.0.0.1:11402     # prints every answer and the score
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+QUESTIONS_FILE = Path(__file__).resolve().parent / "data" / "quality_questions.json"
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    question: str
+    accept: tuple[str, ...]
+    reject: tuple[str, ...] = ()
+
+    def is_answered_by(self, answer: str) -> bool:
+        return any(_contains(answer, s) for s in self.accept) and not any(_contains(answer, s) for s in self.reject)
+
+
+@dataclass(frozen=True)
+class QuestionSet:
+    questions: tuple[Question, ...]
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class Answer:
+    question: Question
+    text: str
+
+    @property
+    def correct(self) -> bool:
+        return self.question.is_answered_by(self.text)
+
+
+@dataclass(frozen=True)
+class Score:
+    answers: tuple[Answer, ...]
+
+    @property
+    def correct(self) -> int:
+        return sum(a.correct for a in self.answers)
+
+    @property
+    def total(self) -> int:
+        return len(self.answers)
+
+    def __str__(self) -> str:
+        return f"{self.correct}/{self.total}"
+
+    def report(self) -> str:
+        lines = [f"{'ok ' if a.correct else 'NO '} {a.question.id:<20} {_one_line(a.text)}" for a in self.answers]
+        return "\n".join([*lines, f"score {self}"])
+
+
+def _contains(text: str, phrase: str) -> bool:
+    # Whole words: "8" must not match "18", "Rome" not "Romeo".
+    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text, flags=re.IGNORECASE) is not None
+
+
+def _one_line(text: str, width: int = 110) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+def load_questions(path: Path = QUESTIONS_FILE) -> QuestionSet:
+    document = json.loads(path.read_text(encoding="utf-8"))
+    questions = tuple(Question(id=q["id"], question=q["question"], accept=tuple(q["accept"]),
+                               reject=tuple(q.get("reject", ()))) for q in document["questions"])
+    return QuestionSet(questions=questions, max_tokens=int(document["max_tokens"]))
+
+
+async def ask_all(base_url: str, question_set: QuestionSet, model: str | None = None, concurrency: int = 8,
+                  api_key: str | None = None, timeout_s: float = 300) -> Score:
+    """Every question as its own chat request (temperature 0), `concurrency` at a time, through the API."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    root = base_url.rstrip("/").removesuffix("/v1")
+    async with httpx.AsyncClient(base_url=f"{root}/v1", headers=headers, timeout=timeout_s) as client:
+        if model is None:
+            models = await client.get("/models")
+            models.raise_for_status()
+            model = models.json()["data"][0]["id"]
+        gate = asyncio.Semaphore(concurrency)
+
+        async def ask(question: Question) -> Answer:
+            body = {"model": model, "messages": [{"role": "user", "content": question.question}],
+                    "temperature": 0, "max_tokens": question_set.max_tokens, "stream": False}
+            async with gate:
+                response = await client.post("/chat/completions", json=body)
+            response.raise_for_status()
+            return Answer(question, response.json()["choices"][0]["message"]["content"] or "")
+
+        answers = await asyncio.gather(*(ask(q) for q in question_set.questions))
+    return Score(tuple(answers))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hxp_tools.quality_gate", description=__doc__.splitlines()[0])
+    parser.add_argument("--base-url", default="http://127.0.0.1:11402")
+    parser.add_argument("--model", help="model id (default: the first of /v1/models)")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--questions", type=Path, default=QUESTIONS_FILE)
+    parser.add_argument("--json", action="store_true", help="print {correct, total, wrong: [ids]} only")
+    args = parser.parse_args(argv)
+    score = asyncio.run(ask_all(args.base_url, load_questions(args.questions), args.model, args.concurrency))
+    if args.json:
+        wrong = [a.question.id for a in score.answers if not a.correct]
+        print(json.dumps({"correct": score.correct, "total": score.total, "wrong": wrong}))
+    else:
+        print(score.report())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
