@@ -66,8 +66,18 @@ ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 FROM base AS flavour-cpu
-# No C++ compiler in the image: torch inductor cannot compile, so vLLM must run eagerly (without this
-# the engine core dies with InvalidCxxCompiler at start).
+# g++: torch inductor compiles vLLM's graphs to C++ when a config turns eager mode off (without a compiler
+# the engine core dies with InvalidCxxCompiler). scripts/build-image puts it in the offline base already;
+# another base gets it from its distribution's mirror.
+RUN if ! command -v g++ >/dev/null; then \
+        apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*; \
+    fi
+# Compiled graphs persist in the cache volume (compose.yaml, quadlet): a restart loads them instead of
+# compiling again. vLLM 0.32's own AOT-compiled artifacts fail to load on CPU ("'function' object has no
+# attribute 'finalize_loading'", then it compiles again), so AOT is off and torch inductor's caches do it.
+ENV VLLM_USE_AOT_COMPILE=0 \
+    TORCHINDUCTOR_CACHE_DIR=/var/cache/hxp-llm/torchinductor
+# The demo default: eager (docs/benchmark.md: the fastest variant that answers as well as fp32).
 ENV OPENCHAT_3_5_ENFORCE_EAGER=true
 
 # ---------------------------------------------------------------------------------------------------
@@ -87,7 +97,9 @@ COPY models.lock /app/models.lock
 COPY config/ /app/config/
 COPY scripts/image-healthcheck /usr/local/bin/hxp-healthcheck
 # /opt/models: the model directory, mounted read-only (one subdirectory per model, named as in models.lock).
-RUN mkdir -p /opt/models
+# /var/cache/hxp-llm: vLLM's and torch's compile caches, a volume (the root filesystem may be read-only);
+# owned by the service's user, so that a new named volume starts out writable for it.
+RUN mkdir -p /opt/models /var/cache/hxp-llm && chown hxp:hxp /var/cache/hxp-llm
 WORKDIR /app
 ENV PATH=/opt/venv/bin:$PATH \
     HOME=/home/hxp \
@@ -97,6 +109,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     OPENCHAT_3_5_METRICS_PORT=11403 \
     OPENCHAT_3_5_MODELS_LOCK=/app/models.lock \
     OPENCHAT_3_5_MODEL_PATH=/opt/models/openchat-3.5-0106 \
+    VLLM_CACHE_ROOT=/var/cache/hxp-llm/vllm \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     VLLM_NO_USAGE_STATS=1 \

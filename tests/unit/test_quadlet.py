@@ -187,13 +187,35 @@ def test_limit_settings_given_to_the_service_match_compose(unit, compose_service
     assert flags["--cpus"] == environment["OPENCHAT_3_5_CPU_CORES"]
 
 
+def quadlet_volumes(unit) -> dict[str, tuple[str, str]]:
+    """target -> (source, options) of every Volume= line."""
+    volumes = {}
+    for line in values(unit["Container"], "Volume"):
+        source, target, *options = line.split(":")
+        volumes[target] = (source, options[0] if options else "")
+    return volumes
+
+
 def test_model_mount_is_read_only_at_the_same_path(unit, compose_service):
-    (volume,) = values(unit["Container"], "Volume")
-    _, target, options = volume.split(":")
-    (compose_volume,) = compose_service["volumes"]
-    assert target == compose_volume["target"] == "/opt/models"
+    _, options = quadlet_volumes(unit)["/opt/models"]
+    (compose_volume,) = [v for v in compose_service["volumes"] if v["target"] == "/opt/models"]
     assert "ro" in options.split(",")
     assert compose_volume["read_only"] is True
+
+
+def test_compile_cache_is_a_writable_named_volume_where_the_image_keeps_it(unit, compose_service):
+    # The root filesystem may be read-only: vLLM's and torch's compile caches need a volume of their own,
+    # at the path the image's VLLM_CACHE_ROOT and TORCHINDUCTOR_CACHE_DIR point into.
+    source, options = quadlet_volumes(unit)["/var/cache/hxp-llm"]
+    assert "/" not in source  # a named volume, not a host path
+    assert "%i" in source  # one per instance
+    assert "ro" not in options.split(",")
+    (compose_volume,) = [v for v in compose_service["volumes"] if v["target"] == "/var/cache/hxp-llm"]
+    assert compose_volume["type"] == "volume"
+    assert not compose_volume.get("read_only")
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert "VLLM_CACHE_ROOT=/var/cache/hxp-llm/" in dockerfile
+    assert "TORCHINDUCTOR_CACHE_DIR=/var/cache/hxp-llm/" in dockerfile
 
 
 def test_env_files_are_the_ones_compose_uses(unit, compose_service):
