@@ -62,10 +62,11 @@ def docker_client() -> Any:
     return client
 
 
-def container_env() -> dict[str, str]:
-    """The environment compose's cpu profile gives the service (its env files and limit settings)."""
+def container_env(cpu_env: str = "container-cpu.env") -> dict[str, str]:
+    """The environment compose's cpu profile gives the service (its env files and limit settings);
+    `cpu_env` is the second env file, as HXP_LLM_CPU_ENV selects it in compose.yaml."""
     env: dict[str, str] = {}
-    for name in ("container.env", "container-cpu.env"):
+    for name in ("container.env", cpu_env):
         for line in (REPO_ROOT / "config" / name).read_text(encoding="utf-8").splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
@@ -122,15 +123,19 @@ def start_service(docker_client: Any, demo_model_dir: Callable[[str], Path]) -> 
     """Start the CPU image like compose's cpu profile: 8g memory, the host's CPUs, models read-only."""
     started: list[DockerContainer] = []
 
-    def start(models_root: Path | None = None) -> RunningService:
+    def start(models_root: Path | None = None, cpu_env: str = "container-cpu.env",
+              cpus: int | None = None) -> RunningService:
         root = models_root or demo_model_dir(DEMO_MODEL).parent
+        cpus = cpus or os.cpu_count() or 1
         container = (
             DockerContainer(IMAGE)
             .with_exposed_ports(API_PORT, METRICS_PORT)
             .with_volume_mapping(str(root), "/opt/models", "ro")
-            .with_kwargs(mem_limit="8g", nano_cpus=int((os.cpu_count() or 1) * 1e9), shm_size="1g")
+            .with_kwargs(mem_limit="8g", nano_cpus=int(cpus * 1e9), shm_size="1g")
         )
-        for key, value in container_env().items():
+        env = container_env(cpu_env)
+        env["OPENCHAT_3_5_CPU_CORES"] = str(cpus)
+        for key, value in env.items():
             container.with_env(key, value)
         started.append(container)
         container.start()
