@@ -193,7 +193,9 @@ class OpenChat35Service:
         if n > 1 and requested["temperature"] == 0:
             raise InvalidRequestError("n: greedy sampling (temperature 0) would give every choice the same answer; "
                                       "use temperature > 0 with n > 1", param="n")
-        requested["top_k"] = int(requested["top_k"])
+        # Keeping the top k of a vocabulary of at most k tokens keeps them all: the same as off.
+        top_k = int(requested["top_k"])
+        requested["top_k"] = -1 if top_k >= builder.vocab_size else top_k
         # The model's end of turn always stops it; the client's own stop ids come on top.
         stop_ids = tuple(dict.fromkeys((*builder.stop_token_ids, *requested.pop("stop_token_ids", ()))))
         options = SamplingOptions(**{**requested, "max_tokens": max_tokens, "stop_token_ids": stop_ids,
