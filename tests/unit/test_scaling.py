@@ -117,7 +117,9 @@ def replica(services) -> OpenChat35Config:
 def test_parser_reads_sections_and_directives():
     parsed = parse_haproxy("global\n    maxconn 10  # comment\n# note\nbackend b\n    balance leastconn\n")
     assert parsed == {"global": [["maxconn", "10"]], "backend b": [["balance", "leastconn"]]}
-    assert duration("1s") == 1 and duration("500ms") == 0.5 and duration("2000") == 2
+    assert duration("1s") == 1
+    assert duration("500ms") == 0.5
+    assert duration("2000") == 2
     with pytest.raises(AssertionError):
         parse_haproxy("    maxconn 10\n")
 
