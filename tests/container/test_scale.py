@@ -32,6 +32,8 @@ LB_IMAGE = os.environ.get("HXP_LB_IMAGE", "hxp-haproxy:bookworm")
 USERS = 50
 # Two engines load at once on the same cores: twice the bound for one container.
 POOL_WITHIN_SECONDS = 2 * HEALTHY_WITHIN_SECONDS
+# A generous bound, not a target: the survivor serves all users' next requests well within it.
+AFTER_KILL_WITHIN_SECONDS = 300
 # Small answers keep each request short, so many requests start and end during a restart.
 MAX_TOKENS = 16
 REQUEST = {"model": "openchat-3.5", "stream": True, "max_tokens": MAX_TOKENS, "temperature": 0,
@@ -241,8 +243,12 @@ def test_sigkill_of_one_replica_fails_only_its_running_streams(stack: ScaleStack
         load = asyncio.create_task(drive(stack.api_url, stop, outcomes))
         await asyncio.sleep(10)
         await asyncio.to_thread(subprocess.run, ["docker", "kill", "--signal", "KILL", victim["Id"]], check=True)
-        killed = time.monotonic()
-        await asyncio.sleep(15)
+        killed = time.monotonic()  # the container is gone (docker kill returned)
+        # Keep the load on until every user had the time to send a request after the kill and get its
+        # answer (a request takes seconds to tens of seconds on a busy 2-core machine).
+        deadline = killed + AFTER_KILL_WITHIN_SECONDS
+        while sum(o.started > killed for o in outcomes) < USERS and time.monotonic() < deadline:
+            await asyncio.sleep(1)
         stop.set()
         await load
         return outcomes, killed
@@ -263,8 +269,8 @@ def test_sigkill_of_one_replica_fails_only_its_running_streams(stack: ScaleStack
         assert outcome.replica == victim_server, describe(outcomes)
         assert outcome.status == 200, describe(outcomes)
         assert not outcome.done, describe(outcomes)
-    # New requests keep succeeding, on the survivor: at least every user whose stream was cut tried again.
-    assert len(after_kill) >= len(failed)
+    # New requests keep succeeding, on the survivor.
+    assert len(after_kill) >= USERS, "the survivor did not answer a request from every user after the kill"
     assert all(o.ok for o in after_kill), describe(after_kill)
     assert {o.replica for o in after_kill} == {name for name in stack.up().values()}
     assert victim_server not in {o.replica for o in after_kill}
