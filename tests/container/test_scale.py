@@ -130,6 +130,23 @@ def report(pytestconfig: pytest.Config, line: str) -> None:
         reporter.write_line(line)
 
 
+def test_a_stream_passes_through_the_balancer_unbuffered(stack: ScaleStack):
+    story = REQUEST | {"max_tokens": 48, "messages": [{"role": "user", "content": "Tell a story."}]}
+
+    async def reads() -> tuple[httpx.Headers, list[bytes]]:
+        async with (httpx.AsyncClient(base_url=stack.api_url, timeout=120) as client,
+                    client.stream("POST", "/v1/chat/completions", json=story) as response):
+            return response.headers, [chunk async for chunk in response.aiter_raw()]
+
+    headers, chunks = asyncio.run(reads())
+    assert headers["content-type"].startswith("text/event-stream")
+    assert "content-encoding" not in headers
+    assert b"".join(chunks).rstrip().endswith(b"data: [DONE]")
+    # The replica flushes a frame per token or so; a balancer that buffered the response would hand
+    # the client one or two large reads instead of one read per flush.
+    assert sum(b"data: " in chunk for chunk in chunks) > 5, [len(c) for c in chunks]
+
+
 def test_rolling_restart_under_50_streaming_users_fails_nothing(stack: ScaleStack, pytestconfig: pytest.Config):
     before = {c["Id"]: c["State"]["StartedAt"] for c in stack.replicas()}
     counters_before = stack.backend_counters()

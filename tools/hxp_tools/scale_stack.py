@@ -90,9 +90,10 @@ class ScaleStack:
         return [row for row in csv.DictReader(io.StringIO(text.lstrip("# "))) if row["pxname"] == BACKEND]
 
     def up(self) -> dict[str, str]:
-        """Address -> HAProxy server name, for the servers in the pool (UP)."""
+        """Address -> HAProxy server name, for the servers in the pool: UP and last checked 200 (HAProxy
+        also calls a server UP between learning its address from DNS and its first check)."""
         return {row["addr"]: row["svname"] for row in self.servers()
-                if row["svname"] != "BACKEND" and row["status"] == "UP"}
+                if row["svname"] != "BACKEND" and row["status"] == "UP" and row["check_status"] == "L7OK"}
 
     def backend_counters(self) -> dict[str, int]:
         """Retries, redispatches, connection and response errors, 4xx/5xx sent, for the whole backend."""
