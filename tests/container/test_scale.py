@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,8 +121,10 @@ async def drive(api_url: str, stop: asyncio.Event, outcomes: list[Outcome]) -> N
 def describe(outcomes: list[Outcome]) -> str:
     failed = [o for o in outcomes if not o.ok and not o.refusal]
     examples = "; ".join(f"{o.status} {o.replica} {o.error or o.body[:120]}" for o in failed[:5])
+    refusals = Counter(f"{o.status} {json.loads(o.body)['error']['code']}" for o in outcomes if o.refusal)
     return (f"{len(outcomes)} requests, {sum(o.ok for o in outcomes)} ok, "
-            f"{sum(o.refusal for o in outcomes)} refused, {len(failed)} failed" + (f" ({examples})" if failed else ""))
+            f"{sum(refusals.values())} refused {dict(refusals) or ''}, {len(failed)} failed"
+            + (f" ({examples})" if failed else ""))
 
 
 def report(pytestconfig: pytest.Config, line: str) -> None:
@@ -172,6 +175,9 @@ def test_rolling_restart_under_50_streaming_users_fails_nothing(stack: ScaleStac
                          f"{describe(outcomes)}; {len(during)} started and ended during the restart; "
                          f"HAProxy retries {counters['wretr']}, redispatches {counters['wredis']}")
     report(pytestconfig, "rolling-restart output:\n" + restart.stdout)
+    pool_changes = [line for line in stack.compose("logs", "--no-log-prefix", "openchat-3.5-lb").stdout.splitlines()
+                    if line.startswith("Server replicas/") or "has no server available" in line]
+    report(pytestconfig, "HAProxy's pool changes:\n" + "\n".join(pool_changes))
 
     assert restart.returncode == 0, restart.stdout + restart.stderr
     after = {c["Id"]: c["State"]["StartedAt"] for c in stack.replicas()}
