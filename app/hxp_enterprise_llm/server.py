@@ -1,9 +1,10 @@
 """Run the app under uvicorn with a graceful drain and honest exit codes.
 
 SIGTERM/SIGINT: readiness turns 503 `draining` first, new requests are refused, running ones finish
-(up to drain_timeout_seconds), then the server closes and the process exits 0. A second signal
-exits at once. An engine that fails to load or dies makes the process exit 4, so a restart policy
-(compose `restart:`, systemd `Restart=on-failure`) brings up a fresh one.
+(up to drain_timeout_seconds; then they are stopped with an error frame), the server closes and the
+process exits 0. A second signal exits at once. An engine that fails to load or dies makes the
+process exit 4 within seconds, even with clients connected, so a restart policy (compose
+`restart:`, systemd `Restart=on-failure`) brings up a fresh one.
 """
 
 from __future__ import annotations
@@ -17,26 +18,37 @@ from types import FrameType
 
 import uvicorn
 
-from hxp_enterprise_llm.api.app import AppContext, build_app
-from hxp_enterprise_llm.api.health import ServiceState
+from hxp_enterprise_llm.api.app import EXIT_ENGINE_FAILED, AppContext, build_app
 from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
 
 logger = logging.getLogger(__name__)
 
+# After an engine failure: requests in flight get their 503 / error frame during the grace, then the
+# server stops without waiting for clients; if the engine's shutdown hangs, the watchdog exits.
+FAILURE_GRACE_SECONDS = 1.0
+FAILURE_EXIT_SECONDS = 2.0
+FAILURE_WATCHDOG_SECONDS = 8.0
+# The last resort, in the kernel: SIGALRM's default action ends the process even if Python cannot
+# run (a thread stuck in C code holding the GIL), so the exit is certain within this time.
+FAILURE_ALARM_SECONDS = 10
+
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, drain_timeout: float, failure_grace: float = 0.0) -> None:
+    def __init__(self, config: uvicorn.Config, drain_timeout: float) -> None:
         super().__init__(config)
         self.drain_timeout = drain_timeout
-        self.failure_grace = failure_grace
         self.exit_code = 0
         self.ctx: AppContext | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
+        self._failed = False
 
     async def serve(self, sockets: list | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        if self.ctx is not None:
+            # SIGHUP re-reads api_keys_file: a key rotates without a restart.
+            self._loop.add_signal_handler(signal.SIGHUP, self.ctx.api_keys.reload)
         await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -52,38 +64,55 @@ class DrainingServer(uvicorn.Server):
 
     async def _drain(self) -> None:
         assert self.ctx is not None
-        if self.ctx.health.state != ServiceState.FAILED:
-            self.ctx.health.set(ServiceState.DRAINING, "shutting down: finishing running requests")
-        finished = await self.ctx.orchestrator.drain(self.drain_timeout)
-        if not finished:
-            logger.warning("drain_timeout_seconds=%s passed with %d requests running; closing anyway",
-                           self.drain_timeout, self.ctx.orchestrator.running)
+        await self.ctx.orchestrator.drain(self.drain_timeout)
         self.should_exit = True
 
     def fatal(self, code: int, detail: str) -> None:
-        """The engine is gone: keep answering /health 503 `failed` for a moment, then exit `code`."""
+        """The engine is gone: answer 503 for a moment, then exit `code` without waiting for clients."""
+        if self._failed:
+            return
+        self._failed = True
         self.exit_code = code
-        grace = min(max(self.failure_grace, 0.0), 30.0)
-        logger.error("fatal: %s; exiting with code %d in %.0f s", detail, code, grace)
-        if self._loop is None:
-            self.should_exit = True
-        else:
-            # Probes polling every health_check_interval see `failed` before the process goes.
-            self._loop.call_later(grace, lambda: setattr(self, "should_exit", True))
-        # The engine may be wedged in a thread that cannot be interrupted (vLLM can hang after its
-        # core dies): if a clean shutdown has not ended the process in time, end it anyway.
-        watchdog = threading.Timer(grace + 30.0, lambda: os._exit(code))
+        logger.error("fatal: %s; exiting with code %d", detail, code)
+        signal.alarm(FAILURE_ALARM_SECONDS)
+        watchdog = threading.Timer(FAILURE_WATCHDOG_SECONDS, lambda: os._exit(code))
         watchdog.daemon = True
         watchdog.start()
+        if self._loop is None:
+            self.should_exit = self.force_exit = True
+        else:
+            self._loop.call_later(FAILURE_GRACE_SECONDS, self._stop_now)
+
+    def _stop_now(self) -> None:
+        # force_exit: uvicorn stops without waiting for keep-alive connections and open streams,
+        # which could otherwise keep a dead service answering 503 for as long as clients stay.
+        self.should_exit = True
+        self.force_exit = True
+        # If the orderly stop itself stalls (vLLM's shutdown, a thread that will not finish), leave
+        # from the event loop with the right code before the watchdogs have to.
+        assert self._loop is not None
+        self._loop.call_later(FAILURE_EXIT_SECONDS, self._exit_now)
+
+    def _exit_now(self) -> None:
+        logging.shutdown()
+        os._exit(self.exit_code)
 
 
 def run_server(config: ModelConfigSchema, service: OpenChat35Service) -> int:
     servers: list[DrainingServer] = []
     app = build_app(config, service, on_fatal=lambda code, detail: servers[0].fatal(code, detail))
     server = DrainingServer(uvicorn.Config(app, host=config.host, port=config.port, log_config=None,
-                                           access_log=False, lifespan="on"),
-                            config.drain_timeout_seconds, failure_grace=config.health_check_interval)
+                                           access_log=False, lifespan="on", workers=config.workers,
+                                           # A request head (line + headers) larger than this is refused
+                                           # with 400 before the body is read.
+                                           h11_max_incomplete_event_size=config.max_header_bytes),
+                            config.drain_timeout_seconds)
     server.ctx = app.state.ctx
     servers.append(server)
     server.run()
+    if server.exit_code == EXIT_ENGINE_FAILED:
+        # The engine is dead: nothing is left to clean up, and the interpreter's own shutdown can
+        # hang on vLLM's threads and finalizers. Leave now, with the code the restart policy reads.
+        logging.shutdown()
+        os._exit(server.exit_code)
     return server.exit_code

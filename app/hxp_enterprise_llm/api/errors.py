@@ -10,43 +10,31 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hxp_enterprise_llm.api.lifecycle import record_of, request_id_of
 from hxp_enterprise_llm.schemas.errors import (
-    AuthenticationError,
-    EngineFailureError,
+    InternalError,
     InvalidRequestError,
     MethodNotAllowedError,
-    ModelNotFoundError,
     NotFoundError,
-    QueueFullError,
-    QueueTimeoutError,
-    RequestTimeoutError,
     ServiceError,
-    ServiceUnavailableError,
 )
 
 logger = logging.getLogger(__name__)
-
-
-def rejection_reason(error: ServiceError) -> str | None:
-    """The `reason` label of openchat_rejections_total for an error, if it is a rejection."""
-    for kind, reason in ((QueueFullError, "queue_full"), (QueueTimeoutError, "queue_timeout"),
-                         (RequestTimeoutError, "timeout"), (AuthenticationError, "unauthorized"),
-                         (ServiceUnavailableError, "unavailable"), (InvalidRequestError, "invalid"),
-                         (NotFoundError, "invalid"), (ModelNotFoundError, "invalid")):
-        if isinstance(error, kind):
-            return reason
-    return None
 
 
 def validation_error(exc: ValidationError) -> InvalidRequestError:
     """The first problem of a request body, naming its field as OpenAI does in `param`."""
     first = exc.errors()[0]
     location = [str(part) for part in first["loc"]]
-    # Union members add their type name to the path (`stop.str`); keep only the field path.
-    path = ".".join(p for p in location if p not in ("str", "list[str]", "list[ContentPart]", "function-after"))
+    # Union members add their type name to the path (`stop.str`, `prompt.list[int]`); keep the field path.
+    path = ".".join(p for p in location if not _is_type_tag(p))
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "missing":
         text = f"'{path}' is a required property"
+    elif first["type"] == "extra_forbidden":
+        return InvalidRequestError(f"Unrecognized request argument supplied: {path} (this service does not "
+                                   "implement it, and does not drop it silently)", param=path,
+                                   code="unsupported_parameter")
     elif first["type"] == "json_invalid":
         reason = first.get("ctx", {}).get("error", message)
         return InvalidRequestError(f"We could not parse the JSON body of your request: {reason}", code="invalid_json")
@@ -58,6 +46,10 @@ def validation_error(exc: ValidationError) -> InvalidRequestError:
     else:
         text = f"{path}: {message} (got {_short_repr(first.get('input'))})" if path else message
     return InvalidRequestError(text, param=path or None, code="invalid_value")
+
+
+def _is_type_tag(part: str) -> bool:
+    return "[" in part or "-" in part or part in ("str", "int", "float", "bool", "dict", "list", "ContentPart")
 
 
 def _short_repr(value: object, limit: int = 100) -> str:
@@ -82,7 +74,7 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             error = MethodNotAllowedError(f"method {request.method} is not allowed on {request.url.path}")
         else:
-            error = ServiceError(str(exc.detail))
+            error = InvalidRequestError(str(exc.detail)) if exc.status_code < 500 else ServiceError(str(exc.detail))
             error.status_code = exc.status_code
         error.headers.update(exc.headers or {})  # e.g. Allow on a 405
         return error_response(request, error)
@@ -90,18 +82,21 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(request, EngineFailureError("internal error; see the service log "
-                                                          f"for request {_request_id(request)}"))
-
-
-def _request_id(request: Request) -> str:
-    return str(getattr(request.state, "request_id", "-"))
+        return error_response(request, InternalError(
+            f"internal error; see the service log for request {request_id_of(request.scope)}"))
 
 
 def error_response(request: Request, error: ServiceError) -> JSONResponse:
-    ctx = getattr(request.app.state, "ctx", None)
-    if ctx is not None:
-        ctx.record_rejection(request, error)
+    """The error as the client sees it; the request's record (if it has one) learns why it ended.
+
+    A refusal is counted once: by the record when it closes, or here for requests that never
+    opened one (no such route, wrong method).
+    """
+    record = record_of(request)
+    if record is not None:
+        record.fail(error)
+    elif error.rejection_reason is not None:
+        request.app.state.ctx.metrics.reject(error.rejection_reason)
     headers = dict(error.headers)
-    headers["X-Request-ID"] = _request_id(request)
+    headers["X-Request-ID"] = request_id_of(request.scope)
     return JSONResponse(error.body(), status_code=error.status_code, headers=headers)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from hxp_enterprise_llm.orchestration.interactive_orchestrator import RequestRecord
+from hxp_enterprise_llm.orchestration.request_record import RequestRecord
 
 REQUEST_LOGGER = "hxp_enterprise_llm.requests"
 
@@ -48,6 +50,35 @@ def configure_logging(level: str, log_dir: Path | None = None) -> None:
     root.setLevel(level)
     # uvicorn's access log would repeat our request line without the figures that matter.
     logging.getLogger("uvicorn.access").disabled = True
+    logging.captureWarnings(True)  # warnings become log lines, not stray text on stderr
+    route_vllm_logs(level)
+
+
+def route_vllm_logs(level: str) -> None:
+    """vLLM's loggers, in this process and in the engine-core and worker processes it spawns, in our format.
+
+    vLLM applies the dictConfig named by VLLM_LOGGING_CONFIG_PATH when it is imported, in every
+    process; so the file is written before vLLM is imported, and the environment carries it to the
+    children. Only the `vllm` logger is configured (to stderr: a rotating file must have one writer),
+    so this process's own handlers stay as they are. An operator's own file wins.
+    """
+    if "VLLM_LOGGING_CONFIG_PATH" in os.environ:
+        return
+    config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": f"{JsonFormatter.__module__}.{JsonFormatter.__qualname__}"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
+                                "stream": "ext://sys.stderr"}},
+        "loggers": {"vllm": {"handlers": ["stderr"], "level": level, "propagate": False}},
+    }
+    fd, path = tempfile.mkstemp(prefix="hxp-vllm-logging-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as stream:
+        json.dump(config, stream)
+    os.environ["VLLM_LOGGING_CONFIG_PATH"] = path
+    os.environ["VLLM_CONFIGURE_LOGGING"] = "1"
+    # torch's C++ side prints warnings (NUMA) straight to stderr; only errors are worth that.
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
 
 class RequestLog:
@@ -65,8 +96,10 @@ class RequestLog:
             "event": "request",
             "request_id": record.request_id,
             "model": self._model,
+            "route": record.route,
             "status": record.status,
             "outcome": record.outcome,
+            "error_code": record.error.code if record.error is not None else None,
             "stream": record.stream,
             "finish_reason": record.finish_reason,
             "prompt_tokens": record.prompt_tokens,
@@ -75,4 +108,5 @@ class RequestLog:
             "ttft_ms": ms(record.ttft),
             "latency_ms": ms(record.e2e),
             "client": record.client,
+            "end_user": record.end_user,
         }})

@@ -1,252 +1,280 @@
-"""The OpenAI routes: `/v1/chat/completions` (plain and SSE), `/v1/models`, `/metrics/streaming`.
+"""The inference routes: `/v1/chat/completions` and `/v1/completions`, plain and streamed (SSE).
 
-Validation, admission and the context check all happen before the first byte of a response, so
-every refusal is a plain HTTP error with an OpenAI body; once a stream has started, the only way
-to report a failure is an error frame inside it.
+A request, top to bottom: open its record -> check the key -> read and parse the body -> admit it
+(one gate, tokenize and check the context, wait for a slot) -> wait for the first token -> answer.
+Every refusal, and anything that fails before the first token, is a plain HTTP error with an
+OpenAI body; once a stream has started, the only way to report a failure is an error frame
+inside it. The lifecycle middleware closes the record when the response is over.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hmac
-from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
-from hxp_enterprise_llm.api.errors import validation_error
-from hxp_enterprise_llm.api.health import ServiceState
-from hxp_enterprise_llm.orchestration.interactive_orchestrator import RequestRecord, Slot
-from hxp_enterprise_llm.schemas.errors import (
-    AuthenticationError,
-    InvalidRequestError,
-    ModelNotFoundError,
-    PayloadTooLargeError,
-    ServiceUnavailableError,
+from hxp_enterprise_llm.api.lifecycle import open_record
+from hxp_enterprise_llm.api.openapi import request_body
+from hxp_enterprise_llm.api.request_input import (
+    ClientDisconnected,
+    check_api_key,
+    check_messages,
+    parse_body,
+    read_body,
+    until_disconnected,
 )
+from hxp_enterprise_llm.orchestration.generation import Generation
+from hxp_enterprise_llm.orchestration.request_record import STATUS_CLIENT_GONE, RequestRecord
+from hxp_enterprise_llm.schemas.errors import InvalidRequestError, ModelNotFoundError
 from hxp_enterprise_llm.schemas.openai import (
     ChatCompletionChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    ModelCard,
-    ModelList,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
     ResponseMessage,
+    SamplingFields,
     UsageInfo,
     new_completion_id,
     now,
 )
-from hxp_enterprise_llm.services.core.engine import GenerationRequest
-from hxp_enterprise_llm.services.streaming.response_streamer import ResponseStreamer
+from hxp_enterprise_llm.services.core.engine import GenerationRequest, TokenDelta, TokenLogprob
+from hxp_enterprise_llm.services.streaming.logprob_format import chat_logprobs, completion_logprobs
+from hxp_enterprise_llm.services.streaming.response_streamer import (
+    CompletionStreamer,
+    Delta,
+    Prefetched,
+    ResponseStreamer,
+)
 
 if TYPE_CHECKING:
     from hxp_enterprise_llm.api.app import AppContext
 
 router = APIRouter()
-T = TypeVar("T")
-
-
-class ClientDisconnected(Exception):
-    pass
 
 
 def _ctx(request: Request) -> AppContext:
     return request.app.state.ctx
 
 
-def _check_api_key(request: Request, ctx: AppContext) -> None:
-    if ctx.config.api_key is None:
-        return
-    expected = ctx.config.api_key.get_secret_value().encode()
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
-        raise AuthenticationError("Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.")
+@router.post("/v1/chat/completions", response_model=None, openapi_extra=request_body(ChatCompletionRequest),
+             summary="Create a chat completion (OpenAI API)",
+             responses={200: {"model": ChatCompletionResponse,
+                              "description": "The answer; with `stream: true`, SSE chunks ending with [DONE]"}})
+async def chat_completions(request: Request) -> Response:
+    ctx = _ctx(request)
+    record = open_record(request, "chat")
+    check_api_key(request)
+    chat = parse_body(ChatCompletionRequest, await read_body(request, ctx.config))
+    check_messages(chat.messages, ctx.config)
+    model = _check_common(ctx, record, chat, chat.model)
+    sampling = _sampling(chat) | {
+        "max_tokens": chat.requested_max_tokens(),
+        "logprobs": (chat.top_logprobs or 0) if chat.logprobs else None,
+        "json_schema": chat.response_format.json_schema.schema_
+        if chat.response_format and chat.response_format.json_schema else None,
+        "json_object": bool(chat.response_format and chat.response_format.type == "json_object"),
+    }
+    messages = [{"role": m.role, "content": m.text()} for m in chat.messages]
+    answer = _Answer(model=model, n=chat.n, top_logprobs=sampling["logprobs"])
+    return await _generate(request, ctx, record, chat.stream, answer,
+                           lambda: ctx.service.prepare(messages, request_id=record.request_id, **sampling),
+                           streamer=lambda: ResponseStreamer.for_config(
+                               ctx.config, model=model, include_usage=chat.include_usage(), choices=chat.n,
+                               top_logprobs=answer.top_logprobs),
+                           respond=_chat_body)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
-    return bytes(body)
+@router.post("/v1/completions", response_model=None, openapi_extra=request_body(CompletionRequest),
+             summary="Create a completion from a raw prompt (OpenAI legacy API; for evaluation harnesses)",
+             responses={200: {"model": CompletionResponse,
+                              "description": "The completion; with `stream: true`, SSE chunks ending with [DONE]"}})
+async def completions(request: Request) -> Response:
+    ctx = _ctx(request)
+    record = open_record(request, "completion")
+    check_api_key(request)
+    body = parse_body(CompletionRequest, await read_body(request, ctx.config))
+    model = _check_common(ctx, record, body, body.model)
+    sampling = _sampling(body) | {"max_tokens": body.max_tokens, "logprobs": body.logprobs,
+                                  "prompt_logprobs": body.logprobs if body.echo and body.logprobs is not None
+                                  else None}
+    answer = _Answer(model=model, n=body.n, top_logprobs=body.logprobs, echo=body.echo)
+    prompt = body.single_prompt()
+
+    def prepare() -> GenerationRequest:
+        prepared = ctx.service.prepare_prompt(prompt, request_id=record.request_id, **sampling)
+        if body.echo:  # the prompt as text, as the client will see it in front of the completion
+            answer.echo_text = prompt if isinstance(prompt, str) else ctx.service.detokenize(prepared.prompt_token_ids)
+            answer.first_prompt_token = ctx.service.detokenize(prepared.prompt_token_ids[:1])
+        return prepared
+
+    return await _generate(request, ctx, record, body.stream, answer, prepare,
+                           streamer=lambda: CompletionStreamer.for_config(
+                               ctx.config, model=model, include_usage=body.include_usage(), choices=body.n,
+                               top_logprobs=body.logprobs),
+                           respond=_completion_body)
 
 
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Run `work`, cancelling it the moment the client goes away (queued or generating)."""
-    task = asyncio.ensure_future(work)
-
-    async def client_gone() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(client_gone())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    finally:
-        watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
-    raise ClientDisconnected
-
-
-def _parse(body: bytes) -> ChatCompletionRequest:
-    try:
-        return ChatCompletionRequest.model_validate_json(body or b"null", strict=True)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
-
-
-def _prepare(ctx: AppContext, chat: ChatCompletionRequest, request_id: str) -> GenerationRequest:
-    if chat.model not in ctx.model_ids():
-        raise ModelNotFoundError(f"The model '{chat.model}' does not exist; this service serves "
+def _check_common(ctx: AppContext, record: RequestRecord, body: SamplingFields, model: str | None) -> str:
+    """The model the client names (the served one if none), and the checks both routes share."""
+    record.stream = body.stream
+    record.end_user = body.user
+    chosen = model if model is not None else ctx.config.served_model_name
+    if chosen not in ctx.model_ids():
+        raise ModelNotFoundError(f"The model '{chosen}' does not exist; this service serves "
                                  f"'{ctx.config.served_model_name}'", param="model")
-    if chat.stream and not ctx.config.streaming_enabled:
+    if body.stream and not ctx.config.streaming_enabled:
         raise InvalidRequestError("streaming is disabled on this service (streaming_enabled=false)",
                                   param="stream")
-    if ctx.health.state != ServiceState.READY:
-        raise ServiceUnavailableError(f"the model is not ready: {ctx.health.state.value} ({ctx.health.detail})",
-                                      headers={"Retry-After": "5"})
-    return ctx.service.prepare(
-        [m.model_dump() | {"content": m.text()} for m in chat.messages],
-        max_tokens=chat.requested_max_tokens(), temperature=chat.temperature, top_p=chat.top_p,
-        top_k=chat.top_k, seed=chat.seed, stop=chat.stop_sequences(),
-        presence_penalty=chat.presence_penalty, frequency_penalty=chat.frequency_penalty,
-        logit_bias=chat.token_biases(), request_id=request_id)
+    return chosen
 
 
-@router.post("/v1/chat/completions", response_model=None)
-async def chat_completions(request: Request) -> Any:
-    ctx = _ctx(request)
-    request_id = request.state.request_id
-    record = RequestRecord(request_id=request_id, stream=False,
-                           client=f"{request.client.host}:{request.client.port}" if request.client else "")
-    request.state.record = record
-    _check_api_key(request, ctx)
-    chat = _parse(await _read_body(request, ctx.config.max_request_body_bytes))
-    record.stream = chat.stream
-    generation = _prepare(ctx, chat, request_id)
+def _sampling(body: SamplingFields) -> dict[str, Any]:
+    """The sampling fields both routes share, None where the client left them to the defaults."""
+    return {"n": body.n, "temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k,
+            "min_p": body.min_p, "repetition_penalty": body.repetition_penalty, "seed": body.seed,
+            "presence_penalty": body.presence_penalty, "frequency_penalty": body.frequency_penalty,
+            "stop": body.stop_sequences(), "stop_token_ids": tuple(body.stop_token_ids or ()),
+            "min_tokens": body.min_tokens, "ignore_eos": body.ignore_eos, "logit_bias": body.token_biases()}
+
+
+@dataclass
+class _Choice:
+    text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+@dataclass
+class _Answer:
+    """What a plain (not streamed) answer collects, and how the client asked for it."""
+
+    model: str
+    n: int
+    top_logprobs: int | None
+    echo: bool = False
+    echo_text: str = ""
+    first_prompt_token: str = ""
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    choices: list[_Choice] = field(default_factory=list)
+
+    def add(self, delta: TokenDelta) -> None:
+        while len(self.choices) <= delta.index:
+            self.choices.append(_Choice())
+        choice = self.choices[delta.index]
+        choice.text.append(delta.text)
+        choice.logprobs.extend(delta.logprobs or ())
+        if delta.finish_reason is not None:
+            choice.finish_reason = str(delta.finish_reason)
+        if delta.prompt_logprobs is not None:
+            self.prompt_logprobs = delta.prompt_logprobs
+
+
+async def _generate(request: Request, ctx: AppContext, record: RequestRecord, stream: bool, answer: _Answer,
+                    prepare: Callable[[], GenerationRequest], *, streamer: Callable[[], ResponseStreamer],
+                    respond: Callable[[_Answer, RequestRecord], Any]) -> Response:
     try:
-        slot = await _unless_disconnected(request, ctx.orchestrator.acquire(record))
+        prepared = await until_disconnected(request, ctx.orchestrator.admit(record, prepare))
     except ClientDisconnected:
-        ctx.orchestrator.finish(record, outcome="disconnected", status=499)
-        return JSONResponse({}, status_code=499)
-    if chat.stream:
-        return _stream(ctx, chat, generation, record, slot)
+        return Response(status_code=STATUS_CLIENT_GONE)
+    record.choices = prepared.sampling.n
+    generation = ctx.orchestrator.generate(record, prepared)
     try:
-        return await _unless_disconnected(request, _complete(ctx, chat, generation, record))
+        if stream:
+            # Headers wait for the first token: whatever fails before it (the engine refusing the
+            # request, a dead engine, the deadline) is still a plain HTTP error, not a 200 stream.
+            first = await until_disconnected(request, generation.next())
+            return _stream(ctx, streamer(), generation, record, first, answer)
+        await until_disconnected(request, _collect(generation, answer))
     except ClientDisconnected:
-        ctx.orchestrator.finish(record, outcome="disconnected", status=499)
-        return JSONResponse({}, status_code=499)
-    finally:
-        slot.release()
+        await generation.aclose()
+        return Response(status_code=STATUS_CLIENT_GONE)
+    except BaseException:
+        await generation.aclose()
+        raise
+    await generation.aclose()
+    return JSONResponse(respond(answer, record))
 
 
-async def _complete(ctx: AppContext, chat: ChatCompletionRequest, generation: GenerationRequest,
-                    record: RequestRecord) -> JSONResponse:
-    parts: list[str] = []
-    async for delta in ctx.orchestrator.run(ctx.service, generation, record):
-        parts.append(delta.text)
-    ctx.orchestrator.finish(record, status=200)
-    body = ChatCompletionResponse(
-        id=new_completion_id(), created=now(), model=chat.model,
-        choices=[ChatCompletionChoice(message=ResponseMessage(content="".join(parts)),
-                                      finish_reason=_public_finish(record.finish_reason))],
-        usage=UsageInfo(prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens,
-                        total_tokens=record.prompt_tokens + record.completion_tokens))
-    return JSONResponse(body.model_dump())
+async def _collect(generation: Generation, answer: _Answer) -> None:
+    while True:
+        try:
+            delta = await generation.next()
+        except StopAsyncIteration:
+            return
+        if isinstance(delta, TokenDelta):
+            answer.add(delta)
 
 
-def _public_finish(reason: str | None) -> str:
-    return reason if reason in ("stop", "length") else "stop"
+def _usage(record: RequestRecord) -> UsageInfo:
+    return UsageInfo(prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens,
+                     total_tokens=record.prompt_tokens + record.completion_tokens)
 
 
-class _SlotHoldingResponse(EventSourceResponse):
-    """Releases the slot however the response ends, even if the body never started."""
+def _chat_body(answer: _Answer, record: RequestRecord) -> dict[str, Any]:
+    return ChatCompletionResponse(
+        id=new_completion_id(), created=now(), model=answer.model, usage=_usage(record),
+        choices=[ChatCompletionChoice(
+            index=index, message=ResponseMessage(content="".join(choice.text)), finish_reason=choice.finish_reason,
+            logprobs=chat_logprobs(choice.logprobs, answer.top_logprobs or 0)
+            if answer.top_logprobs is not None else None)
+            for index, choice in enumerate(answer.choices)]).model_dump()
 
-    def __init__(self, *args: Any, on_close: Any, **kwargs: Any) -> None:
+
+def _completion_body(answer: _Answer, record: RequestRecord) -> dict[str, Any]:
+    choices = []
+    for index, choice in enumerate(answer.choices):
+        logprobs = None
+        if answer.top_logprobs is not None:
+            entries: list[TokenLogprob | None] = list(answer.prompt_logprobs or ()) if answer.echo else []
+            entries += choice.logprobs
+            logprobs = completion_logprobs(entries, answer.top_logprobs, 0, none_token=answer.first_prompt_token)
+        choices.append(CompletionChoice(index=index, text=answer.echo_text + "".join(choice.text),
+                                        logprobs=logprobs, finish_reason=choice.finish_reason))
+    return CompletionResponse(id=new_completion_id("cmpl"), created=now(), model=answer.model, choices=choices,
+                              usage=_usage(record)).model_dump()
+
+
+def _stream(ctx: AppContext, streamer: ResponseStreamer, generation: Generation, record: RequestRecord,
+            first: Delta | None, answer: _Answer) -> EventSourceResponse:
+    opening = []
+    if isinstance(streamer, CompletionStreamer) and answer.echo:
+        opening = streamer.echo_frames(answer.echo_text, getattr(first, "prompt_logprobs", None),
+                                       answer.first_prompt_token)
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            for frame in opening:
+                yield frame.encode()
+            async for frame in streamer.frames(Prefetched(first, generation)):
+                yield frame.encode()
+        finally:
+            record.frames = streamer.content_frames
+            if streamer.error is not None:
+                record.fail(streamer.error)
+
+    return GenerationResponse(
+        generation, body(), ping=ctx.config.stream_ping_seconds, sep="\n",
+        ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+class GenerationResponse(EventSourceResponse):
+    """An SSE response that owns its generation: however it ends (even before its first byte, when
+    the client has gone), the engine request is closed and aborted if unfinished."""
+
+    def __init__(self, generation: Generation, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._on_close = on_close
+        self._generation = generation
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self._on_close()
-
-
-def _stream(ctx: AppContext, chat: ChatCompletionRequest, generation: GenerationRequest,
-            record: RequestRecord, slot: Slot) -> EventSourceResponse:
-    config = ctx.config
-    streamer = ResponseStreamer(
-        model=chat.model, chunk_size=config.response_chunk_size,
-        flush_interval=config.stream_flush_interval_ms / 1000 if config.low_latency_mode else None,
-        include_usage=bool(chat.stream_options and chat.stream_options.include_usage))
-    ctx.streaming.active_streams += 1
-
-    async def frames() -> AsyncIterator[bytes]:
-        completed = False
-        try:
-            async for frame in streamer.frames(ctx.orchestrator.run(ctx.service, generation, record)):
-                yield frame.encode()
-            completed = True
-        finally:
-            summary = streamer.summary
-            record.frames = summary.content_frames
-            ctx.metrics.stream_chunks.labels(ctx.config.served_model_name).inc(record.frames)
-            if summary.error is not None:
-                ctx.orchestrator.finish(record, outcome=record.outcome if record.outcome != "running"
-                                        else "error", status=200)
-            else:
-                ctx.orchestrator.finish(record, outcome=None if completed else "disconnected", status=200)
-
-    def close() -> None:
-        slot.release()
-        ctx.streaming.active_streams -= 1
-        if record.finished is None:  # the body never ran: the client left before the first byte
-            ctx.orchestrator.finish(record, outcome="disconnected", status=499)
-
-    return _SlotHoldingResponse(
-        frames(), on_close=close, ping=config.stream_ping_seconds, sep="\n",
-        ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-@router.get("/v1/models")
-async def list_models(request: Request) -> ModelList:
-    ctx = _ctx(request)
-    _check_api_key(request, ctx)
-    return ModelList(data=[_model_card(ctx)])
-
-
-@router.get("/v1/models/{model_id:path}")
-async def get_model(model_id: str, request: Request) -> ModelCard:
-    ctx = _ctx(request)
-    _check_api_key(request, ctx)
-    if model_id not in ctx.model_ids():
-        raise ModelNotFoundError(f"The model '{model_id}' does not exist", param="model")
-    return _model_card(ctx)
-
-
-def _model_card(ctx: AppContext) -> ModelCard:
-    return ModelCard(id=ctx.config.served_model_name, created=int(ctx.health.since), root=ctx.config.model_name,
-                     max_model_len=ctx.config.max_model_len)
-
-
-@router.get("/metrics/streaming")
-async def streaming_metrics(request: Request) -> JSONResponse:
-    return JSONResponse(_ctx(request).streaming.snapshot())
-
+            await self._generation.aclose()

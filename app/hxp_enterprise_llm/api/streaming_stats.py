@@ -7,32 +7,24 @@ import time
 from collections import deque
 from typing import Any
 
-from hxp_enterprise_llm.orchestration.interactive_orchestrator import RequestRecord
-
-
-def _percentile(values: list[float], fraction: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
+from hxp_enterprise_llm.orchestration.request_record import RequestRecord
+from hxp_enterprise_llm.percentiles import percentile
+from hxp_enterprise_llm.schemas.outcomes import Outcome
 
 
 def _summary_ms(values: list[float]) -> dict[str, float | None]:
-    def ms(value: float | None) -> float | None:
-        return None if value is None else round(value * 1000, 3)
-
-    return {"mean_ms": ms(statistics.fmean(values)) if values else None,
-            "p50_ms": ms(_percentile(values, 0.50)), "p95_ms": ms(_percentile(values, 0.95))}
+    if not values:
+        return {"mean_ms": None, "p50_ms": None, "p95_ms": None}
+    return {"mean_ms": round(statistics.fmean(values) * 1000, 3),
+            "p50_ms": round(percentile(values, 50) * 1000, 3), "p95_ms": round(percentile(values, 95) * 1000, 3)}
 
 
 class StreamingWindow:
-    """Finished streaming requests of the last `window_seconds`, plus the number streaming now."""
+    """Finished streaming requests of the last `window_seconds` (the orchestrator says how many stream now)."""
 
     def __init__(self, window_seconds: float, target_latency_seconds: float) -> None:
         self.window_seconds = window_seconds
         self.target_latency_seconds = target_latency_seconds
-        self.active_streams = 0
         self.streams_completed_total = 0
         self._records: deque[tuple[float, RequestRecord]] = deque()
 
@@ -41,21 +33,23 @@ class StreamingWindow:
             self.streams_completed_total += 1
             self._records.append((time.monotonic(), record))
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, active_streams: int) -> dict[str, Any]:
         now = time.monotonic()
         while self._records and now - self._records[0][0] > self.window_seconds:
             self._records.popleft()
         records = [r for _, r in self._records]
-        span = max(min(self.window_seconds, now - self._records[0][0]) if self._records else 0.0, 1e-9)
+        # The rates' time span starts when the oldest request in the window arrived (not when it
+        # finished): one stream that has just ended must not read as thousands of tokens a second.
+        oldest_arrival = min((r.arrived for r in records), default=now)
+        span = max(min(self.window_seconds, now - oldest_arrival), 1e-9)
         ttfts = [r.ttft for r in records if r.ttft is not None]
         gaps = [g for r in records for g in r.inter_token_gaps]
-        e2es = [r.e2e for r in records if r.outcome == "ok" and r.e2e is not None]
-        counted = [r for r in records if r.outcome not in ("disconnected", "invalid")]
-        met = [r for r in counted if r.outcome == "ok" and r.e2e is not None
-               and r.e2e <= self.target_latency_seconds]
+        e2es = [r.e2e for r in records if r.outcome is Outcome.OK and r.e2e is not None]
+        counted = [r for r in records if r.counts_for_slo()]
+        met = [r for r in counted if r.met_slo(self.target_latency_seconds)]
         return {
             "window_seconds": self.window_seconds,
-            "active_streams": self.active_streams,
+            "active_streams": active_streams,
             "streams_completed": len(records),
             "streams_completed_total": self.streams_completed_total,
             "time_to_first_token": _summary_ms(ttfts),

@@ -8,25 +8,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from hxp_enterprise_llm.percentiles import percentile
+
 if TYPE_CHECKING:  # the CLI parser imports this module: keep httpx out of `hxp-llm serve`'s imports
     from hxp_enterprise_llm.bench.client import RequestResult
 
 # Per-request figures an SLO can bound, as `vllm bench serve --goodput` names them (milliseconds).
 SLO_METRICS = ("ttft", "tpot", "e2el")
 PERCENTILES = (50.0, 95.0, 99.0)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100) with linear interpolation between ranks, as numpy's default."""
-    if not values:
-        return math.nan
-    if not 0.0 <= q <= 100.0:
-        raise ValueError(f"percentile must be within 0..100, got {q}")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 @dataclass(frozen=True)

@@ -1,77 +1,49 @@
-"""Admission, queueing, timeouts, cancellation and drain for interactive requests.
+"""Admission, queueing, deadlines, cancellation, drain and the model's life, for interactive requests.
 
-- At most `concurrent_users` requests run; up to `max_queue_size` more wait in FIFO order.
+- One gate for every request: loading, draining or failed refuse with 503 before any work.
+- At most `concurrent_users` requests generate; up to `max_queue_size` more wait in FIFO order.
 - A full queue is refused at once with 429 + Retry-After (the caller has not sent a byte yet, so
   a streaming client gets a plain HTTP error, never an error inside a 200 stream).
 - A request that waits `queue_timeout_seconds` without a slot gets 503 (the server, not the client,
   is behind), also with Retry-After.
-- `connection_timeout_seconds` bounds a request from arrival to its last token.
-- Whoever stops consuming a run (client disconnect, timeout, drain deadline) aborts its engine
-  request at once, so the slot and the KV cache are freed.
+- `connection_timeout_seconds` bounds a request from arrival to its last token (see Generation).
+- Records are opened by the routes and closed here, once, by the API's lifecycle middleware; the
+  observers (metrics, request log, streaming window) hear about each closed record.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Protocol
 
+from hxp_enterprise_llm.orchestration.generation import Generation
+from hxp_enterprise_llm.orchestration.request_record import RequestRecord
+from hxp_enterprise_llm.orchestration.service_state import Health, ServiceState
 from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
 from hxp_enterprise_llm.schemas.errors import (
+    DrainingError,
+    EngineUnavailableError,
     QueueFullError,
     QueueTimeoutError,
-    RequestTimeoutError,
     ServiceUnavailableError,
 )
-from hxp_enterprise_llm.services.core.engine import GenerationRequest, TokenDelta
+from hxp_enterprise_llm.schemas.outcomes import Outcome
+from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
+from hxp_enterprise_llm.services.core.engine import GenerationRequest
 
+logger = logging.getLogger(__name__)
 
-@dataclass
-class RequestRecord:
-    """Timings and counts of one request, filled in as it runs (monotonic seconds)."""
-
-    request_id: str
-    stream: bool
-    arrived: float = field(default_factory=time.monotonic)
-    admitted: float | None = None
-    first_token: float | None = None
-    last_token: float | None = None
-    finished: float | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str | None = None
-    outcome: str = "running"  # ok | error | timeout | disconnected
-    status: int = 200  # the HTTP status the client got (a stream that started is 200)
-    frames: int = 0  # SSE content frames sent
-    client: str = ""
-    inter_token_gaps: list[float] = field(default_factory=list)
-
-    @property
-    def queue_wait(self) -> float | None:
-        return None if self.admitted is None else self.admitted - self.arrived
-
-    @property
-    def ttft(self) -> float | None:
-        return None if self.first_token is None else self.first_token - self.arrived
-
-    @property
-    def e2e(self) -> float | None:
-        return None if self.finished is None else self.finished - self.arrived
+# After the drain deadline, how long stopped requests get to send their last frames before the exit.
+STOPPED_REQUESTS_GRACE_SECONDS = 5.0
 
 
 class RequestObserver(Protocol):
     def on_finished(self, record: RequestRecord) -> None: ...
-
-
-class StreamSource(Protocol):
-    def stream(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]: ...
-
-
-_END = object()
 
 
 class Slot:
@@ -87,15 +59,17 @@ class Slot:
 
 
 class InteractiveOrchestrator:
-    def __init__(self, config: ModelConfigSchema, abort: Callable[[str], object],
-                 observers: list[RequestObserver] | None = None) -> None:
+    def __init__(self, config: ModelConfigSchema, service: OpenChat35Service,
+                 observers: list[RequestObserver] | None = None, health: Health | None = None) -> None:
         self._config = config
-        self._abort = abort
+        self.service = service
+        self.health = health or Health()
         self._observers = list(observers or [])
         self._slots = asyncio.Semaphore(config.concurrent_users)
         self.running = 0
         self.waiting = 0
-        self.draining = False
+        self._open: set[RequestRecord] = set()
+        self._generations: set[Generation] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._recent_e2e = 1.0  # seconds, exponentially averaged, for Retry-After
@@ -103,15 +77,21 @@ class InteractiveOrchestrator:
     def add_observer(self, observer: RequestObserver) -> None:
         self._observers.append(observer)
 
-    def retry_after_seconds(self) -> int:
-        backlog = (self.waiting + 1) / max(self._config.concurrent_users, 1)
-        return max(1, math.ceil(self._recent_e2e * backlog))
+    @property
+    def active_streams(self) -> int:
+        return sum(1 for record in self._open if record.stream and record.admitted is not None)
 
-    async def acquire(self, record: RequestRecord) -> Slot:
-        """Wait for a slot; raises (before the caller has sent anything) when refused."""
-        if self.draining:
-            raise ServiceUnavailableError("the service is shutting down; retry on another replica",
-                                          code="draining", headers={"Retry-After": "5"})
+    # --- one request
+
+    def open(self, request_id: str, route: str, client: str = "") -> RequestRecord:
+        record = RequestRecord(request_id=request_id, route=route, client=client)
+        self._open.add(record)
+        return record
+
+    async def admit(self, record: RequestRecord, prepare: Callable[[], GenerationRequest]) -> GenerationRequest:
+        """Gate, prepare (tokenize, check the context: 400s), then wait for a slot; raises when refused."""
+        self._check_accepting()
+        generation_request = prepare()
         if self._slots.locked() and self.waiting >= self._config.max_queue_size:
             raise QueueFullError(
                 f"all {self._config.concurrent_users} slots are busy and {self.waiting} requests are waiting "
@@ -129,8 +109,52 @@ class InteractiveOrchestrator:
         finally:
             self.waiting -= 1
             self._set_idle_if_empty()
+        record.slot = Slot(self)
         record.admitted = time.monotonic()
-        return Slot(self)
+        return generation_request
+
+    def _check_accepting(self) -> None:
+        state, detail = self.health.state, self.health.detail
+        if state is ServiceState.READY:
+            return
+        if state is ServiceState.DRAINING:
+            raise DrainingError("the service is shutting down; retry on another replica",
+                                headers={"Retry-After": "5"})
+        if state is ServiceState.FAILED:
+            raise EngineUnavailableError(f"the inference engine failed ({detail}); the service is restarting",
+                                         headers={"Retry-After": "10"})
+        raise ServiceUnavailableError(f"the model is not ready: {state.value} ({detail})",
+                                      headers={"Retry-After": "5"})
+
+    def generate(self, record: RequestRecord, request: GenerationRequest) -> Generation:
+        """The admitted request's deltas; the caller must `aclose()` it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.connection_timeout_seconds - (time.monotonic() - record.arrived)
+        return Generation(
+            self.service.stream(request), record, deadline=deadline,
+            timeout_seconds=self._config.connection_timeout_seconds,
+            abort=lambda: self.service.engine.abort(request.request_id),
+            on_engine_dead=self.engine_failed, live=self._generations)
+
+    def close(self, record: RequestRecord, status: int | None) -> None:
+        """The one place a request ends: stamp it, free its slot, tell the observers."""
+        if record not in self._open:
+            return
+        self._open.discard(record)
+        record.close(status)
+        if record.outcome is Outcome.OK and record.e2e is not None:
+            self._recent_e2e = 0.8 * self._recent_e2e + 0.2 * record.e2e
+        for observer in self._observers:
+            try:
+                observer.on_finished(record)
+            except Exception:  # an observer's bug must not turn a served request into an error
+                logger.exception("request observer %r failed", observer)
+
+    # --- capacity
+
+    def retry_after_seconds(self) -> int:
+        backlog = (self.waiting + 1) / max(self._config.concurrent_users, 1)
+        return max(1, math.ceil(self._recent_e2e * backlog))
 
     def _release(self) -> None:
         self.running -= 1
@@ -144,98 +168,56 @@ class InteractiveOrchestrator:
         else:
             self._idle.clear()
 
-    async def run(self, source: StreamSource, request: GenerationRequest,
-                  record: RequestRecord) -> AsyncIterator[TokenDelta]:
-        """The request's deltas under its deadline; leaving early (any reason) aborts the engine request."""
-        deadline = record.arrived + self._config.connection_timeout_seconds
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        pump = asyncio.create_task(self._pump(source, request, queue))
-        finished_normally = False
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                try:
-                    item = await asyncio.wait_for(queue.get(), max(remaining, 0))
-                except TimeoutError:
-                    record.outcome = "timeout"
-                    raise RequestTimeoutError(
-                        f"request exceeded connection_timeout_seconds={self._config.connection_timeout_seconds:g}"
-                    ) from None
-                if item is _END:
-                    finished_normally = True
-                    return
-                if isinstance(item, BaseException):
-                    record.outcome = "error"
-                    raise item
-                assert isinstance(item, TokenDelta)
-                self._account(record, item)
-                yield item
-                if item.finish_reason is not None:
-                    finished_normally = True
-                    return
-        finally:
-            pump.cancel()
-            if not finished_normally:
-                if record.outcome == "running":
-                    record.outcome = "disconnected"
-                await asyncio.shield(self._abort_quietly(request.request_id))
+    # --- the service's life
 
-    @staticmethod
-    async def _pump(source: StreamSource, request: GenerationRequest, queue: asyncio.Queue[object]) -> None:
+    async def load_model(self, timeout: float) -> bool:
+        """Start the engine; READY on success, FAILED (and False) if it fails or takes longer than `timeout`."""
+        started = time.monotonic()
+        self.health.set(ServiceState.LOADING, f"loading {self._config.model_path}")
         try:
-            async for delta in source.stream(request):
-                queue.put_nowait(delta)
-            queue.put_nowait(_END)
-        except asyncio.CancelledError:
-            raise
+            await asyncio.wait_for(self.service.start(on_death=self.engine_failed), timeout)
+        except TimeoutError:
+            self.engine_failed(f"model not loaded within model_load_timeout_seconds={timeout:g}")
+            return False
         except Exception as exc:
-            queue.put_nowait(exc)
+            self.engine_failed(f"model failed to load: {exc or type(exc).__name__}")
+            return False
+        self.health.model_load_seconds = time.monotonic() - started
+        self.health.set(ServiceState.READY, f"model loaded in {self.health.model_load_seconds:.1f} s")
+        return True
 
-    async def _abort_quietly(self, request_id: str) -> None:
-        with contextlib.suppress(Exception):
-            result = self._abort(request_id)
-            if asyncio.iscoroutine(result):
-                await result
+    async def watch_engine(self, interval: float) -> None:
+        """Ask the engine every `interval` seconds whether it can serve; a failed check is final."""
+        while self.health.state is not ServiceState.FAILED:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.wait_for(self.service.engine.check_health(), timeout=max(interval, 5.0))
+            except Exception as exc:  # dead, or too slow to answer: both mean it cannot serve
+                self.engine_failed(f"engine health check failed: {exc or type(exc).__name__}")
 
-    @staticmethod
-    def _account(record: RequestRecord, delta: TokenDelta) -> None:
-        now = time.monotonic()
-        new_tokens = delta.completion_tokens - record.completion_tokens
-        if new_tokens > 0:
-            if record.first_token is None:
-                record.first_token = now
-                new_tokens -= 1
-            elif record.last_token is not None:
-                # Tokens that arrive together share the gap, as vLLM's inter-token latency does.
-                record.inter_token_gaps.extend([(now - record.last_token) / new_tokens] * new_tokens)
-                new_tokens = 0
-            record.last_token = now
-        record.prompt_tokens = delta.prompt_tokens
-        record.completion_tokens = delta.completion_tokens
-        if delta.finish_reason is not None:
-            record.finish_reason = delta.finish_reason
-
-    def finish(self, record: RequestRecord, outcome: str | None = None, status: int | None = None) -> None:
-        """Close the record (once) and tell the observers."""
-        if record.finished is not None:
-            return
-        record.finished = time.monotonic()
-        if status is not None:
-            record.status = status
-        if outcome is not None:
-            record.outcome = outcome
-        elif record.outcome == "running":
-            record.outcome = "ok"
-        if record.outcome == "ok" and record.e2e is not None and record.admitted is not None:
-            self._recent_e2e = 0.8 * self._recent_e2e + 0.2 * record.e2e
-        for observer in self._observers:
-            observer.on_finished(record)
+    def engine_failed(self, detail: str) -> None:
+        """Every request from now on gets 503 engine_failed; the listeners end the process."""
+        if self.health.state is not ServiceState.FAILED:
+            logger.error("engine failed: %s", detail)
+        self.health.set(ServiceState.FAILED, detail)
 
     async def drain(self, timeout: float) -> bool:
-        """Refuse new requests and wait for the running ones; True if all finished in time."""
-        self.draining = True
+        """Refuse new requests, let running and queued ones finish; after `timeout`, stop the rest.
+
+        True if everything finished in time. Stopped generations end with an honest error
+        (`generation_aborted`), never as a complete answer.
+        """
+        self.health.set(ServiceState.DRAINING, "shutting down: finishing running requests")
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
         except TimeoutError:
+            logger.warning("drain_timeout_seconds=%g passed with %d running and %d waiting; stopping them",
+                           timeout, self.running, self.waiting)
+            for generation in list(self._generations):
+                generation.stop_for_shutdown()
+            # Stopped streams still send their error frame and [DONE]; give them a moment to.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), STOPPED_REQUESTS_GRACE_SECONDS)
             return False
+

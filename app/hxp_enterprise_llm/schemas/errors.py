@@ -1,7 +1,9 @@
-"""Errors the service answers with, each carrying its HTTP status and OpenAI error fields.
+"""Errors the service answers with, each carrying its HTTP status, OpenAI error fields, and what it means.
 
 Every layer raises these; the API turns them into `{"error": {message, type, param, code}}` bodies
-(or an error frame inside a stream that has already started).
+(or an error frame inside a stream that has already started). Each class also says how the request
+ends (`outcome`) and under which `reason` label `openchat_rejections_total` counts it, so a new
+error cannot be reported one way in the response and another way in the metrics.
 """
 
 from __future__ import annotations
@@ -9,11 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from hxp_enterprise_llm.schemas.outcomes import Outcome
+
 
 class ServiceError(Exception):
     status_code = 500
     error_type = "server_error"
-    default_code: str | None = None
+    default_code: str | None = "internal_error"
+    outcome = Outcome.FAILED
+    rejection_reason: str | None = None  # the openchat_rejections_total label, if this is a refusal
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
                  headers: Mapping[str, str] | None = None) -> None:
@@ -28,9 +34,15 @@ class ServiceError(Exception):
                           "code": self.code}}
 
 
+# --- the client's mistakes (4xx): not counted against the latency SLO
+
+
 class InvalidRequestError(ServiceError):
     status_code = 400
     error_type = "invalid_request_error"
+    default_code = "invalid_value"
+    outcome = Outcome.INVALID
+    rejection_reason = "invalid"
 
 
 class ContextLengthError(InvalidRequestError):
@@ -50,30 +62,46 @@ class ContextLengthError(InvalidRequestError):
 class PayloadTooLargeError(InvalidRequestError):
     status_code = 413
     default_code = "request_too_large"
+    rejection_reason = "too_large"
 
 
-class AuthenticationError(ServiceError):
+class BodyTimeoutError(InvalidRequestError):
+    """The body did not arrive within body_timeout_seconds (a slow or stalled client)."""
+
+    status_code = 408
+    default_code = "body_timeout"
+    rejection_reason = "body_timeout"
+
+
+class LimitExceededError(InvalidRequestError):
+    """A configured limit (messages, characters, choices) was passed; the message names it."""
+
+    default_code = "limit_exceeded"
+    rejection_reason = "too_large"
+
+
+class AuthenticationError(InvalidRequestError):
     status_code = 401
-    error_type = "invalid_request_error"
     default_code = "invalid_api_key"
+    rejection_reason = "unauthorized"
 
 
-class ModelNotFoundError(ServiceError):
+class ModelNotFoundError(InvalidRequestError):
     status_code = 404
-    error_type = "invalid_request_error"
     default_code = "model_not_found"
 
 
-class NotFoundError(ServiceError):
+class NotFoundError(InvalidRequestError):
     status_code = 404
-    error_type = "invalid_request_error"
     default_code = "not_found"
 
 
-class MethodNotAllowedError(ServiceError):
+class MethodNotAllowedError(InvalidRequestError):
     status_code = 405
-    error_type = "invalid_request_error"
     default_code = "method_not_allowed"
+
+
+# --- admission: the service cannot take the request now; retry after Retry-After
 
 
 class QueueFullError(ServiceError):
@@ -82,6 +110,8 @@ class QueueFullError(ServiceError):
     status_code = 429
     error_type = "rate_limit_exceeded"
     default_code = "queue_full"
+    outcome = Outcome.REJECTED
+    rejection_reason = "queue_full"
 
 
 class QueueTimeoutError(ServiceError):
@@ -90,23 +120,54 @@ class QueueTimeoutError(ServiceError):
     status_code = 503
     error_type = "server_overloaded"
     default_code = "queue_timeout"
+    outcome = Outcome.REJECTED
+    rejection_reason = "queue_timeout"
+
+
+class ServiceUnavailableError(ServiceError):
+    """Not taking requests: the model is still loading."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "model_not_ready"
+    outcome = Outcome.REJECTED
+    rejection_reason = "unavailable"
+
+
+class DrainingError(ServiceUnavailableError):
+    """Shutting down: running requests finish, new ones go to another replica."""
+
+    default_code = "draining"
+    rejection_reason = "draining"
+
+
+class EngineUnavailableError(ServiceUnavailableError):
+    """The engine died: the process is about to exit and be restarted."""
+
+    default_code = "engine_failed"
+    outcome = Outcome.FAILED
+    rejection_reason = "engine_failed"
+
+
+# --- the request was admitted but did not end normally
 
 
 class RequestTimeoutError(ServiceError):
     status_code = 504
     error_type = "timeout"
     default_code = "request_timeout"
+    outcome = Outcome.TIMEOUT
+    rejection_reason = "timeout"
 
 
-class ServiceUnavailableError(ServiceError):
-    """Loading, draining or failed: not taking requests."""
+class GenerationAbortedError(ServiceError):
+    """The service stopped the generation before the model finished (drain deadline)."""
 
     status_code = 503
     error_type = "service_unavailable"
-    default_code = "model_not_ready"
+    default_code = "generation_aborted"
+    outcome = Outcome.ABORTED
 
 
-class EngineFailureError(ServiceError):
-    status_code = 500
-    error_type = "server_error"
-    default_code = "engine_error"
+class InternalError(ServiceError):
+    """A bug or an engine error that is not the client's fault; details are in the service log."""

@@ -1,7 +1,7 @@
 """Admission control, timeouts, cancellation on disconnect, and drain, on a FakeEngine held by the test.
 
-A FakeEngine with a long token_delay keeps a request running until the test ends it with
-`engine.abort(id)`; no test depends on how long anything takes.
+A FakeEngine with a long token_delay keeps a request running until the test lets it finish
+(`served.release(id)`); no test depends on how long anything takes.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import json
 import pytest
 from api_harness import RawExchange, Served, assert_openai_error, chat_body, eventually, sse_chunks, sse_events
 
+from hxp_enterprise_llm.orchestration.service_state import ServiceState
 from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
 
 pytestmark = pytest.mark.anyio
 
-HOLD = 30.0  # token_delay that keeps a request generating until the test aborts it
+HOLD = 30.0  # token_delay that keeps a request generating until the test releases it
 
 
 def one_slot_one_queue(**settings: object) -> dict[str, object]:
@@ -57,10 +58,10 @@ async def test_a_freed_slot_admits_the_queued_request(serve_app) -> None:
         second = await hold(served, "second")
         await eventually(lambda: served.ctx.orchestrator.waiting == 1, "second queued")
         assert "second" not in [r.request_id for r in served.engine.requests]
-        await served.engine.abort("first")
+        await served.release("first")
         await served.started("second")  # admitted once the first finished
         assert served.ctx.orchestrator.waiting == 0
-        await served.engine.abort("second")
+        await served.release("second")
         assert [(await t).status_code for t in (first, second)] == [200, 200]
 
 
@@ -85,8 +86,18 @@ async def test_request_timeout_is_504_and_aborts_the_engine_request(serve_app) -
     assert "slow-plain" in served.engine.aborted
 
 
-async def test_stream_timeout_is_an_error_frame_then_done(serve_app) -> None:
+async def test_stream_timeout_before_the_first_token_is_a_plain_504(serve_app) -> None:
     async with serve_app(FakeEngine(token_delay=HOLD), connection_timeout_seconds=0.05) as served:
+        response = await served.chat(chat_body(stream=True), headers={"X-Request-ID": "slow-start"})
+        assert served.ctx.orchestrator.running == 0
+    # No byte had been sent: the client gets an HTTP error, not a 200 stream with an error inside.
+    assert_openai_error(response, 504, code="request_timeout")
+    assert "slow-start" in served.engine.aborted
+
+
+async def test_stream_timeout_mid_answer_is_an_error_frame_then_done(serve_app) -> None:
+    async with serve_app(connection_timeout_seconds=0.2) as served:
+        served.engine.enqueue(*"first then held", hold_after=1)
         response = await served.chat(chat_body(stream=True), headers={"X-Request-ID": "slow-stream"})
         assert served.ctx.orchestrator.running == 0
     assert response.status_code == 200  # the stream had started: the error travels inside it
@@ -95,6 +106,7 @@ async def test_stream_timeout_is_an_error_frame_then_done(serve_app) -> None:
     error = json.loads(events[-2])["error"]
     assert error["code"] == "request_timeout"
     assert set(error) == {"message", "type", "param", "code"}
+    assert "f" in "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-2])
     assert "slow-stream" in served.engine.aborted
 
 
@@ -149,7 +161,7 @@ async def test_drain_refuses_new_requests_and_lets_running_ones_finish(serve_app
         await eventually(lambda: served.ctx.orchestrator.running == 1, "stream holding its slot")
 
         drain = asyncio.create_task(served.ctx.orchestrator.drain(timeout=30))
-        await eventually(lambda: served.ctx.orchestrator.draining, "draining")
+        await eventually(lambda: served.ctx.health.state is ServiceState.DRAINING, "draining")
         refused = await served.chat(chat_body())
         refused_stream = await served.chat(chat_body(stream=True))
         assert not drain.done()
@@ -175,7 +187,7 @@ async def test_drain_waits_for_queued_requests_too(serve_app) -> None:
             exchange.start()
         await eventually(lambda: served.ctx.orchestrator.waiting == 1, "second request queued")
         drain = asyncio.create_task(served.ctx.orchestrator.drain(timeout=30))
-        await eventually(lambda: served.ctx.orchestrator.draining, "draining")
+        await eventually(lambda: served.ctx.health.state is ServiceState.DRAINING, "draining")
         exchanges[0].gate.set()
         await exchanges[0].finished()
         await eventually(lambda: served.ctx.orchestrator.running == 1, "queued request admitted")
@@ -189,35 +201,50 @@ async def test_drain_waits_for_queued_requests_too(serve_app) -> None:
     assert not reported_done_while_running, "drain() returned while a request was running"
 
 
-async def test_drain_times_out_when_a_request_does_not_finish(serve_app) -> None:
-    async with serve_app(FakeEngine(token_delay=HOLD)) as served:
-        running = await hold(served, "running")
+@pytest.mark.parametrize("stream", [False, True])
+async def test_drain_deadline_stops_running_requests_with_an_honest_error(serve_app, stream: bool) -> None:
+    async with serve_app() as served:
+        served.engine.enqueue(*"started, then held", hold_after=1)
+        running = await hold(served, "running", stream=stream)
         await served.started("running")
         assert await served.ctx.orchestrator.drain(timeout=0.01) is False
-        await served.release("running")
-        assert (await running).status_code == 200
+        response = await running
+        assert served.ctx.orchestrator.running == 0
+    assert "running" in served.engine.aborted
+    if stream:  # started: the cut-off answer ends with an error frame, never a "stop" that looks complete
+        events = sse_events(response.text)
+        assert events[-1] == "[DONE]"
+        assert json.loads(events[-2])["error"]["code"] == "generation_aborted"
+        assert all(c["choices"][0]["finish_reason"] is None for c in sse_chunks(response.text) if c.get("choices"))
+    else:
+        assert_openai_error(response, 503, code="generation_aborted")
 
 
-async def test_engine_dying_mid_answer_is_a_server_error_not_a_hang(serve_app) -> None:
-    async with serve_app(FakeEngine(token_delay=0.01)) as served:
-        served.engine.enqueue(*("x" * 5000))
-        served.engine.enqueue(*("y" * 5000))
+async def test_engine_dying_mid_answer_is_503_engine_failed_and_fatal(serve_app) -> None:
+    async with serve_app() as served:
+        served.engine.enqueue(*("x" * 50), hold_after=1)
+        served.engine.enqueue(*("y" * 50), hold_after=1)
         plain = RawExchange(served.app, chat_body(max_tokens=4000), request_id="plain").start()
         stream = RawExchange(served.app, chat_body(stream=True, max_tokens=4000), request_id="stream").start()
         await served.started("plain")
         await served.started("stream")
+        await eventually(lambda: b'"content":"y"' in stream.body, "the stream started")
         served.engine.kill()
         await plain.finished()
         await stream.finished()
         assert served.ctx.orchestrator.running == 0
 
-    assert plain.status == 500
+        after = await served.chat(chat_body())
+        assert served.fatal_calls, "the process was not told to exit"
+
+    assert plain.status == 503
     error = json.loads(plain.text)["error"]
-    assert error["code"] == "engine_error"
+    assert error["code"] == "engine_failed"
     assert stream.status == 200
     events = sse_events(stream.text)
     assert events[-1] == "[DONE]"
-    assert json.loads(events[-2])["error"]["code"] == "engine_error"
+    assert json.loads(events[-2])["error"]["code"] == "engine_failed"
+    assert_openai_error(after, 503, code="engine_failed")
 
 
 class PeakCountingEngine(FakeEngine):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 import time
 
 import pytest
 from api_harness import MODEL, Served, assert_openai_error, chat_body, eventually
 
 from hxp_enterprise_llm.api.app import EXIT_ENGINE_FAILED
-from hxp_enterprise_llm.api.health import ServiceState
+from hxp_enterprise_llm.orchestration.service_state import ServiceState
 from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
 
 pytestmark = pytest.mark.anyio
@@ -23,8 +24,11 @@ async def test_health_when_ready(served: Served) -> None:
     assert body["model"] == MODEL
     assert body["context_length"] == 4096
     assert body["streaming"] is True
-    assert isinstance(body["timestamp"], float)
-    assert body["timestamp"] >= before - 1
+    # A string, as the spec's example shows: ISO-8601 UTC.
+    stamp = datetime.datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00"))
+    assert stamp.tzinfo is not None
+    assert body["timestamp"].endswith("Z")
+    assert stamp.timestamp() >= before - 1
 
 
 async def test_health_reports_configured_context_length(serve_app) -> None:
@@ -40,10 +44,20 @@ async def test_liveness_is_open_in_every_state(serve_app) -> None:
     assert loading.json()["status"] == "alive"
 
 
-async def test_killed_engine_turns_health_failed_and_calls_on_fatal(serve_app) -> None:
+async def test_an_idle_engine_that_dies_fails_the_service_at_once(serve_app) -> None:
+    # The engine says it died (vLLM sees its engine-core process exit): no health check, no request needed.
+    async with serve_app(health_check_interval=3600) as served:
+        served.engine.kill()
+        assert served.fatal_calls, "on_fatal was not called when the engine reported its death"
+        health = await served.client.get("/health")
+    assert health.json()["status"] == "failed"
+    assert "fake engine killed" in health.json()["detail"]
+
+
+async def test_failed_health_check_turns_health_failed_and_calls_on_fatal(serve_app) -> None:
     async with serve_app(health_check_interval=0.02) as served:
         assert (await served.client.get("/health")).status_code == 200
-        served.engine.kill()
+        served.engine.dead = True  # dead without saying so: only the periodic check can tell
 
         await eventually(lambda: served.fatal_calls, "on_fatal called")
         health = await served.client.get("/health")

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from hxp_enterprise_llm.api.request_log import REQUEST_LOGGER, RequestLog, configure_logging
-from hxp_enterprise_llm.orchestration.interactive_orchestrator import RequestRecord
+from hxp_enterprise_llm.orchestration.request_record import RequestRecord
+from hxp_enterprise_llm.schemas.outcomes import FinishReason
 
 
 @pytest.fixture
@@ -31,8 +32,10 @@ def test_request_lines_reach_the_rotating_file(tmp_path: Path, restore_root_logg
     log_dir = tmp_path / "var" / "log" / "citadel-llm" / "openchat-3.5"
     configure_logging("INFO", log_dir)
     assert any(isinstance(h, logging.handlers.RotatingFileHandler) for h in logging.getLogger().handlers)
-    record = RequestRecord(request_id="req-42", stream=True, client="127.0.0.1:5000")
-    record.finished, record.outcome, record.completion_tokens = record.arrived + 0.5, "ok", 7
+    record = RequestRecord(request_id="req-42", route="chat", stream=True, client="127.0.0.1:5000")
+    record.completion_tokens, record.finish_reasons[0] = 7, FinishReason.STOP
+    record.close(200)
+    record.finished = record.arrived + 0.5
     RequestLog("openchat-3.5").on_finished(record)
     for handler in logging.getLogger().handlers:
         handler.flush()
@@ -41,6 +44,7 @@ def test_request_lines_reach_the_rotating_file(tmp_path: Path, restore_root_logg
     assert entry["logger"] == REQUEST_LOGGER
     assert entry["completion_tokens"] == 7
     assert entry["latency_ms"] == 500.0
+    assert entry["outcome"] == "ok"
 
 
 def test_level_from_config_filters(tmp_path: Path, restore_root_logger: None) -> None:

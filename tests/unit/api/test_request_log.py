@@ -10,7 +10,6 @@ import pytest
 from api_harness import Served, chat_body
 
 from hxp_enterprise_llm.api.request_log import REQUEST_LOGGER, JsonFormatter
-from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
 
 pytestmark = pytest.mark.anyio
 
@@ -80,7 +79,13 @@ async def test_prompt_text_never_logged(served: Served, caplog: pytest.LogCaptur
 
 async def test_timed_out_request_is_logged_as_timeout(serve_app, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=REQUEST_LOGGER)
-    async with serve_app(FakeEngine(token_delay=30), connection_timeout_seconds=0.02) as served:
+    async with serve_app(connection_timeout_seconds=0.1) as served:
+        served.engine.enqueue(*"held answer", hold_after=0)
         assert (await served.chat(chat_body())).status_code == 504
-        assert (await served.chat(chat_body(stream=True))).status_code == 200
-    assert [line["outcome"] for line in request_lines(caplog)] == ["timeout", "timeout"]
+        served.engine.enqueue(*"held answer", hold_after=0)
+        assert (await served.chat(chat_body(stream=True))).status_code == 504  # before its first token
+        served.engine.enqueue(*"held answer", hold_after=1)
+        assert (await served.chat(chat_body(stream=True))).status_code == 200  # timed out mid-stream
+    lines = request_lines(caplog)
+    assert [line["outcome"] for line in lines] == ["timeout", "timeout", "timeout"]
+    assert [line["error_code"] for line in lines] == ["request_timeout"] * 3

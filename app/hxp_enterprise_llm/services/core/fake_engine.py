@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
+from hxp_enterprise_llm.schemas.outcomes import FinishReason
 from hxp_enterprise_llm.services.core.engine import (
     EngineDeadError,
     EngineError,
     GenerationRequest,
     TokenDelta,
+    TokenLogprob,
 )
 
 
@@ -47,12 +49,14 @@ class CharTokenizer:
 class ScriptedReply:
     tokens: Sequence[str]  # each entry is one token's text
     finish_reason: str = "stop"
+    hold_after: int | None = None  # after this many tokens, wait until finish() or abort()
 
 
 class FakeEngine:
     """Implements the Engine protocol; each token takes `token_delay` seconds."""
 
     description = "fake"
+    version = "fake 1"
     device = "none"
 
     def __init__(self, token_delay: float = 0.0, start_delay: float = 0.0, fail_start: bool = False,
@@ -67,20 +71,25 @@ class FakeEngine:
         self.aborted: list[str] = []
         self._running: set[str] = set()
         self._abort_events: dict[str, asyncio.Event] = {}
+        self._finish_events: dict[str, asyncio.Event] = {}
+        self._on_death: Callable[[str], object] | None = None
         self._script: deque[ScriptedReply] = deque()
         self._tokenizer = CharTokenizer()
 
-    def enqueue(self, *tokens: str, finish_reason: str = "stop") -> None:
-        """The next request answers with these tokens (one string per token)."""
-        self._script.append(ScriptedReply(tokens, finish_reason))
+    def enqueue(self, *tokens: str, finish_reason: str = "stop", hold_after: int | None = None) -> None:
+        """The next request answers with these tokens (one string per token), pausing after `hold_after`."""
+        self._script.append(ScriptedReply(tokens, finish_reason, hold_after))
 
     def kill(self) -> None:
         """Simulate the engine process dying."""
         self.dead = True
         for event in self._abort_events.values():
             event.set()
+        if self._on_death is not None:
+            self._on_death("fake engine killed")
 
-    async def start(self) -> None:
+    async def start(self, on_death: Callable[[str], object] | None = None) -> None:
+        self._on_death = on_death
         await asyncio.sleep(self.start_delay)
         if self.fail_start:
             raise EngineError("fake engine configured to fail at start")
@@ -97,29 +106,58 @@ class FakeEngine:
         self.requests.append(request)
         reply = self._script.popleft() if self._script else ScriptedReply(list(self.default_reply))
         tokens = list(reply.tokens)
-        finish = reply.finish_reason
+        finish = FinishReason(reply.finish_reason)
         if len(tokens) >= request.sampling.max_tokens:
-            tokens, finish = tokens[: request.sampling.max_tokens], "length"
+            tokens, finish = tokens[: request.sampling.max_tokens], FinishReason.LENGTH
         abort = self._abort_events.setdefault(request.request_id, asyncio.Event())
+        finish_now = self._finish_events.setdefault(request.request_id, asyncio.Event())
         self._running.add(request.request_id)
         prompt_tokens = len(request.prompt_token_ids)
+        options = request.sampling
+        choices = range(options.n)
+        prompt_logprobs = self._prompt_logprobs(request) if options.prompt_logprobs is not None else None
         try:
+            # Every choice answers with the scripted tokens, one token of each choice per step.
             for index, text in enumerate(tokens):
-                if self.token_delay:
+                if index == reply.hold_after:
+                    await _first_of(abort, finish_now)
+                if self.token_delay and not finish_now.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(abort.wait(), self.token_delay)
+                        await asyncio.wait_for(_first_of(abort, finish_now), self.token_delay)
                 if self.dead:
                     raise EngineDeadError("fake engine died mid-request")
+                for choice in choices:
+                    done = options.n * index + choice
+                    if abort.is_set():
+                        yield TokenDelta("", (), prompt_tokens, done, FinishReason.ABORT, index=choice)
+                        continue
+                    last = index == len(tokens) - 1
+                    token_id = ord(text[0]) + 3 if text else 0
+                    yield TokenDelta(text, (token_id,), prompt_tokens, done + 1, finish if last else None,
+                                     index=choice, logprobs=_fake_logprobs(token_id, text, options.logprobs),
+                                     prompt_logprobs=prompt_logprobs)
+                    prompt_logprobs = None
                 if abort.is_set():
-                    yield TokenDelta("", (), prompt_tokens, index, "abort")
                     return
-                last = index == len(tokens) - 1
-                yield TokenDelta(text, (index + 100,), prompt_tokens, index + 1, finish if last else None)
             if not tokens:
-                yield TokenDelta("", (), prompt_tokens, 0, finish)
+                for choice in choices:
+                    yield TokenDelta("", (), prompt_tokens, 0, finish, index=choice, prompt_logprobs=prompt_logprobs)
+                    prompt_logprobs = None
         finally:
             self._running.discard(request.request_id)
             self._abort_events.pop(request.request_id, None)
+            self._finish_events.pop(request.request_id, None)
+
+    def _prompt_logprobs(self, request: GenerationRequest) -> tuple[TokenLogprob | None, ...]:
+        ids = list(request.prompt_token_ids)
+        top = request.sampling.prompt_logprobs or 0
+        return (None, *(TokenLogprob(i, self._tokenizer.decode([i]), -0.5, ((self._tokenizer.decode([i]), -0.5),)
+                         + tuple((f"alt{rank}", -0.5 - rank) for rank in range(1, top))) for i in ids[1:]))
+
+    async def finish(self, request_id: str) -> None:
+        """Let a request held by a long token_delay finish now, with its whole scripted answer."""
+        await _until(lambda: request_id in self._finish_events)
+        self._finish_events[request_id].set()
 
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)
@@ -139,3 +177,25 @@ class FakeEngine:
 
     async def shutdown(self) -> None:
         self.started = False
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
+def _fake_logprobs(token_id: int, text: str, top: int | None) -> tuple[TokenLogprob, ...] | None:
+    """Deterministic stand-ins: the chosen token at -0.5, alternatives one nat apart below it."""
+    if top is None:
+        return None
+    alternatives = tuple([(text, -0.5)] + [(f"alt{rank}", -0.5 - rank) for rank in range(1, top)])[:top]
+    return (TokenLogprob(token_id=token_id, token=text, logprob=-0.5, top=alternatives),)

