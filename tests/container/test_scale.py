@@ -284,9 +284,10 @@ def test_sigkill_of_one_replica_fails_only_its_running_streams(stack: ScaleStack
                          f"{len(after_kill)} sent after the kill, {sum(o.ok for o in after_kill)} of them ok; "
                          f"HAProxy retries {counters['wretr']}, redispatches {counters['wredis']}")
 
-    # The kill hit streams in flight on the victim (else this test showed nothing) ...
-    assert failed, "no request failed: the replica was killed with nothing running on it"
-    # ... and only those: started before the kill, on the victim, cut after their 200 headers.
+    # The kill hit requests in flight on the victim (else this test showed nothing): streams it had
+    # started are cut; those it had not answered yet are replayed by HAProxy (empty-response) ...
+    assert failed or counters["wredis"] > 0, "the replica was killed with nothing running on it"
+    # ... and only streams fail: started before the kill, on the victim, cut after their 200 headers.
     for outcome in failed:
         assert outcome.started < killed, describe(outcomes)
         assert outcome.replica == victim_server, describe(outcomes)
