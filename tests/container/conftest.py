@@ -122,15 +122,15 @@ class RunningService:
         return int(result["StatusCode"])
 
 
-def hardening_kwargs(extra_tmpfs: dict[str, str] | None = None) -> dict[str, Any]:
-    """docker-py's run() arguments for compose.yaml's hardening (tests/unit/test_quadlet.py keeps it in step)."""
+def compose_hardening() -> tuple[dict[str, Any], dict[str, str]]:
+    """compose.yaml's hardening as docker-py run() arguments and tmpfs mounts (path -> options);
+    tests/unit/test_quadlet.py keeps the quadlet in step with the same file."""
     import yaml
 
     service = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text(encoding="utf-8"))["x-service"]
-    tmpfs = dict(entry.split(":", 1) for entry in service["tmpfs"])
-    return {"read_only": service["read_only"], "tmpfs": {**tmpfs, **(extra_tmpfs or {})},
-            "security_opt": service["security_opt"], "cap_drop": service["cap_drop"],
-            "pids_limit": service["pids_limit"]}
+    kwargs = {"read_only": service["read_only"], "security_opt": service["security_opt"],
+              "cap_drop": service["cap_drop"], "pids_limit": service["pids_limit"]}
+    return kwargs, dict(entry.split(":", 1) for entry in service["tmpfs"])
 
 
 @pytest.fixture(scope="session")
@@ -142,13 +142,14 @@ def start_service(docker_client: Any, demo_model_dir: Callable[[str], Path]) -> 
     def start(models_root: Path | None = None, env: dict[str, str] | None = None,
               extra_tmpfs: dict[str, str] | None = None) -> RunningService:
         root = models_root or demo_model_dir(DEMO_MODEL).parent
+        hardening, tmpfs = compose_hardening()
         container = (
             DockerContainer(IMAGE)
             .with_exposed_ports(API_PORT, METRICS_PORT)
             .with_volume_mapping(str(root), "/opt/models", "ro")
-            .with_kwargs(mem_limit="8g", nano_cpus=int((os.cpu_count() or 1) * 1e9), shm_size="1g",
-                         **hardening_kwargs(extra_tmpfs))
+            .with_kwargs(mem_limit="8g", nano_cpus=int((os.cpu_count() or 1) * 1e9), shm_size="1g", **hardening)
         )
+        container.tmpfs.update({**tmpfs, **(extra_tmpfs or {})})
         for key, value in {**container_env(), **(env or {})}.items():
             container.with_env(key, value)
         started.append(container)
