@@ -4,6 +4,7 @@ and one streaming request seen from the wire (status, Retry-After, bytes before 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import sys
@@ -73,6 +74,7 @@ class WireResult:
     ttft: float | None = None
     e2e: float = 0.0
     done: bool = False
+    stream_error: str | None = None  # the code of an error frame inside a started stream
     error: str | None = None  # transport failure: a dropped connection
 
 
@@ -92,6 +94,8 @@ async def stream_once(client: httpx.AsyncClient, url: str, body: dict[str, Any])
                 async for line in response.aiter_lines():
                     if line.startswith("data: ") and result.ttft is None and '"content"' in line:
                         result.ttft = time.perf_counter() - started
+                    if line.startswith('data: {"error"'):
+                        result.stream_error = json.loads(line.removeprefix("data: "))["error"].get("code")
                     if line == "data: [DONE]":
                         result.done = True
     except httpx.HTTPError as exc:
