@@ -17,7 +17,6 @@ import asyncio
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 from hxp_tools.fuzz import print_report, run
+from hxp_tools.live import free_port, stop_cleanly_on_sigterm
 from hxp_tools.servers import ManagedServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,12 +32,6 @@ REPO = Path(__file__).resolve().parents[2]
 # ~2,000-token prompts can take longer than the demo's 30 s request budget, and its 504 would hide
 # what the fuzzer looks for. The budget itself is tested by the unit tier's timeout tests.
 SERVE_ARGS = ("--connection-timeout-seconds", "600")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_schemathesis(base_url: str, examples: int, seed: int, workers: int) -> tuple[int, str]:
@@ -67,11 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--background", type=int, default=2)
     args = parser.parse_args(argv)
+    stop_cleanly_on_sigterm()
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     server = None
     base_url = args.base_url
     if base_url is None or args.serve:
-        port, metrics = _free_port(), _free_port()
+        port, metrics = free_port(), free_port()
         base_url = f"http://127.0.0.1:{port}"
         log = Path(tempfile.mkdtemp(prefix="hxp-fuzz-")) / "serve.log"
         server = ManagedServer("hxp-llm", [str(Path(sys.executable).parent / "hxp-llm"), "serve", "--config",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -19,6 +20,11 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from hxp_tools.servers import ManagedServer
+
+
+def stop_cleanly_on_sigterm() -> None:
+    """SIGTERM raises SystemExit, so `finally` blocks run and the server started here is stopped."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def free_port() -> int:

@@ -21,7 +21,15 @@ from typing import Any
 
 import httpx
 
-from hxp_tools.live import LiveService, WireResult, demo_service, load_average, percentile, stream_once
+from hxp_tools.live import (
+    LiveService,
+    WireResult,
+    demo_service,
+    load_average,
+    percentile,
+    stop_cleanly_on_sigterm,
+    stream_once,
+)
 
 
 def body(index: int, max_tokens: int) -> dict[str, Any]:
@@ -74,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--max-tokens", type=int, default=16)
     args = parser.parse_args(argv)
+    stop_cleanly_on_sigterm()
     capacity = args.users + args.queue
     clients = int(capacity * args.factor)
     print(f"overload: capacity {capacity} ({args.users} running + {args.queue} queued), {clients} clients, "

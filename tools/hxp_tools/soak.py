@@ -19,7 +19,7 @@ import time
 
 import httpx
 
-from hxp_tools.live import LiveService, demo_service, load_average, stream_once
+from hxp_tools.live import LiveService, demo_service, load_average, stop_cleanly_on_sigterm, stream_once
 
 SAMPLE_SECONDS = 10.0
 
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-url", help="a running service (its metrics URL via --metrics-url)")
     parser.add_argument("--metrics-url")
     args = parser.parse_args(argv)
+    stop_cleanly_on_sigterm()
     print(f"soak: {args.users} users, {args.minutes:g} min, warm-up {args.warmup_minutes:g} min; {load_average()}",
           flush=True)
     seconds = args.minutes * 60
