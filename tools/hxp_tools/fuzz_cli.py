@@ -43,7 +43,9 @@ def run_schemathesis(base_url: str, examples: int, seed: int, workers: int) -> t
                "--suppress-health-check", "all", "--generation-database", "none"]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "hxp_tools.schemathesis_hooks",
            "PYTHONPATH": os.pathsep.join([str(REPO / "tools"), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=7200, check=False)
+    with tempfile.TemporaryDirectory(prefix="hxp-schemathesis-") as scratch:  # its caches stay out of the clone
+        result = subprocess.run(command, env=env, cwd=scratch, capture_output=True, text=True, timeout=7200,
+                                check=False)
     output = result.stdout + result.stderr
     wanted = re.compile(r"(Test cases|API Operations|Test Phases|FAILURES|Failed|Errors|passed|failed|generated"
                         r"|Seed|Server error|OpenAI|Retry-After|Reproduce|curl )", re.IGNORECASE)
