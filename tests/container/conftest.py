@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 # Ryuk, testcontainers' reaper, is pulled from Docker Hub, which is unreachable here; the fixtures
@@ -23,6 +22,8 @@ import pytest
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 from testcontainers.core.container import DockerContainer  # noqa: E402
+
+from hxp_tools.servers import ServerFailed, poll_health  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("HXP_LLM_CPU_IMAGE", "hxp-enterprise-llm:cpu")
@@ -100,22 +101,16 @@ class RunningService:
 
     def wait_healthy(self) -> float:
         """Seconds from container start until GET /health answers 200; fails if the container exits."""
-        deadline = self.started_at + HEALTHY_WITHIN_SECONDS
-        last = "no answer yet"
-        while time.monotonic() < deadline:
+
+        def still_running() -> str | None:
             state = self.state()
-            if not state["Running"]:
-                pytest.fail(f"container exited with {state['ExitCode']} before turning healthy:\n"
-                            f"{self.logs()[-3000:]}")
-            try:
-                response = httpx.get(f"{self.api_url}/health", timeout=5)
-                if response.status_code == 200:
-                    return time.monotonic() - self.started_at
-                last = f"{response.status_code} {response.text[:200]}"
-            except httpx.HTTPError as exc:
-                last = repr(exc)
-            time.sleep(1)
-        pytest.fail(f"/health not 200 within {HEALTHY_WITHIN_SECONDS} s (last: {last}):\n{self.logs()[-3000:]}")
+            return None if state["Running"] else f"container exited with {state['ExitCode']} before turning healthy"
+
+        try:
+            poll_health(f"{self.api_url}/health", timeout_s=HEALTHY_WITHIN_SECONDS, still_running=still_running)
+        except ServerFailed as exc:
+            pytest.fail(f"{exc}:\n{self.logs()[-3000:]}")
+        return time.monotonic() - self.started_at
 
     def wait_exit(self) -> int:
         result = self.docker.wait(timeout=EXIT_WITHIN_SECONDS)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
-import signal
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
+from hxp_tools.servers import ManagedServer
 
 REPO = Path(__file__).resolve().parents[2]
+# Where scripts/setup builds the demo models; HXP_MODELS_DIR moves them (the one place tests read it).
+MODELS_DIR = Path(os.environ.get("HXP_MODELS_DIR") or REPO / "models")
+DEMO_MODEL = MODELS_DIR / "smollm2-135m-instruct"
+TINY_OPENCHAT = MODELS_DIR / "openchat-3.5-tiny"
 
 
 def free_port() -> int:
@@ -33,43 +35,32 @@ class ServerProcess:
         self.log_path = log_path
         self.states_seen: list[tuple[int, str]] = []
         command = [str(Path(sys.executable).parent / "hxp-llm"), "serve", "--config", config, "--host", "127.0.0.1",
-                   "--port", str(self.port), "--metrics-port", str(self.metrics_port), *extra_args]
-        self._log = open(log_path, "wb")  # noqa: SIM115 - kept open for the process's lifetime
-        self.process = subprocess.Popen(command, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+                   "--port", str(self.port), "--metrics-port", str(self.metrics_port)]
+        if config == "config/demo-cpu.yaml":
+            command += ["--model-path", str(DEMO_MODEL)]
+        # The server runs from the checkout (the demo config's paths are relative to it).
+        self._server = ManagedServer("hxp-llm serve", [*command, *extra_args], f"{self.base_url}/health", log_path,
+                                     env=env, cwd=REPO)
+        self._server.start()
+        self.process = self._server.process
+        assert self.process is not None
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
+        def seen(status: int, body: str) -> None:
             try:
-                response = httpx.get(f"{self.base_url}/health", timeout=5)
-                self.states_seen.append((response.status_code, response.json()["status"]))
-                if response.status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"server not healthy after {timeout} s:\n{self.log_text()[-3000:]}")
+                self.states_seen.append((status, json.loads(body)["status"]))
+            except (ValueError, KeyError, TypeError):
+                self.states_seen.append((status, body[:50]))
 
-    def stop(self, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
+        self._server.wait_healthy(timeout, poll_s=0.5, on_answer=seen)
 
-
-DEMO_MODEL = REPO / "models" / "smollm2-135m-instruct"
-TINY_OPENCHAT = REPO / "models" / "openchat-3.5-tiny"
+    def stop(self, timeout: float = 60) -> int | None:
+        process = self.process
+        self._server.stop(timeout)
+        return process.returncode
 
 
 def require_model(path: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import pytest
 
 from hxp_enterprise_llm.bench.cli import main as bench_main
 from hxp_enterprise_llm.bench.client import RequestResult, SSEDecoder
-from hxp_enterprise_llm.bench.runner import LoadOptions, normalize_base_url, run_load
+from hxp_enterprise_llm.bench.runner import LoadOptions, normalize_base_url, poisson_arrivals, run_load
 from hxp_enterprise_llm.bench.stats import (
     EXIT_ERRORS,
     EXIT_OK,
@@ -293,3 +295,118 @@ def test_cli_exits_2_when_server_unreachable(capsys: pytest.CaptureFixture[str])
         port = sock.getsockname()[1]
     assert bench_main(["--base-url", f"http://127.0.0.1:{port}", "-n", "1", "--quiet"]) == EXIT_ERRORS
     assert "could not run" in capsys.readouterr().err
+
+
+# --- open loop (--request-rate), timestamps and --plot ----------------------------------------
+
+def test_poisson_arrivals_are_seeded_increasing_and_average_the_rate() -> None:
+    arrivals = poisson_arrivals(20_000, rate=4.0, seed=7)
+    assert arrivals == poisson_arrivals(20_000, rate=4.0, seed=7)
+    assert arrivals != poisson_arrivals(20_000, rate=4.0, seed=8)
+    assert all(later > earlier for earlier, later in zip(arrivals, arrivals[1:], strict=False))
+    gaps = [b - a for a, b in zip([0.0, *arrivals], arrivals, strict=False)]
+    assert sum(gaps) / len(gaps) == pytest.approx(1 / 4.0, rel=0.03)  # exponential gaps, mean 1/rate
+    with pytest.raises(ValueError, match="positive"):
+        poisson_arrivals(3, 0.0)
+
+
+def in_flight_peak(results: list[RequestResult]) -> int:
+    events = sorted([(r.sent_at, 1) for r in results] + [(r.finished_at, -1) for r in results],
+                    key=lambda e: (e[0], e[1]))
+    peak = level = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+def test_open_loop_sends_on_schedule_without_waiting_for_answers(server_url: str) -> None:
+    # The "slow" script holds every answer 200 ms; arrivals at 200/s come far faster than that.
+    options = LoadOptions(base_url=server_url, prompts=("slow",), warmup=0, num_requests=12,
+                          request_rate=200.0, seed=3)
+    results = asyncio.run(run_load(options)).results
+    schedule = poisson_arrivals(12, 200.0, seed=3)
+    assert all(r.ok for r in results)
+    # Never sent before its arrival time, in arrival order, and not held back by the answers in flight.
+    assert all(r.sent_at >= arrival for r, arrival in zip(results, schedule, strict=True))
+    assert [r.sent_at for r in results] == sorted(r.sent_at for r in results)
+    assert in_flight_peak(results) > 1
+    closed = run(server_url, "slow", num_requests=4, concurrency=1)
+    assert in_flight_peak(closed) == 1  # the closed loop with one worker never overlaps
+
+
+def test_open_loop_respects_max_concurrency(server_url: str) -> None:
+    options = LoadOptions(base_url=server_url, prompts=("slow",), warmup=0, num_requests=9,
+                          request_rate=500.0, max_concurrency=2)
+    results = asyncio.run(run_load(options)).results
+    assert all(r.ok for r in results)
+    assert in_flight_peak(results) == 2
+
+
+def test_cli_open_loop_reports_the_load_and_writes_the_timeline(
+        server_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "result.json"
+    code = bench_main(["--base-url", server_url, "-n", "5", "--request-rate", "50", "--prompt", "ok",
+                       "--json", str(out)])
+    assert code == EXIT_OK
+    assert "open loop, Poisson arrivals at 50 req/s" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["options"]["request_rate"] == 50.0
+    assert doc["options"]["max_concurrency"] is None
+    rows = doc["requests"]
+    assert len(rows) == 5
+    for row in rows:
+        assert 0 <= row["sent_at"] <= row["sent_at"] + row["ttft"] <= row["finished_at"]
+        assert row["ok"] is True
+        assert row["output_tokens"] == 5
+        assert len(row["content_times"]) == 2
+
+
+def test_timeline_spreads_tokens_over_frames_and_counts_in_flight() -> None:
+    from hxp_enterprise_llm.bench.plot import timeline
+
+    a = RequestResult(ok=True, sent_at=0.0, e2e=2.0, ttft=0.5, content_times=[0.5, 1.5], output_tokens=10)
+    b = RequestResult(ok=True, sent_at=1.0, e2e=3.0, ttft=1.5, content_times=[2.5], output_tokens=4)
+    refused = RequestResult(ok=False, sent_at=0.0, e2e=0.1, status=429)
+    # A stream cut after two frames (no usage frame: one token per frame) delivered those tokens all the same.
+    cut = RequestResult(ok=False, sent_at=2.0, e2e=1.5, ttft=0.2, content_times=[0.2, 0.4], output_tokens=2,
+                        error="stream error: timeout")
+    line = timeline([a, b, refused, cut], duration_s=4.0, bins=4)
+    assert line.bin_seconds == 1.0
+    assert line.starts == [0.0, 1.0, 2.0, 3.0]
+    # a: 5 at 0.5 s and 5 at 1.5 s; cut: 2 at 2.2-2.4 s; b: 4 at 3.5 s
+    assert line.tokens_per_second == [5.0, 5.0, 2.0, 4.0]
+    assert line.finished_per_second == [0.0, 0.0, 1.0, 1.0]  # a at 2.0 s; b at 4.0 s, the end, in the last bin
+    assert line.failed_per_second == [1.0, 0.0, 0.0, 1.0]  # refused at 0.1 s, cut at 3.5 s
+    assert line.in_flight == [1, 2, 2, 1]  # at 0.5: a; 1.5: a, b; 2.5: b, cut; 3.5: b
+
+
+def test_plot_writes_a_png(server_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    png = tmp_path / "plots" / "run.png"
+    assert bench_main(["--base-url", server_url, "-n", "6", "-c", "2", "--prompt", "ok",
+                       "--plot", str(png)]) == EXIT_OK
+    assert f"plot: {png}" in capsys.readouterr().out
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (1300, 800)
+
+
+def test_plot_without_matplotlib_says_how_to_get_it_before_sending_anything(
+        server_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` sees where it is missing
+    ScriptedHandler.bodies.clear()
+    code = bench_main(["--base-url", server_url, "-n", "2", "--prompt", "ok", "--plot", str(tmp_path / "x.png")])
+    assert code == 2
+    assert "pip install matplotlib" in capsys.readouterr().err
+    assert ScriptedHandler.bodies == []
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_the_cli_does_not_import_matplotlib() -> None:
+    code = ("import sys, hxp_enterprise_llm.cli as c; c.build_parser(); "
+            "import hxp_enterprise_llm.bench.cli, hxp_enterprise_llm.bench.report; "
+            "print('matplotlib' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -18,23 +18,50 @@ class ServerFailed(RuntimeError):
     """The server exited or did not become healthy in time; the message ends with its log tail."""
 
 
+def poll_health(url: str, *, timeout_s: float, still_running: Callable[[], str | None], poll_s: float = 1.0,
+                on_answer: Callable[[int, str], None] | None = None) -> float:
+    """Seconds until `url` answers 200: the one "wait for a server to turn healthy" loop.
+
+    `still_running()` returns None while the server lives, or why it stopped (then ServerFailed);
+    `on_answer(status, body)` sees every answer on the way (e.g. to record the `loading` states).
+    """
+    started = time.monotonic()
+    last = "no answer yet"
+    while time.monotonic() - started < timeout_s:
+        stopped = still_running()
+        if stopped is not None:
+            raise ServerFailed(stopped)
+        try:
+            response = httpx.get(url, timeout=5.0)
+            if on_answer is not None:
+                on_answer(response.status_code, response.text)
+            if response.status_code == 200:
+                return time.monotonic() - started
+            last = f"{response.status_code} {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = f"{type(exc).__name__}"  # not listening yet
+        time.sleep(poll_s)
+    raise ServerFailed(f"not healthy after {timeout_s:.0f} s at {url} (last: {last})")
+
+
 class ManagedServer:
     """One server process in its own process group, so stopping it also stops its engine children."""
 
     def __init__(self, name: str, argv: Sequence[str], health_url: str, log_path: Path,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
         self.name = name
         self.argv = list(argv)
         self.health_url = health_url
         self.log_path = log_path
         self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                            env=self.env, start_new_session=True)
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=self.env, cwd=self.cwd, start_new_session=True)
 
     def check_running(self) -> None:
         """Raise ServerFailed if the process is gone (crashed, or stopped by someone else)."""
@@ -42,29 +69,39 @@ class ManagedServer:
             code = None if self.process is None else self.process.returncode
             raise ServerFailed(f"{self.name} is not running (exit code {code})\n{self.log_tail()}")
 
-    def wait_healthy(self, timeout_s: float, poll_s: float = 1.0) -> float:
+    def wait_healthy(self, timeout_s: float, poll_s: float = 1.0,
+                     on_answer: Callable[[int, str], None] | None = None) -> float:
         """Seconds from now until the health URL answered 200; raises ServerFailed otherwise."""
-        assert self.process is not None, "start() first"
-        started = time.monotonic()
-        deadline = started + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ServerFailed(f"{self.name} exited with code {self.process.returncode}\n{self.log_tail()}")
-            try:
-                if httpx.get(self.health_url, timeout=5.0).status_code == 200:
-                    return time.monotonic() - started
-            except httpx.HTTPError:
-                pass  # not listening yet
-            time.sleep(poll_s)
-        raise ServerFailed(f"{self.name} not healthy after {timeout_s:.0f} s at {self.health_url}\n"
-                           f"{self.log_tail()}")
+        process = self.process
+        assert process is not None, "start() first"
+
+        def still_running() -> str | None:
+            if process.poll() is None:
+                return None
+            return f"{self.name} exited with code {process.returncode}\n{self.log_tail()}"
+
+        try:
+            return poll_health(self.health_url, timeout_s=timeout_s, still_running=still_running, poll_s=poll_s,
+                               on_answer=on_answer)
+        except ServerFailed as exc:
+            if process.poll() is not None:
+                raise
+            raise ServerFailed(f"{self.name}: {exc}\n{self.log_tail()}") from None
 
     def stop(self, timeout_s: float = 60.0) -> None:
-        """SIGTERM the group (graceful drain), SIGKILL it if it has not exited within `timeout_s`."""
+        """SIGTERM the server (graceful drain), SIGKILL its group if it has not exited within `timeout_s`.
+
+        Only the leader gets SIGTERM, as `docker stop` through tini gives it: the server stops its
+        own engine processes in order; signalling them too would kill the engine mid-drain.
+        """
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        self._signal_group(process.pid, signal.SIGTERM)
+        if process.poll() is not None:
+            self._signal_group(process.pid, signal.SIGKILL)  # leftovers of a server that died
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:

@@ -16,16 +16,19 @@ from typing import Any
 from fastapi import FastAPI
 
 from hxp_enterprise_llm.api import health as health_routes
-from hxp_enterprise_llm.api import routes
+from hxp_enterprise_llm.api import model_routes, routes
+from hxp_enterprise_llm.api.auth import ApiKeys
 from hxp_enterprise_llm.api.errors import install_error_handlers
 from hxp_enterprise_llm.api.lifecycle import RequestLifecycleMiddleware
-from hxp_enterprise_llm.api.metrics import MetricsServer, ServiceMetrics
+from hxp_enterprise_llm.api.metrics import MetricsServer, ServiceMetrics, service_version
+from hxp_enterprise_llm.api.openapi import install_openapi
 from hxp_enterprise_llm.api.request_log import RequestLog
 from hxp_enterprise_llm.api.streaming_stats import StreamingWindow
 from hxp_enterprise_llm.orchestration.interactive_orchestrator import InteractiveOrchestrator
 from hxp_enterprise_llm.orchestration.service_state import Health, ServiceState
 from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
+from hxp_enterprise_llm.web import mount_web_ui
 
 EXIT_ENGINE_FAILED = 4
 
@@ -39,6 +42,7 @@ class AppContext:
     orchestrator: InteractiveOrchestrator
     metrics: ServiceMetrics
     streaming: StreamingWindow
+    api_keys: ApiKeys
 
     @property
     def health(self) -> Health:
@@ -61,31 +65,39 @@ def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_me
             on_fatal(EXIT_ENGINE_FAILED, detail)
 
     orchestrator.health.listeners.append(on_state)
-    ctx = AppContext(config, service, orchestrator, metrics, streaming)
+    ctx = AppContext(config, service, orchestrator, metrics, streaming, ApiKeys(config.api_key, config.api_keys_file))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        metrics_server = MetricsServer(metrics.registry, config.host, config.metrics_port) if serve_metrics else None
+        metrics_server = MetricsServer(metrics.registry, config.metrics_host or config.host,
+                                       config.metrics_port) if serve_metrics else None
         if metrics_server is not None:
             metrics_server.start()
-        loader = asyncio.create_task(_run_model(ctx))
+        background = [asyncio.create_task(_run_model(ctx)),
+                      asyncio.create_task(metrics.sample_every(config.metrics_collection_interval))]
         try:
             yield
         finally:
-            loader.cancel()
-            with contextlib.suppress(BaseException):
-                await loader
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
             await service.shutdown()
             if metrics_server is not None:
                 metrics_server.stop()
 
-    app = FastAPI(title="HXP Enterprise LLM: OpenChat-3.5", version="0.1.0", lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="HXP Enterprise LLM: OpenChat-3.5", version=service_version(), lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None,
+                  description="OpenAI-compatible API for OpenChat-3.5 on vLLM's engine. Errors are always "
+                              "`{\"error\": {message, type, param, code}}`.")
     app.state.ctx = ctx
     install_error_handlers(app)
     app.add_middleware(RequestLifecycleMiddleware, orchestrator=orchestrator)
     app.include_router(health_routes.router)
     app.include_router(routes.router)
+    app.include_router(model_routes.router)
+    mount_web_ui(app, config)
+    install_openapi(app)
     return app
 
 

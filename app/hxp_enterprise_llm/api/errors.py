@@ -26,11 +26,15 @@ def validation_error(exc: ValidationError) -> InvalidRequestError:
     """The first problem of a request body, naming its field as OpenAI does in `param`."""
     first = exc.errors()[0]
     location = [str(part) for part in first["loc"]]
-    # Union members add their type name to the path (`stop.str`); keep only the field path.
-    path = ".".join(p for p in location if p not in ("str", "list[str]", "list[ContentPart]", "function-after"))
+    # Union members add their type name to the path (`stop.str`, `prompt.list[int]`); keep the field path.
+    path = ".".join(p for p in location if not _is_type_tag(p))
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "missing":
         text = f"'{path}' is a required property"
+    elif first["type"] == "extra_forbidden":
+        return InvalidRequestError(f"Unrecognized request argument supplied: {path} (this service does not "
+                                   "implement it, and does not drop it silently)", param=path,
+                                   code="unsupported_parameter")
     elif first["type"] == "json_invalid":
         reason = first.get("ctx", {}).get("error", message)
         return InvalidRequestError(f"We could not parse the JSON body of your request: {reason}", code="invalid_json")
@@ -42,6 +46,10 @@ def validation_error(exc: ValidationError) -> InvalidRequestError:
     else:
         text = f"{path}: {message} (got {_short_repr(first.get('input'))})" if path else message
     return InvalidRequestError(text, param=path or None, code="invalid_value")
+
+
+def _is_type_tag(part: str) -> bool:
+    return "[" in part or "-" in part or part in ("str", "int", "float", "bool", "dict", "list", "ContentPart")
 
 
 def _short_repr(value: object, limit: int = 100) -> str:

@@ -6,6 +6,7 @@ so the same dashboards read both.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.metadata
 import logging
@@ -13,10 +14,19 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import start_wsgi_server
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import Metric
 
 from hxp_enterprise_llm.orchestration.service_state import Health, ServiceState
@@ -75,9 +85,9 @@ class ServiceMetrics:
                            "draining, failed), 0 for the others", ["model", "state"], registry=r)
         self.model_load = Gauge("openchat_model_load_seconds", "Time the engine took to load the model",
                                 m, registry=r)
-        self.rss = Gauge("openchat_process_resident_memory_bytes",
-                         "Resident memory of this process and its children (the engine core)", m, registry=r)
-        self.rss.labels(model).set_function(resident_memory_bytes)
+        self.rss = Gauge("openchat_process_resident_memory_bytes", "Resident memory of this process and its "
+                         "children (the engine core), sampled every metrics_collection_interval", m, registry=r)
+        self.sample()
         # The limits and targets the alert rules and dashboards compare against, from the config.
         Gauge("openchat_requests_running_limit", "concurrent_users: requests that may generate at once",
               m, registry=r).labels(model).set(config.concurrent_users)
@@ -85,6 +95,9 @@ class ServiceMetrics:
               m, registry=r).labels(model).set(config.max_queue_size)
         Gauge("openchat_slo_target_latency_seconds", "target_latency_ms: the e2e latency the SLO promises",
               m, registry=r).labels(model).set(self.target_latency_seconds)
+        Gauge("openchat_slo_target_throughput_rps", "target_throughput_rps: the request rate the deployment "
+              "is sized for (scripts/validate and the dashboards compare against it)",
+              m, registry=r).labels(model).set(config.target_throughput_rps)
         Gauge("openchat_memory_limit_bytes", "memory_gb, or the container's memory limit if lower",
               m, registry=r).labels(model).set(memory_limit_bytes(config.memory_gb))
         self.build_info = Gauge("openchat_build_info", "Service, vLLM and model versions (value 1)",
@@ -101,6 +114,16 @@ class ServiceMetrics:
         info = orchestrator.service.get_model_info()
         self.build_info.labels(model, service_version(), info["engine_version"], info["revision"] or "unlocked",
                                info["dtype"], info["quantization"]).set(1)
+
+    def sample(self) -> None:
+        """The gauges the service measures itself (the others are read when Prometheus scrapes)."""
+        self.rss.labels(self.model).set(resident_memory_bytes())
+
+    async def sample_every(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            # psutil walks /proc for every child: off the event loop, so requests never wait for it.
+            await asyncio.to_thread(self.sample)
 
     def model_load_done(self, seconds: float) -> None:
         self.model_load.labels(self.model).set(seconds)
@@ -196,6 +219,35 @@ def render_metrics(service_registry: CollectorRegistry) -> bytes:
     return generate_latest(exposition_registry(service_registry))
 
 
+def text_format_app(registry: CollectorRegistry) -> Callable[..., list[bytes]]:
+    """A WSGI app that always answers in the classic text format.
+
+    Prometheus asks for OpenMetrics first, and prometheus_client's OpenMetrics output rewrites
+    vLLM's `vllm:name` metrics to `vllm_name`; in the text format every scraper sees the names
+    that vLLM, its dashboards and our docs use.
+    """
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"metrics are at /metrics\n"]
+        body = generate_latest(registry)
+        # 0.0.4: the text format every Prometheus reads; the names are classic ones (colons allowed).
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_PLAIN_0_0_4), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        """Scrapes are not worth a log line each."""
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
 class MetricsServer:
     """`GET /metrics` on its own port, in a thread, so a busy event loop never delays a scrape."""
 
@@ -207,8 +259,10 @@ class MetricsServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._server, self._thread = start_wsgi_server(self._port, self._host,
-                                                       exposition_registry(self._registry))
+        self._server = make_server(self._host, self._port, text_format_app(exposition_registry(self._registry)),
+                                   _ThreadingServer, handler_class=_QuietHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+        self._thread.start()
         logger.info("metrics on http://%s:%d/metrics", self._host, self._port)
 
     def stop(self) -> None:

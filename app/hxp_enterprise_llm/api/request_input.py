@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -13,7 +12,8 @@ from pydantic import BaseModel, ValidationError
 
 from hxp_enterprise_llm.api.errors import validation_error
 from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
-from hxp_enterprise_llm.schemas.errors import AuthenticationError, PayloadTooLargeError
+from hxp_enterprise_llm.schemas.errors import BodyTimeoutError, LimitExceededError, PayloadTooLargeError
+from hxp_enterprise_llm.schemas.openai import ChatMessage
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -23,17 +23,21 @@ class ClientDisconnected(Exception):
     """The client went away before its answer was ready."""
 
 
-def check_api_key(request: Request, config: ModelConfigSchema) -> None:
-    if config.api_key is None:
-        return
-    expected = config.api_key.get_secret_value().encode()
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    # compare_digest: the time taken must not tell an attacker how much of a guess was right.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
-        raise AuthenticationError("Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.")
+def check_api_key(request: Request) -> None:
+    request.app.state.ctx.api_keys.check(request.headers.get("authorization", ""))
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, config: ModelConfigSchema) -> bytes:
+    """The whole body, refused once it passes max_request_body_bytes or takes over body_timeout_seconds."""
+    try:
+        async with asyncio.timeout(config.body_timeout_seconds):
+            return await _read_limited(request, config.max_request_body_bytes)
+    except TimeoutError:
+        raise BodyTimeoutError(f"the request body did not arrive within body_timeout_seconds="
+                               f"{config.body_timeout_seconds:g}") from None
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
@@ -43,6 +47,18 @@ async def read_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
     return bytes(body)
+
+
+def check_messages(messages: list[ChatMessage], config: ModelConfigSchema) -> None:
+    if len(messages) > config.max_messages:
+        raise LimitExceededError(f"messages: {len(messages)} messages, this service takes at most max_messages="
+                                 f"{config.max_messages}", param="messages", code="too_many_messages")
+    for index, message in enumerate(messages):
+        length = len(message.text())
+        if length > config.max_message_chars:
+            raise LimitExceededError(f"messages.{index}.content: {length} characters, this service takes at most "
+                                     f"max_message_chars={config.max_message_chars} per message",
+                                     param=f"messages.{index}.content", code="message_too_long")
 
 
 def parse_body(model: type[M], body: bytes) -> M:

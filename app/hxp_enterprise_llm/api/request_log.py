@@ -108,4 +108,5 @@ class RequestLog:
             "ttft_ms": ms(record.ttft),
             "latency_ms": ms(record.e2e),
             "client": record.client,
+            "end_user": record.end_user,
         }})

@@ -1,15 +1,16 @@
-"""The OpenAI routes: `/v1/chat/completions` (plain and SSE), `/v1/models`, and `/metrics/streaming`.
+"""The inference routes: `/v1/chat/completions` and `/v1/completions`, plain and streamed (SSE).
 
-A chat request, top to bottom: open its record -> check the key -> parse the body -> admit it (one
-gate, tokenize and check the context, wait for a slot) -> generate. Every refusal happens before the
-first byte of a response, so it is a plain HTTP error with an OpenAI body; once a stream has started,
-the only way to report a failure is an error frame inside it. The lifecycle middleware closes the
-record when the response is over.
+A request, top to bottom: open its record -> check the key -> read and parse the body -> admit it
+(one gate, tokenize and check the context, wait for a slot) -> wait for the first token -> answer.
+Every refusal, and anything that fails before the first token, is a plain HTTP error with an
+OpenAI body; once a stream has started, the only way to report a failure is an error frame
+inside it. The lifecycle middleware closes the record when the response is over.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request, Response
@@ -18,9 +19,11 @@ from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
 from hxp_enterprise_llm.api.lifecycle import open_record
+from hxp_enterprise_llm.api.openapi import request_body
 from hxp_enterprise_llm.api.request_input import (
     ClientDisconnected,
     check_api_key,
+    check_messages,
     parse_body,
     read_body,
     until_disconnected,
@@ -32,15 +35,23 @@ from hxp_enterprise_llm.schemas.openai import (
     ChatCompletionChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    ModelCard,
-    ModelList,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
     ResponseMessage,
+    SamplingFields,
     UsageInfo,
     new_completion_id,
     now,
 )
-from hxp_enterprise_llm.services.core.engine import GenerationRequest
-from hxp_enterprise_llm.services.streaming.response_streamer import Delta, Prefetched, ResponseStreamer
+from hxp_enterprise_llm.services.core.engine import GenerationRequest, TokenDelta, TokenLogprob
+from hxp_enterprise_llm.services.streaming.logprob_format import chat_logprobs, completion_logprobs
+from hxp_enterprise_llm.services.streaming.response_streamer import (
+    CompletionStreamer,
+    Delta,
+    Prefetched,
+    ResponseStreamer,
+)
 
 if TYPE_CHECKING:
     from hxp_enterprise_llm.api.app import AppContext
@@ -52,79 +63,195 @@ def _ctx(request: Request) -> AppContext:
     return request.app.state.ctx
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post("/v1/chat/completions", response_model=None, openapi_extra=request_body(ChatCompletionRequest),
+             summary="Create a chat completion (OpenAI API)",
+             responses={200: {"model": ChatCompletionResponse,
+                              "description": "The answer; with `stream: true`, SSE chunks ending with [DONE]"}})
 async def chat_completions(request: Request) -> Response:
     ctx = _ctx(request)
     record = open_record(request, "chat")
-    check_api_key(request, ctx.config)
-    chat = parse_body(ChatCompletionRequest, await read_body(request, ctx.config.max_request_body_bytes))
-    record.stream = chat.stream
-    _check_model(ctx, chat.model)
-    if chat.stream and not ctx.config.streaming_enabled:
+    check_api_key(request)
+    chat = parse_body(ChatCompletionRequest, await read_body(request, ctx.config))
+    check_messages(chat.messages, ctx.config)
+    model = _check_common(ctx, record, chat, chat.model)
+    sampling = _sampling(chat) | {
+        "max_tokens": chat.requested_max_tokens(),
+        "logprobs": (chat.top_logprobs or 0) if chat.logprobs else None,
+        "json_schema": chat.response_format.json_schema.schema_
+        if chat.response_format and chat.response_format.json_schema else None,
+        "json_object": bool(chat.response_format and chat.response_format.type == "json_object"),
+    }
+    messages = [{"role": m.role, "content": m.text()} for m in chat.messages]
+    answer = _Answer(model=model, n=chat.n, top_logprobs=sampling["logprobs"])
+    return await _generate(request, ctx, record, chat.stream, answer,
+                           lambda: ctx.service.prepare(messages, request_id=record.request_id, **sampling),
+                           streamer=lambda: ResponseStreamer.for_config(
+                               ctx.config, model=model, include_usage=chat.include_usage(), choices=chat.n,
+                               top_logprobs=answer.top_logprobs),
+                           respond=_chat_body)
+
+
+@router.post("/v1/completions", response_model=None, openapi_extra=request_body(CompletionRequest),
+             summary="Create a completion from a raw prompt (OpenAI legacy API; for evaluation harnesses)",
+             responses={200: {"model": CompletionResponse,
+                              "description": "The completion; with `stream: true`, SSE chunks ending with [DONE]"}})
+async def completions(request: Request) -> Response:
+    ctx = _ctx(request)
+    record = open_record(request, "completion")
+    check_api_key(request)
+    body = parse_body(CompletionRequest, await read_body(request, ctx.config))
+    model = _check_common(ctx, record, body, body.model)
+    sampling = _sampling(body) | {"max_tokens": body.max_tokens, "logprobs": body.logprobs,
+                                  "prompt_logprobs": body.logprobs if body.echo and body.logprobs is not None
+                                  else None}
+    answer = _Answer(model=model, n=body.n, top_logprobs=body.logprobs, echo=body.echo)
+    prompt = body.single_prompt()
+
+    def prepare() -> GenerationRequest:
+        prepared = ctx.service.prepare_prompt(prompt, request_id=record.request_id, **sampling)
+        if body.echo:  # the prompt as text, as the client will see it in front of the completion
+            answer.echo_text = prompt if isinstance(prompt, str) else ctx.service.detokenize(prepared.prompt_token_ids)
+            answer.first_prompt_token = ctx.service.detokenize(prepared.prompt_token_ids[:1])
+        return prepared
+
+    return await _generate(request, ctx, record, body.stream, answer, prepare,
+                           streamer=lambda: CompletionStreamer.for_config(
+                               ctx.config, model=model, include_usage=body.include_usage(), choices=body.n,
+                               top_logprobs=body.logprobs),
+                           respond=_completion_body)
+
+
+def _check_common(ctx: AppContext, record: RequestRecord, body: SamplingFields, model: str | None) -> str:
+    """The model the client names (the served one if none), and the checks both routes share."""
+    record.stream = body.stream
+    record.end_user = body.user
+    chosen = model if model is not None else ctx.config.served_model_name
+    if chosen not in ctx.model_ids():
+        raise ModelNotFoundError(f"The model '{chosen}' does not exist; this service serves "
+                                 f"'{ctx.config.served_model_name}'", param="model")
+    if body.stream and not ctx.config.streaming_enabled:
         raise InvalidRequestError("streaming is disabled on this service (streaming_enabled=false)",
                                   param="stream")
+    return chosen
+
+
+def _sampling(body: SamplingFields) -> dict[str, Any]:
+    """The sampling fields both routes share, None where the client left them to the defaults."""
+    return {"n": body.n, "temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k,
+            "min_p": body.min_p, "repetition_penalty": body.repetition_penalty, "seed": body.seed,
+            "presence_penalty": body.presence_penalty, "frequency_penalty": body.frequency_penalty,
+            "stop": body.stop_sequences(), "stop_token_ids": tuple(body.stop_token_ids or ()),
+            "min_tokens": body.min_tokens, "ignore_eos": body.ignore_eos, "logit_bias": body.token_biases()}
+
+
+@dataclass
+class _Choice:
+    text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+@dataclass
+class _Answer:
+    """What a plain (not streamed) answer collects, and how the client asked for it."""
+
+    model: str
+    n: int
+    top_logprobs: int | None
+    echo: bool = False
+    echo_text: str = ""
+    first_prompt_token: str = ""
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    choices: list[_Choice] = field(default_factory=list)
+
+    def add(self, delta: TokenDelta) -> None:
+        while len(self.choices) <= delta.index:
+            self.choices.append(_Choice())
+        choice = self.choices[delta.index]
+        choice.text.append(delta.text)
+        choice.logprobs.extend(delta.logprobs or ())
+        if delta.finish_reason is not None:
+            choice.finish_reason = str(delta.finish_reason)
+        if delta.prompt_logprobs is not None:
+            self.prompt_logprobs = delta.prompt_logprobs
+
+
+async def _generate(request: Request, ctx: AppContext, record: RequestRecord, stream: bool, answer: _Answer,
+                    prepare: Callable[[], GenerationRequest], *, streamer: Callable[[], ResponseStreamer],
+                    respond: Callable[[_Answer, RequestRecord], Any]) -> Response:
     try:
-        prepared = await until_disconnected(
-            request, ctx.orchestrator.admit(record, lambda: _prepare(ctx, chat, record.request_id)))
+        prepared = await until_disconnected(request, ctx.orchestrator.admit(record, prepare))
     except ClientDisconnected:
         return Response(status_code=STATUS_CLIENT_GONE)
+    record.choices = prepared.sampling.n
     generation = ctx.orchestrator.generate(record, prepared)
     try:
-        if chat.stream:
+        if stream:
             # Headers wait for the first token: whatever fails before it (the engine refusing the
             # request, a dead engine, the deadline) is still a plain HTTP error, not a 200 stream.
             first = await until_disconnected(request, generation.next())
-            return _stream(ctx, chat, generation, record, first)
-        return await until_disconnected(request, _complete(chat, generation, record))
+            return _stream(ctx, streamer(), generation, record, first, answer)
+        await until_disconnected(request, _collect(generation, answer))
     except ClientDisconnected:
         await generation.aclose()
         return Response(status_code=STATUS_CLIENT_GONE)
     except BaseException:
         await generation.aclose()
         raise
+    await generation.aclose()
+    return JSONResponse(respond(answer, record))
 
 
-def _check_model(ctx: AppContext, model: str) -> None:
-    if model not in ctx.model_ids():
-        raise ModelNotFoundError(f"The model '{model}' does not exist; this service serves "
-                                 f"'{ctx.config.served_model_name}'", param="model")
-
-
-def _prepare(ctx: AppContext, chat: ChatCompletionRequest, request_id: str) -> GenerationRequest:
-    return ctx.service.prepare(
-        [m.model_dump() | {"content": m.text()} for m in chat.messages],
-        max_tokens=chat.requested_max_tokens(), temperature=chat.temperature, top_p=chat.top_p,
-        top_k=chat.top_k, seed=chat.seed, stop=chat.stop_sequences(),
-        presence_penalty=chat.presence_penalty, frequency_penalty=chat.frequency_penalty,
-        logit_bias=chat.token_biases(), request_id=request_id)
-
-
-async def _complete(chat: ChatCompletionRequest, generation: Generation, record: RequestRecord) -> JSONResponse:
-    parts: list[str] = []
+async def _collect(generation: Generation, answer: _Answer) -> None:
     while True:
         try:
             delta = await generation.next()
         except StopAsyncIteration:
-            break
-        if delta is not None:
-            parts.append(delta.text)
-    await generation.aclose()
-    body = ChatCompletionResponse(
-        id=new_completion_id(), created=now(), model=chat.model,
-        choices=[ChatCompletionChoice(message=ResponseMessage(content="".join(parts)),
-                                      finish_reason=str(record.finish_reason))],
-        usage=UsageInfo(prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens,
-                        total_tokens=record.prompt_tokens + record.completion_tokens))
-    return JSONResponse(body.model_dump())
+            return
+        if isinstance(delta, TokenDelta):
+            answer.add(delta)
 
 
-def _stream(ctx: AppContext, chat: ChatCompletionRequest, generation: Generation, record: RequestRecord,
-            first: Delta | None) -> EventSourceResponse:
-    streamer = ResponseStreamer.for_config(
-        ctx.config, model=chat.model, include_usage=bool(chat.stream_options and chat.stream_options.include_usage))
+def _usage(record: RequestRecord) -> UsageInfo:
+    return UsageInfo(prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens,
+                     total_tokens=record.prompt_tokens + record.completion_tokens)
+
+
+def _chat_body(answer: _Answer, record: RequestRecord) -> dict[str, Any]:
+    return ChatCompletionResponse(
+        id=new_completion_id(), created=now(), model=answer.model, usage=_usage(record),
+        choices=[ChatCompletionChoice(
+            index=index, message=ResponseMessage(content="".join(choice.text)), finish_reason=choice.finish_reason,
+            logprobs=chat_logprobs(choice.logprobs, answer.top_logprobs or 0)
+            if answer.top_logprobs is not None else None)
+            for index, choice in enumerate(answer.choices)]).model_dump()
+
+
+def _completion_body(answer: _Answer, record: RequestRecord) -> dict[str, Any]:
+    choices = []
+    for index, choice in enumerate(answer.choices):
+        logprobs = None
+        if answer.top_logprobs is not None:
+            entries: list[TokenLogprob | None] = list(answer.prompt_logprobs or ()) if answer.echo else []
+            entries += choice.logprobs
+            logprobs = completion_logprobs(entries, answer.top_logprobs, 0, none_token=answer.first_prompt_token)
+        choices.append(CompletionChoice(index=index, text=answer.echo_text + "".join(choice.text),
+                                        logprobs=logprobs, finish_reason=choice.finish_reason))
+    return CompletionResponse(id=new_completion_id("cmpl"), created=now(), model=answer.model, choices=choices,
+                              usage=_usage(record)).model_dump()
+
+
+def _stream(ctx: AppContext, streamer: ResponseStreamer, generation: Generation, record: RequestRecord,
+            first: Delta | None, answer: _Answer) -> EventSourceResponse:
+    opening = []
+    if isinstance(streamer, CompletionStreamer) and answer.echo:
+        opening = streamer.echo_frames(answer.echo_text, getattr(first, "prompt_logprobs", None),
+                                       answer.first_prompt_token)
 
     async def body() -> AsyncIterator[bytes]:
         try:
+            for frame in opening:
+                yield frame.encode()
             async for frame in streamer.frames(Prefetched(first, generation)):
                 yield frame.encode()
         finally:
@@ -151,29 +278,3 @@ class GenerationResponse(EventSourceResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self._generation.aclose()
-
-
-@router.get("/v1/models")
-async def list_models(request: Request) -> ModelList:
-    ctx = _ctx(request)
-    check_api_key(request, ctx.config)
-    return ModelList(data=[_model_card(ctx)])
-
-
-@router.get("/v1/models/{model_id:path}")
-async def get_model(model_id: str, request: Request) -> ModelCard:
-    ctx = _ctx(request)
-    check_api_key(request, ctx.config)
-    _check_model(ctx, model_id)
-    return _model_card(ctx)
-
-
-def _model_card(ctx: AppContext) -> ModelCard:
-    return ModelCard(id=ctx.config.served_model_name, created=int(ctx.health.since), root=ctx.config.model_name,
-                     max_model_len=ctx.config.max_model_len)
-
-
-@router.get("/metrics/streaming")
-async def streaming_metrics(request: Request) -> dict[str, Any]:
-    ctx = _ctx(request)
-    return ctx.streaming.snapshot(active_streams=ctx.orchestrator.active_streams)

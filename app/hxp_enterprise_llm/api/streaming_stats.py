@@ -38,7 +38,10 @@ class StreamingWindow:
         while self._records and now - self._records[0][0] > self.window_seconds:
             self._records.popleft()
         records = [r for _, r in self._records]
-        span = max(min(self.window_seconds, now - self._records[0][0]) if self._records else 0.0, 1e-9)
+        # The rates' time span starts when the oldest request in the window arrived (not when it
+        # finished): one stream that has just ended must not read as thousands of tokens a second.
+        oldest_arrival = min((r.arrived for r in records), default=now)
+        span = max(min(self.window_seconds, now - oldest_arrival), 1e-9)
         ttfts = [r.ttft for r in records if r.ttft is not None]
         gaps = [g for r in records for g in r.inter_token_gaps]
         e2es = [r.e2e for r in records if r.outcome is Outcome.OK and r.e2e is not None]

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from hxp_enterprise_llm.bench.runner import LoadOptions
 
 DEFAULT_MIN_GOODPUT_RATIO = 0.9
+EXIT_USAGE = 2  # as argparse exits on a bad argument
 
 
 def _slo(text: str) -> Slo:
@@ -40,6 +41,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
 def _json_object(text: str) -> dict[str, Any]:
     value = json.loads(text)
     if not isinstance(value, dict):
@@ -56,8 +64,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                         help="Bearer key (default: $HXP_LLM_API_KEY)")
     load = parser.add_argument_group("load")
     load.add_argument("-n", "--num-requests", type=_positive_int, default=20)
-    load.add_argument("-c", "--concurrency", type=_positive_int, default=1,
-                      help="requests in flight at once (closed loop)")
+    load.add_argument("-c", "--concurrency", type=_positive_int, default=None,
+                      help="closed loop: requests in flight at once (default 1); with --request-rate: "
+                           "the most in flight at once (default: no limit)")
+    load.add_argument("--request-rate", type=_positive_float, metavar="R",
+                      help="open loop: send requests as Poisson arrivals at R per second, whether or not "
+                           "earlier ones finished (as `vllm bench serve --request-rate`)")
+    load.add_argument("--seed", type=int, default=0, help="seed of the open loop's arrival times (default: 0)")
     load.add_argument("--max-tokens", type=_positive_int, default=50)
     load.add_argument("--prompt", action="append", dest="prompts", metavar="TEXT",
                       help="user message; repeat for several (default: a built-in set of 8)")
@@ -80,6 +93,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     output = parser.add_argument_group("output")
     output.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     output.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    output.add_argument("--plot", type=Path, metavar="FILE.png",
+                        help="also draw latency distributions (TTFT, ITL, e2e) and throughput over time "
+                             "(needs matplotlib)")
     parser.set_defaults(func=run_bench_command)
     return parser
 
@@ -97,12 +113,15 @@ def options_from_args(args: argparse.Namespace) -> LoadOptions:
 
     if not args.stream and any(slo.metric in ("ttft", "tpot") for slo in args.slo):
         raise SystemExit("bench: ttft and tpot SLOs need --stream (a whole answer has no first token time)")
+    open_loop = args.request_rate is not None
     return LoadOptions(
         base_url=args.base_url, model=args.model, api_key=args.api_key,
         prompts=tuple(args.prompts or BUILTIN_PROMPTS), num_requests=args.num_requests,
-        concurrency=args.concurrency, max_tokens=args.max_tokens, stream=args.stream,
+        concurrency=1 if open_loop or args.concurrency is None else args.concurrency,
+        max_tokens=args.max_tokens, stream=args.stream,
         temperature=args.temperature, ignore_eos=args.ignore_eos, extra_body=args.extra_body,
-        warmup=max(args.warmup, 0), timeout_s=args.timeout)
+        warmup=max(args.warmup, 0), timeout_s=args.timeout, request_rate=args.request_rate,
+        max_concurrency=args.concurrency if open_loop else None, seed=args.seed)
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
@@ -110,6 +129,14 @@ def run_bench_command(args: argparse.Namespace) -> int:
     from hxp_enterprise_llm.bench.runner import run_load
 
     options = options_from_args(args)
+    if args.plot is not None:
+        from hxp_enterprise_llm.bench.plot import PlotUnavailable, require_matplotlib
+
+        try:  # before the run: a benchmark of minutes should not end in "cannot draw"
+            require_matplotlib()
+        except PlotUnavailable as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         run = asyncio.run(run_load(options))
     except Exception as exc:  # the server is down or /v1/models failed: say so, no traceback
@@ -121,6 +148,12 @@ def run_bench_command(args: argparse.Namespace) -> int:
     print(result.message if args.quiet else render_table(run, summary, result))
     if args.json:
         write_json(args.json, run, summary, result)
+    if args.plot is not None:
+        from hxp_enterprise_llm.bench.plot import write_plot
+
+        write_plot(args.plot, run, summary)
+        if not args.quiet:
+            print(f"plot: {args.plot}")
     return result.exit_code
 
 

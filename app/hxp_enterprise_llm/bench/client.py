@@ -43,7 +43,10 @@ class RequestSpec:
 
 @dataclass
 class RequestResult:
-    """Timings in seconds from the moment the request was sent; `error` is None on success."""
+    """Timings in seconds from the moment the request was sent; `error` is None on success.
+
+    `sent_at` is when it was sent, in seconds from the start of the run (for throughput over time).
+    """
 
     ok: bool = False
     status: int | None = None
@@ -54,6 +57,11 @@ class RequestResult:
     prompt_tokens: int = 0
     output_tokens: int = 0
     text: str = ""
+    sent_at: float = 0.0
+
+    @property
+    def finished_at(self) -> float:
+        return self.sent_at + self.e2e
 
     @property
     def itls(self) -> list[float]:
@@ -104,10 +112,15 @@ class SSEDecoder:
             self._data = []
 
 
-async def send_chat_request(client: httpx.AsyncClient, spec: RequestSpec) -> RequestResult:
-    """Send one request; never raises for server or transport failures, they land in the result."""
+async def send_chat_request(client: httpx.AsyncClient, spec: RequestSpec,
+                            run_started: float | None = None) -> RequestResult:
+    """Send one request; never raises for server or transport failures, they land in the result.
+
+    `run_started` is the run's `time.perf_counter()` origin for `sent_at`.
+    """
     result = RequestResult()
     start = time.perf_counter()
+    result.sent_at = start - (start if run_started is None else run_started)
     try:
         async with client.stream("POST", CHAT_PATH, json=spec.body()) as response:
             result.status = response.status_code

@@ -25,8 +25,8 @@ def render_table(run: LoadRun, summary: Summary, verdict: Verdict) -> str:
         f"{'Endpoint:':<34}{options.base_url}",
         f"{'Model:':<34}{run.model}",
         f"{'Requests (ok / failed):':<34}{summary.succeeded} / {summary.failed}",
-        f"{'Concurrency, max_tokens, stream:':<34}{options.concurrency}, {options.max_tokens}, "
-        f"{'on' if options.stream else 'off'}",
+        f"{'Load:':<34}{options.describe_load()}",
+        f"{'max_tokens, stream:':<34}{options.max_tokens}, {'on' if options.stream else 'off'}",
         f"{'Duration (s):':<34}{summary.duration_s:.2f}",
         f"{'Output tokens (total):':<34}{summary.output_tokens}",
         f"{'Request throughput (req/s):':<34}{_fmt(summary.request_throughput)}",
@@ -73,6 +73,13 @@ def report_document(run: LoadRun, summary: Summary, verdict: Verdict) -> dict[st
     }
     doc["summary"]["slos"] = [str(slo) for slo in summary.slos]
     doc["summary"]["failed"] = summary.failed
+    # One row per request, for throughput over time and re-plotting; seconds from the run's start.
+    doc["requests"] = [
+        {"sent_at": round(r.sent_at, 6), "finished_at": round(r.finished_at, 6),
+         "ttft": None if r.ttft is None else round(r.ttft, 6), "ok": r.ok, "status": r.status,
+         "error": r.error_key if not r.ok else None, "output_tokens": r.output_tokens,
+         "content_times": [round(t, 6) for t in r.content_times]}
+        for r in run.results]
     safe: dict[str, Any] = _json_safe(doc)
     return safe
 

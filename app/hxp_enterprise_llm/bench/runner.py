@@ -1,8 +1,16 @@
-"""A closed-loop load run: `concurrency` workers each send their next request as soon as one finishes."""
+"""A load run, closed or open loop.
+
+Closed loop (the default): `concurrency` workers each send their next request as soon as one finishes, so
+the server's speed sets the pace. Open loop (`request_rate`): requests arrive as a Poisson process at that
+rate whether or not earlier ones have finished, as `vllm bench serve --request-rate` sends them, so a
+server slower than the arrival rate builds a queue, as real traffic would.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -29,6 +37,19 @@ class LoadOptions:
     extra_body: dict[str, Any] = field(default_factory=dict)
     warmup: int = 1
     timeout_s: float = 300.0
+    request_rate: float | None = None  # requests/s, Poisson arrivals (open loop); None: closed loop
+    max_concurrency: int | None = None  # open loop: at most this many in flight (others wait to be sent)
+    seed: int = 0  # of the open loop's arrival times, so a run can be repeated
+
+    @property
+    def open_loop(self) -> bool:
+        return self.request_rate is not None
+
+    def describe_load(self) -> str:
+        if self.request_rate is None:
+            return f"closed loop, {self.concurrency} in flight"
+        cap = f", at most {self.max_concurrency} in flight" if self.max_concurrency else ""
+        return f"open loop, Poisson arrivals at {self.request_rate:g} req/s{cap}"
 
 
 @dataclass(frozen=True)
@@ -45,10 +66,24 @@ def normalize_base_url(url: str) -> str:
     return url.removesuffix("/v1")
 
 
+def poisson_arrivals(count: int, rate: float, seed: int = 0) -> list[float]:
+    """Send times (seconds from the start) of `count` requests arriving as a Poisson process at `rate`/s."""
+    if rate <= 0:
+        raise ValueError(f"request rate must be positive, got {rate}")
+    draw = random.Random(seed)
+    times, now = [], 0.0
+    for _ in range(count):
+        now += draw.expovariate(rate)
+        times.append(now)
+    return times
+
+
 def make_client(options: LoadOptions) -> httpx.AsyncClient:
     headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
-    limits = httpx.Limits(max_connections=options.concurrency + 4,
-                          max_keepalive_connections=options.concurrency + 4)
+    in_flight = options.concurrency
+    if options.open_loop:
+        in_flight = options.max_concurrency or options.num_requests
+    limits = httpx.Limits(max_connections=in_flight + 4, max_keepalive_connections=in_flight + 4)
     return httpx.AsyncClient(base_url=normalize_base_url(options.base_url), headers=headers,
                              timeout=httpx.Timeout(options.timeout_s), limits=limits)
 
@@ -63,9 +98,11 @@ async def discover_model(client: httpx.AsyncClient) -> str:
 
 
 async def run_load(options: LoadOptions) -> LoadRun:
-    """Warm up (results dropped), then send `num_requests` with `concurrency` in flight."""
+    """Warm up (results dropped, closed loop), then send `num_requests` closed or open loop."""
     if options.num_requests < 1 or options.concurrency < 1:
         raise ValueError("num_requests and concurrency must be at least 1")
+    if options.max_concurrency is not None and options.max_concurrency < 1:
+        raise ValueError("max_concurrency must be at least 1")
     async with make_client(options) as client:
         model = options.model or await discover_model(client)
         extra = dict(options.extra_body)
@@ -79,20 +116,42 @@ async def run_load(options: LoadOptions) -> LoadRun:
                    for i in range(options.warmup)]
         await _run_closed_loop(client, warmups, min(options.concurrency, max(len(warmups), 1)))
         started = time.perf_counter()
-        results = await _run_closed_loop(client, specs, options.concurrency)
+        if options.request_rate is not None:
+            arrivals = poisson_arrivals(len(specs), options.request_rate, options.seed)
+            results = await _run_open_loop(client, specs, arrivals, options.max_concurrency, started)
+        else:
+            results = await _run_closed_loop(client, specs, options.concurrency, started)
         duration = time.perf_counter() - started
     return LoadRun(options, model, results, duration)
 
 
+async def _run_open_loop(client: httpx.AsyncClient, specs: Sequence[RequestSpec], arrivals: Sequence[float],
+                         max_concurrency: int | None, started: float) -> list[RequestResult]:
+    """Each request is sent at its arrival time (or, with a cap, once a slot frees after it)."""
+    limit = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+
+    async def one(spec: RequestSpec) -> RequestResult:
+        async with limit if limit is not None else contextlib.nullcontext():
+            return await send_chat_request(client, spec, started)
+
+    tasks = []
+    for spec, arrival in zip(specs, arrivals, strict=True):
+        delay = started + arrival - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(spec)))
+    return list(await asyncio.gather(*tasks))
+
+
 async def _run_closed_loop(client: httpx.AsyncClient, specs: Sequence[RequestSpec],
-                           concurrency: int) -> list[RequestResult]:
+                           concurrency: int, started: float | None = None) -> list[RequestResult]:
     results: list[RequestResult | None] = [None] * len(specs)
     queue = iter(range(len(specs)))
 
     async def worker() -> None:
         # A shared iterator hands each index to exactly one worker: no locking needed in one event loop.
         for index in queue:
-            results[index] = await send_chat_request(client, specs[index])
+            results[index] = await send_chat_request(client, specs[index], started)
 
     await asyncio.gather(*(worker() for _ in range(min(concurrency, len(specs)))))
     return [r for r in results if r is not None]

@@ -214,28 +214,12 @@ def verify_model_dir(
         return report
 
     reporter = HashProgress() if progress == "auto" else progress
-    # Largest first, so the last thread to finish is not the one that started the 5 GB file last.
-    files = sorted(entry.files, key=lambda f: stats[f.path].st_size, reverse=True)
-    report.workers = workers or default_workers(len(files))
-    total = sum(stats[f.path].st_size for f in files)
-    if reporter is not None:
-        reporter.start(total, f"verifying {model_dir.name}")
-    on_bytes = reporter.advance if reporter is not None else None
-
-    def digest(path: str) -> tuple[str, str | OSError]:
-        try:
-            return path, sha256_file(model_dir / path, on_bytes)
-        except OSError as exc:
-            return path, exc
-
-    with ThreadPoolExecutor(max_workers=report.workers, thread_name_prefix="verify") as pool:
-        results = dict(pool.map(digest, [f.path for f in files]))
-    if reporter is not None:
-        reporter.finish()
-    report.bytes_hashed = total
+    report.workers = workers or default_workers(len(entry.files))
+    digests = _hash_files(model_dir, entry, stats, report.workers, reporter)
+    report.bytes_hashed = sum(stats[f.path].st_size for f in entry.files)
     report.seconds = time.monotonic() - started
     for locked_file in entry.files:
-        actual = results[locked_file.path]
+        actual = digests[locked_file.path]
         if isinstance(actual, OSError):
             report.problems.append(Problem("unreadable", locked_file.path, "a readable file",
                                            actual.strerror or str(actual)))
@@ -249,6 +233,28 @@ def verify_model_dir(
                and after[p].st_ctime_ns == st.st_ctime_ns for p, st in stats.items()):
             stamps.record(model_dir, entry, stats)
     return _finish(report, raise_on_problem)
+
+
+def _hash_files(model_dir: Path, entry: LockEntry, stats: dict[str, os.stat_result], workers: int,
+                reporter: HashProgress | None) -> dict[str, str | OSError]:
+    """sha256 of every locked file, in parallel; an unreadable file gives its OSError."""
+    # Largest first, so the last thread to finish is not the one that started the 5 GB file last.
+    files = sorted(entry.files, key=lambda f: stats[f.path].st_size, reverse=True)
+    if reporter is not None:
+        reporter.start(sum(stats[f.path].st_size for f in files), f"verifying {model_dir.name}")
+    on_bytes = reporter.advance if reporter is not None else None
+
+    def digest(path: str) -> tuple[str, str | OSError]:
+        try:
+            return path, sha256_file(model_dir / path, on_bytes)
+        except OSError as exc:
+            return path, exc
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
+        results = dict(pool.map(digest, [f.path for f in files]))
+    if reporter is not None:
+        reporter.finish()
+    return results
 
 
 def _finish(report: VerifyReport, raise_on_problem: bool) -> VerifyReport:

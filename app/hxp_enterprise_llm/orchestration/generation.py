@@ -70,8 +70,18 @@ class Generation:
             raise self._failed(RequestTimeoutError(
                 f"request exceeded connection_timeout_seconds={self._timeout_seconds:g}"))
         task, self._pending = self._pending, None
+        delta = self._delta_of(task)
+        self._record.observe(delta)
+        if delta.finish_reason is FinishReason.ABORT:
+            raise self._aborted()
+        if self._record.finish_reason is not None:  # every choice has ended
+            self._finished = True
+        return delta
+
+    def _delta_of(self, task: asyncio.Task[TokenDelta]) -> TokenDelta:
+        """The finished read's delta; how it failed, as the service's error (recorded on the request)."""
         try:
-            delta = task.result()
+            return task.result()
         except asyncio.CancelledError:
             if not self._stopped_by_service:
                 raise
@@ -93,12 +103,6 @@ class Generation:
             raise self._failed(InternalError(
                 f"generation failed ({type(exc).__name__}); see the service log for request "
                 f"{self._record.request_id}")) from None
-        self._record.observe(delta)
-        if delta.finish_reason is not None:
-            self._finished = True
-            if delta.finish_reason is FinishReason.ABORT:
-                raise self._aborted()
-        return delta
 
     def stop_for_shutdown(self) -> None:
         """The drain deadline passed: stop now; the reader's next step raises GenerationAbortedError."""
@@ -107,7 +111,7 @@ class Generation:
             self._pending.cancel()  # wakes a reader waiting for it; cancelling also aborts in vLLM
 
     def _aborted(self) -> ServiceError:
-        self._record.finish_reason = FinishReason.ABORT
+        self._record.mark_aborted()
         return self._failed(GenerationAbortedError(
             "the service stopped this generation before it finished (shutting down); the answer is "
             "incomplete: retry on another replica", headers={"Retry-After": "5"}))

@@ -175,7 +175,7 @@ class InteractiveOrchestrator:
         started = time.monotonic()
         self.health.set(ServiceState.LOADING, f"loading {self._config.model_path}")
         try:
-            await asyncio.wait_for(self.service.start(), timeout)
+            await asyncio.wait_for(self.service.start(on_death=self.engine_failed), timeout)
         except TimeoutError:
             self.engine_failed(f"model not loaded within model_load_timeout_seconds={timeout:g}")
             return False

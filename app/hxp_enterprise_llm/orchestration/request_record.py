@@ -33,6 +33,8 @@ class RequestRecord:
     route: str  # "chat" or "completion"
     client: str = ""
     stream: bool = False
+    end_user: str | None = None  # OpenAI's `user`: the client's id for its own end user, for the log
+    choices: int = 1  # n: the answer is complete when every choice has finished
     arrived: float = field(default_factory=time.monotonic)
     admitted: float | None = None
     first_token: float | None = None
@@ -40,7 +42,7 @@ class RequestRecord:
     finished: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    finish_reason: FinishReason | None = None
+    finish_reasons: dict[int, FinishReason] = field(default_factory=dict)  # per choice, as each ends
     error: ServiceError | None = None
     status: int | None = None  # the HTTP status the client got (a stream that started is 200)
     outcome: Outcome | None = None  # decided by close()
@@ -63,7 +65,22 @@ class RequestRecord:
         self.prompt_tokens = delta.prompt_tokens
         self.completion_tokens = delta.completion_tokens
         if delta.finish_reason is not None:
-            self.finish_reason = delta.finish_reason
+            self.finish_reasons[delta.index] = delta.finish_reason
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        """The request's: None until every choice ended; abort if any was cut off, else length if any hit it."""
+        if len(self.finish_reasons) < self.choices:
+            return None
+        reasons = set(self.finish_reasons.values())
+        for reason in (FinishReason.ABORT, FinishReason.LENGTH):
+            if reason in reasons:
+                return reason
+        return FinishReason.STOP
+
+    def mark_aborted(self) -> None:
+        for index in range(self.choices):
+            self.finish_reasons.setdefault(index, FinishReason.ABORT)
 
     def fail(self, error: ServiceError) -> None:
         """The first error wins: a timeout stays a timeout even if the abort that follows fails too."""

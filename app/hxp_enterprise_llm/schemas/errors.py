@@ -65,6 +65,21 @@ class PayloadTooLargeError(InvalidRequestError):
     rejection_reason = "too_large"
 
 
+class BodyTimeoutError(InvalidRequestError):
+    """The body did not arrive within body_timeout_seconds (a slow or stalled client)."""
+
+    status_code = 408
+    default_code = "body_timeout"
+    rejection_reason = "body_timeout"
+
+
+class LimitExceededError(InvalidRequestError):
+    """A configured limit (messages, characters, choices) was passed; the message names it."""
+
+    default_code = "limit_exceeded"
+    rejection_reason = "too_large"
+
+
 class AuthenticationError(InvalidRequestError):
     status_code = 401
     default_code = "invalid_api_key"

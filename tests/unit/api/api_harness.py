@@ -19,6 +19,7 @@ import httpx
 from fastapi import FastAPI
 
 from hxp_enterprise_llm.api.app import AppContext, build_app
+from hxp_enterprise_llm.bench.client import SSEDecoder
 from hxp_enterprise_llm.orchestration.service_state import ServiceState
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
@@ -95,16 +96,18 @@ async def serve(engine: FakeEngine | None = None, *, wait_ready: bool = True,
 
 
 def sse_events(body: str) -> list[str]:
-    """The `data:` payloads of an SSE body in order, up to and including `[DONE]`; comments skipped."""
-    events = []
-    for block in body.replace("\r\n", "\n").split("\n\n"):
-        data = [line.removeprefix("data:").removeprefix(" ") for line in block.split("\n")
-                if line.startswith("data:")]
-        if not data:
-            continue
-        events.append("\n".join(data))
-        if events[-1] == "[DONE]":
-            break
+    """The `data:` payloads of an SSE body in order, up to and including `[DONE]`; comments skipped.
+
+    Parsed by the benchmark client's decoder, the one SSE parser of the project.
+    """
+    decoder = SSEDecoder()
+    events: list[str] = []
+    for line in [*body.replace("\r\n", "\n").split("\n"), ""]:
+        for data in decoder.feed(line):
+            events.append(data)
+            if data == "[DONE]":
+                return events
+    events.extend(decoder.close())
     return events
 
 
@@ -150,7 +153,7 @@ class RawExchange:
     """One HTTP request sent straight to the ASGI app, with the client's side under the test's control."""
 
     def __init__(self, app: FastAPI, body: dict[str, Any], *, request_id: str,
-                 path: str = CHAT, headers: dict[str, str] | None = None) -> None:
+                 path: str = CHAT, headers: dict[str, str] | None = None, stall_body: bool = False) -> None:
         self._app = app
         self._body = json.dumps(body).encode()
         self.request_id = request_id
@@ -163,6 +166,7 @@ class RawExchange:
         self.response_headers: dict[str, str] = {}
         self.body = bytearray()
         self._body_sent = False
+        self._stall_body = stall_body  # send half the body, then nothing more: a slow-body client
         self.app_error: Exception | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -186,6 +190,8 @@ class RawExchange:
     async def _receive(self) -> dict[str, Any]:
         if not self._body_sent:
             self._body_sent = True
+            if self._stall_body:
+                return {"type": "http.request", "body": self._body[: len(self._body) // 2], "more_body": True}
             return {"type": "http.request", "body": self._body, "more_body": False}
         await self.hang_up.wait()
         return {"type": "http.disconnect"}

@@ -44,10 +44,20 @@ async def test_liveness_is_open_in_every_state(serve_app) -> None:
     assert loading.json()["status"] == "alive"
 
 
-async def test_killed_engine_turns_health_failed_and_calls_on_fatal(serve_app) -> None:
+async def test_an_idle_engine_that_dies_fails_the_service_at_once(serve_app) -> None:
+    # The engine says it died (vLLM sees its engine-core process exit): no health check, no request needed.
+    async with serve_app(health_check_interval=3600) as served:
+        served.engine.kill()
+        assert served.fatal_calls, "on_fatal was not called when the engine reported its death"
+        health = await served.client.get("/health")
+    assert health.json()["status"] == "failed"
+    assert "fake engine killed" in health.json()["detail"]
+
+
+async def test_failed_health_check_turns_health_failed_and_calls_on_fatal(serve_app) -> None:
     async with serve_app(health_check_interval=0.02) as served:
         assert (await served.client.get("/health")).status_code == 200
-        served.engine.kill()
+        served.engine.dead = True  # dead without saying so: only the periodic check can tell
 
         await eventually(lambda: served.fatal_calls, "on_fatal called")
         health = await served.client.get("/health")

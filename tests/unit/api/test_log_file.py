@@ -33,7 +33,7 @@ def test_request_lines_reach_the_rotating_file(tmp_path: Path, restore_root_logg
     configure_logging("INFO", log_dir)
     assert any(isinstance(h, logging.handlers.RotatingFileHandler) for h in logging.getLogger().handlers)
     record = RequestRecord(request_id="req-42", route="chat", stream=True, client="127.0.0.1:5000")
-    record.completion_tokens, record.finish_reason = 7, FinishReason.STOP
+    record.completion_tokens, record.finish_reasons[0] = 7, FinishReason.STOP
     record.close(200)
     record.finished = record.arrived + 0.5
     RequestLog("openchat-3.5").on_finished(record)

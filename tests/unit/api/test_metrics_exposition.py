@@ -155,3 +155,30 @@ async def test_client_errors_do_not_count_against_the_slo(serve_app) -> None:
         families = scrape(served)
     assert total(families["openchat_slo_requests"], "openchat_slo_requests_total") == 1
     assert total(families["openchat_slo_met_requests"], "openchat_slo_met_requests_total") == 1
+
+
+def test_metrics_port_answers_in_text_format_keeping_vllm_names() -> None:
+    import socket
+
+    import httpx
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from hxp_enterprise_llm.api.metrics import MetricsServer
+
+    registry = CollectorRegistry()
+    Gauge("vllm:num_requests_running", "as vLLM names it", registry=registry).set(3)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = MetricsServer(registry, "127.0.0.1", port)
+    server.start()
+    try:
+        # Prometheus asks for OpenMetrics first; the answer is the text format, names untouched.
+        response = httpx.get(f"http://127.0.0.1:{port}/metrics",
+                             headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        missing = httpx.get(f"http://127.0.0.1:{port}/nothing-here")
+    finally:
+        server.stop()
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert "vllm:num_requests_running 3.0" in response.text
+    assert missing.status_code == 404

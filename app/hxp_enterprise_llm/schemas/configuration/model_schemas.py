@@ -21,8 +21,8 @@ from pydantic_settings import NoDecode
 # exactly one section, so `service.port` and `OPENCHAT_3_5_PORT` name the same setting.
 YAML_SECTIONS: dict[str, tuple[str, ...]] = {
     "service": (
-        "host", "port", "workers", "log_level", "log_dir", "api_key", "served_model_name", "model_aliases",
-        "memory_gb", "cpu_cores",
+        "host", "port", "workers", "log_level", "log_dir", "api_key", "api_keys_file", "served_model_name",
+        "model_aliases", "memory_gb", "cpu_cores", "web_ui_enabled",
     ),
     "model": (
         "model_path", "model_name", "models_lock", "model_verification", "prompt_format", "dtype",
@@ -31,16 +31,17 @@ YAML_SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "performance": (
         "max_num_batched_tokens", "max_num_seqs", "enable_chunked_prefill", "target_latency_ms",
-        "target_throughput_rps",
+        "target_throughput_rps", "default_temperature", "default_top_p", "max_n",
     ),
     "realtime": (
         "streaming_enabled", "concurrent_users", "response_chunk_size", "low_latency_mode",
         "connection_timeout_seconds", "max_queue_size", "queue_timeout_seconds",
         "stream_flush_interval_ms", "stream_ping_seconds", "max_request_body_bytes",
+        "max_header_bytes", "body_timeout_seconds", "max_messages", "max_message_chars",
         "drain_timeout_seconds",
     ),
     "monitoring": (
-        "metrics_port", "health_check_interval", "metrics_collection_interval",
+        "metrics_port", "metrics_host", "health_check_interval", "metrics_collection_interval",
     ),
 }
 SECTION_OF_KEY = {key: section for section, keys in YAML_SECTIONS.items() for key in keys}
@@ -63,23 +64,30 @@ class ModelConfigSchema(BaseModel):
     # --- service (spec)
     host: str = "0.0.0.0"
     port: int = Field(11402, ge=1, le=65535)
-    workers: int = Field(1, ge=1, le=1, description="one process owns the engine; scale with replicas")
+    workers: int = Field(1, ge=1, le=1, description="server processes: 1, the process that owns the engine "
+                         "(scale out with replicas: docs/scaling.md)")
     log_level: LogLevel = "INFO"
-    memory_gb: float = Field(8, gt=0, le=4096, description="container memory limit (compose, quadlet)")
-    cpu_cores: float = Field(4, gt=0, le=1024, description="container CPU limit (compose, quadlet)")
+    memory_gb: float = Field(8, gt=0, le=4096, description="memory budget: the container limit (compose, quadlet), "
+                             "openchat_memory_limit_bytes for alerts, and a start-up warning on CPU hosts when "
+                             "weights + KV cache + runtime exceed it")
+    cpu_cores: float = Field(4, gt=0, le=1024, description="CPU cores: the container limit (compose, quadlet) and, "
+                             "on CPU hosts, the cores vLLM's compute threads are bound to")
     # --- model (spec)
     model_path: Path = Path("/opt/models/openchat-3.5-0106")
     model_name: str = "openchat/openchat-3.5-0106"
     max_model_len: int = Field(4096, ge=16, le=1_048_576)
     tensor_parallel_size: int = Field(1, ge=1, le=64)
     gpu_memory_utilization: float = Field(0.7, gt=0, le=1)
-    swap_space: float = Field(0, ge=0, le=1024, description="accepted for the spec; vLLM 0.32 has no swap space")
+    swap_space: float = Field(0, ge=0, le=0, description="the spec's key; only 0: vLLM 0.32 has no CPU swap space "
+                              "for the KV cache (a preempted request is recomputed)")
     enforce_eager: bool = False
     # --- performance (spec)
     max_num_batched_tokens: int = Field(2048, ge=16, le=1_048_576)
     max_num_seqs: int = Field(64, ge=1, le=4096)
-    target_latency_ms: float = Field(1000, gt=0, le=600_000)
-    target_throughput_rps: float = Field(50, gt=0, le=1_000_000)
+    target_latency_ms: float = Field(1000, gt=0, le=600_000, description="the e2e latency SLO: goodput counters, "
+                                     "/metrics/streaming attainment, alert rules, scripts/validate's target")
+    target_throughput_rps: float = Field(50, gt=0, le=1_000_000, description="the request rate the deployment is "
+                                         "sized for: openchat_slo_target_throughput_rps, scripts/validate's target")
     # --- realtime (spec)
     streaming_enabled: bool = True
     concurrent_users: int = Field(50, ge=1, le=100_000)
@@ -89,13 +97,30 @@ class ModelConfigSchema(BaseModel):
     # --- monitoring (spec)
     metrics_port: int = Field(11403, ge=1, le=65535)
     health_check_interval: float = Field(15, gt=0, le=3600)
-    metrics_collection_interval: float = Field(10, gt=0, le=3600)
+    metrics_collection_interval: float = Field(10, gt=0, le=3600, description="seconds between the service's "
+                                               "samples of its own gauges (resident memory) and refreshes of the "
+                                               "live dashboard page")
 
     # --- our extensions (not in the spec)
     served_model_name: str = Field("openchat-3.5", min_length=1, description="model id in the API")
     model_aliases: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="other model ids requests may name (comma-separated)")
-    api_key: SecretStr | None = Field(None, description="Bearer key for inference routes; None = open")
+    api_key: SecretStr | None = Field(None, description="Bearer key for the API routes; None (and no "
+                                      "api_keys_file) = open")
+    api_keys_file: Path | None = Field(None, description="more Bearer keys, one per line (# comments); re-read "
+                                       "on SIGHUP and when it changes, so keys rotate without a restart")
+    metrics_host: str | None = Field(None, description="address the metrics port binds to; None = host")
+    default_temperature: float | None = Field(None, ge=0, le=2, description="temperature of requests that "
+                                              "send none; None = the model's generation_config.json, else 1")
+    default_top_p: float | None = Field(None, gt=0, le=1, description="top_p of requests that send none; "
+                                        "None = the model's generation_config.json, else 1")
+    max_n: int = Field(8, ge=1, le=128, description="most choices (`n`) one request may ask for")
+    max_messages: int = Field(1024, ge=1, le=1_000_000, description="most messages in one chat request")
+    max_message_chars: int = Field(200_000, ge=1, le=100_000_000, description="most characters in one message")
+    max_header_bytes: int = Field(16_384, ge=1024, le=1 << 20, description="largest request head (request line "
+                                  "and headers); larger is refused before the body is read")
+    body_timeout_seconds: float = Field(10, gt=0, le=3600, description="a request body must arrive within "
+                                        "this (slow-body clients are cut off with 408)")
     log_dir: Path | None = Field(None, description="also write JSON logs to a rotating file here")
     models_lock: Path = Field(Path("models.lock"), description="lock file the model is verified against")
     model_verification: Literal["full", "stamp", "off"] = Field(
@@ -112,6 +137,7 @@ class ModelConfigSchema(BaseModel):
     stream_ping_seconds: float = Field(15, gt=0, le=3600)
     max_request_body_bytes: int = Field(1_048_576, ge=1024, le=1 << 30)
     drain_timeout_seconds: float = Field(30, ge=0, le=3600)
+    web_ui_enabled: bool = Field(True, description="serve the chat and dashboard page at /ui")
 
     @field_validator("model_aliases", mode="before")
     @classmethod

@@ -6,9 +6,9 @@ same code) and `FakeEngine` (scripted, deterministic, for unit tests).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from hxp_enterprise_llm.schemas.outcomes import FinishReason
 
@@ -26,16 +26,27 @@ class EngineDeadError(EngineError):
 
 @dataclass(frozen=True)
 class SamplingOptions:
+    """Everything that decides the tokens, already resolved (request > config > model defaults)."""
+
     max_tokens: int
+    n: int = 1  # choices generated from the one prompt
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = -1
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] = ()
+    top_k: int = -1  # -1: off
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()  # the model's end of turn and the client's own
+    min_tokens: int = 0
+    ignore_eos: bool = False
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) as OpenAI's logit_bias
+    logprobs: int | None = None  # per generated token: the chosen one and this many top alternatives
+    prompt_logprobs: int | None = None  # the same for every prompt token (completions' echo)
+    json_schema: Mapping[str, Any] | None = None  # constrain the output to JSON valid against this schema
+    json_object: bool = False  # constrain the output to any JSON object
 
 
 @dataclass(frozen=True)
@@ -43,17 +54,33 @@ class GenerationRequest:
     request_id: str
     prompt_token_ids: Sequence[int]
     sampling: SamplingOptions
+    # The model's habit of starting an answer with a space ("Hi" as " Hi"): the service drops it
+    # from chat answers, as OpenChat's reference server does; a raw completion keeps every byte.
+    strip_leading_space: bool = False
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token's log probability and the most likely alternatives at its position (best first)."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
 class TokenDelta:
-    """New output since the previous delta of the same request."""
+    """New output of one choice since its previous delta."""
 
     text: str
     token_ids: tuple[int, ...]
     prompt_tokens: int
-    completion_tokens: int  # cumulative, including this delta
-    finish_reason: FinishReason | None = None
+    completion_tokens: int  # cumulative over every choice of the request, including this delta
+    finish_reason: FinishReason | None = None  # set on the choice's last delta
+    index: int = 0  # which choice (0 .. n-1)
+    logprobs: tuple[TokenLogprob, ...] | None = None  # one per token in token_ids, when asked for
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # first delta only, when asked for
 
 
 class Tokenizer(Protocol):
@@ -66,8 +93,9 @@ class Tokenizer(Protocol):
 
 @runtime_checkable
 class Engine(Protocol):
-    async def start(self) -> None:
-        """Load the model; raise EngineError if it cannot."""
+    async def start(self, on_death: Callable[[str], object] | None = None) -> None:
+        """Load the model; raise EngineError if it cannot. `on_death(why)` is called at once if the
+        engine dies later, even while no request is running."""
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
         """Stream deltas until one carries a finish_reason."""

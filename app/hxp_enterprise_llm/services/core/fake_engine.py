@@ -18,6 +18,7 @@ from hxp_enterprise_llm.services.core.engine import (
     EngineError,
     GenerationRequest,
     TokenDelta,
+    TokenLogprob,
 )
 
 
@@ -71,6 +72,7 @@ class FakeEngine:
         self._running: set[str] = set()
         self._abort_events: dict[str, asyncio.Event] = {}
         self._finish_events: dict[str, asyncio.Event] = {}
+        self._on_death: Callable[[str], object] | None = None
         self._script: deque[ScriptedReply] = deque()
         self._tokenizer = CharTokenizer()
 
@@ -83,8 +85,11 @@ class FakeEngine:
         self.dead = True
         for event in self._abort_events.values():
             event.set()
+        if self._on_death is not None:
+            self._on_death("fake engine killed")
 
-    async def start(self) -> None:
+    async def start(self, on_death: Callable[[str], object] | None = None) -> None:
+        self._on_death = on_death
         await asyncio.sleep(self.start_delay)
         if self.fail_start:
             raise EngineError("fake engine configured to fail at start")
@@ -108,7 +113,11 @@ class FakeEngine:
         finish_now = self._finish_events.setdefault(request.request_id, asyncio.Event())
         self._running.add(request.request_id)
         prompt_tokens = len(request.prompt_token_ids)
+        options = request.sampling
+        choices = range(options.n)
+        prompt_logprobs = self._prompt_logprobs(request) if options.prompt_logprobs is not None else None
         try:
+            # Every choice answers with the scripted tokens, one token of each choice per step.
             for index, text in enumerate(tokens):
                 if index == reply.hold_after:
                     await _first_of(abort, finish_now)
@@ -117,17 +126,33 @@ class FakeEngine:
                         await asyncio.wait_for(_first_of(abort, finish_now), self.token_delay)
                 if self.dead:
                     raise EngineDeadError("fake engine died mid-request")
+                for choice in choices:
+                    done = options.n * index + choice
+                    if abort.is_set():
+                        yield TokenDelta("", (), prompt_tokens, done, FinishReason.ABORT, index=choice)
+                        continue
+                    last = index == len(tokens) - 1
+                    token_id = ord(text[0]) + 3 if text else 0
+                    yield TokenDelta(text, (token_id,), prompt_tokens, done + 1, finish if last else None,
+                                     index=choice, logprobs=_fake_logprobs(token_id, text, options.logprobs),
+                                     prompt_logprobs=prompt_logprobs)
+                    prompt_logprobs = None
                 if abort.is_set():
-                    yield TokenDelta("", (), prompt_tokens, index, FinishReason.ABORT)
                     return
-                last = index == len(tokens) - 1
-                yield TokenDelta(text, (index + 100,), prompt_tokens, index + 1, finish if last else None)
             if not tokens:
-                yield TokenDelta("", (), prompt_tokens, 0, finish)
+                for choice in choices:
+                    yield TokenDelta("", (), prompt_tokens, 0, finish, index=choice, prompt_logprobs=prompt_logprobs)
+                    prompt_logprobs = None
         finally:
             self._running.discard(request.request_id)
             self._abort_events.pop(request.request_id, None)
             self._finish_events.pop(request.request_id, None)
+
+    def _prompt_logprobs(self, request: GenerationRequest) -> tuple[TokenLogprob | None, ...]:
+        ids = list(request.prompt_token_ids)
+        top = request.sampling.prompt_logprobs or 0
+        return (None, *(TokenLogprob(i, self._tokenizer.decode([i]), -0.5, ((self._tokenizer.decode([i]), -0.5),)
+                         + tuple((f"alt{rank}", -0.5 - rank) for rank in range(1, top))) for i in ids[1:]))
 
     async def finish(self, request_id: str) -> None:
         """Let a request held by a long token_delay finish now, with its whole scripted answer."""
@@ -166,3 +191,11 @@ async def _first_of(*events: asyncio.Event) -> None:
 async def _until(condition: Callable[[], bool]) -> None:
     while not condition():
         await asyncio.sleep(0.001)
+
+
+def _fake_logprobs(token_id: int, text: str, top: int | None) -> tuple[TokenLogprob, ...] | None:
+    """Deterministic stand-ins: the chosen token at -0.5, alternatives one nat apart below it."""
+    if top is None:
+        return None
+    alternatives = tuple([(text, -0.5)] + [(f"alt{rank}", -0.5 - rank) for rank in range(1, top)])[:top]
+    return (TokenLogprob(token_id=token_id, token=text, logprob=-0.5, top=alternatives),)

@@ -6,7 +6,7 @@ import asyncio
 import importlib.metadata
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from hxp_enterprise_llm.schemas.errors import InvalidRequestError
@@ -16,8 +16,10 @@ from hxp_enterprise_llm.services.core.engine import (
     EngineDeadError,
     EngineError,
     GenerationRequest,
+    SamplingOptions,
     TokenDelta,
     Tokenizer,
+    TokenLogprob,
 )
 
 if TYPE_CHECKING:
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 GIB = 1 << 30
+DEATH_WATCH_SECONDS = 0.5
 # Imported by vLLM inside its worker process (see vllm_cpu_seed_fix); named here so that this
 # module does not import vLLM.
 SEED_FIX_EXTENSION = "hxp_enterprise_llm.services.core.vllm_cpu_seed_fix.SeedFixWorkerExtension"
@@ -71,6 +74,8 @@ class VllmEngine:
         self._tokenizer: Any = None
         # False only on a CPU engine whose worker did not take the seed fix: seeded sampling is then refused.
         self.seeded_sampling_safe = True
+        self._device = "not started"
+        self._death_watch: asyncio.Task[None] | None = None
 
     @property
     def description(self) -> str:
@@ -88,17 +93,13 @@ class VllmEngine:
 
     @property
     def device(self) -> str:
-        from vllm.platforms import current_platform
+        """"cpu" or "cuda" once started (asking earlier would import vLLM just to answer)."""
+        return self._device
 
-        return str(current_platform.device_type)
-
-    async def start(self) -> None:
+    async def start(self, on_death: Callable[[str], object] | None = None) -> None:
         # Offline by construction: the model is local and verified; a Hub lookup would only hang.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        if self._config.swap_space:
-            logger.warning("swap_space=%s is ignored: vLLM 0.32 has no CPU swap space for the KV cache",
-                           self._config.swap_space)
         try:
             # Importing vLLM and building the engine both block for many seconds (the engine core is
             # spawned and waited for): do it off the event loop so /health answers "loading" meanwhile.
@@ -107,6 +108,17 @@ class VllmEngine:
             raise EngineError(f"vLLM engine failed to start: {type(exc).__name__}: {exc}") from exc
         self._tokenizer = self._llm.get_tokenizer()
         await self._check_seed_fix()
+        if on_death is not None:
+            self._death_watch = asyncio.create_task(self._watch_for_death(on_death))
+
+    async def _watch_for_death(self, on_death: Callable[[str], object]) -> None:
+        """vLLM notices its engine-core process die at once (a process sentinel) and says so in
+        `errored`, a local flag: reading it often costs nothing, and an idle service learns of a
+        dead engine within a second instead of at the next health check."""
+        while self._llm is not None and not self._llm.errored:
+            await asyncio.sleep(DEATH_WATCH_SECONDS)
+        if self._llm is not None:
+            on_death(f"vLLM engine died: {self._llm.dead_error}")
 
     def _build(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -114,6 +126,7 @@ class VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         on_cpu = current_platform.is_cpu()
+        self._device = str(current_platform.device_type)
         if on_cpu:
             for name, value in cpu_thread_binding(self._config.cpu_cores, os.environ).items():
                 os.environ[name] = value  # inherited by vLLM's engine-core and worker processes
@@ -143,45 +156,36 @@ class VllmEngine:
         return self._tokenizer
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
-        from vllm.exceptions import VLLMClientError
-        from vllm.sampling_params import RequestOutputKind, SamplingParams
-
         if self._llm is None:
             raise EngineError("engine not started")
         options = request.sampling
         if options.seed is not None and options.temperature > 0 and not self.seeded_sampling_safe:
             raise InvalidRequestError("seed with temperature > 0 is unavailable on this CPU engine (see the "
                                       "service log); use temperature 0 or drop seed", param="seed")
-        try:
-            params = SamplingParams(
-                max_tokens=options.max_tokens,
-                temperature=options.temperature,
-                top_p=options.top_p,
-                top_k=max(options.top_k, 0),
-                seed=options.seed,
-                stop=list(options.stop) or None,
-                stop_token_ids=list(options.stop_token_ids) or None,
-                presence_penalty=options.presence_penalty,
-                frequency_penalty=options.frequency_penalty,
-                logit_bias=dict(options.logit_bias) or None,
-                output_kind=RequestOutputKind.DELTA,
-            )
-        except (VLLMClientError, ValueError, TypeError) as exc:
-            raise _invalid(exc) from None
+        params = _sampling_params(options)
         prompt_tokens = len(request.prompt_token_ids)
         completion_tokens = 0
+        first = True
         try:
             async for output in self._llm.generate(
                     {"prompt_token_ids": list(request.prompt_token_ids)}, params, request.request_id):
-                completion = output.outputs[0]
-                completion_tokens += len(completion.token_ids)
-                yield TokenDelta(
-                    text=completion.text,
-                    token_ids=tuple(completion.token_ids),
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    finish_reason=_finish_reason(completion.finish_reason) if output.finished else None,
-                )
+                prompt_logprobs = _prompt_logprobs(output.prompt_logprobs, options.prompt_logprobs or 0) \
+                    if first and options.prompt_logprobs is not None else None
+                first = False
+                for completion in output.outputs:
+                    completion_tokens += len(completion.token_ids)
+                    yield TokenDelta(
+                        text=completion.text,
+                        token_ids=tuple(completion.token_ids),
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                        finish_reason=_finish_reason(completion.finish_reason)
+                        if completion.finish_reason is not None or output.finished else None,
+                        index=completion.index,
+                        logprobs=_logprobs(completion.token_ids, completion.logprobs, options.logprobs),
+                        prompt_logprobs=prompt_logprobs,
+                    )
+                    prompt_logprobs = None
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -216,9 +220,75 @@ class VllmEngine:
             raise EngineDeadError(f"vLLM engine health check failed: {exc}") from exc
 
     async def shutdown(self) -> None:
+        if self._death_watch is not None:
+            self._death_watch.cancel()
         llm, self._llm = self._llm, None
         if llm is not None:
             await asyncio.to_thread(llm.shutdown)
+
+
+def _sampling_params(options: SamplingOptions) -> Any:
+    """vLLM's SamplingParams for these options; vLLM's own refusals become 400s naming the field."""
+    from vllm.exceptions import VLLMClientError
+    from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+
+    structured = None
+    if options.json_schema is not None:
+        structured = StructuredOutputsParams(json=dict(options.json_schema))
+    elif options.json_object:
+        structured = StructuredOutputsParams(json_object=True)
+    try:
+        return SamplingParams(
+            n=options.n,
+            max_tokens=options.max_tokens,
+            temperature=options.temperature,
+            top_p=options.top_p,
+            top_k=max(options.top_k, 0),
+            min_p=options.min_p,
+            repetition_penalty=options.repetition_penalty,
+            presence_penalty=options.presence_penalty,
+            frequency_penalty=options.frequency_penalty,
+            seed=options.seed,
+            stop=list(options.stop) or None,
+            stop_token_ids=list(options.stop_token_ids) or None,
+            min_tokens=options.min_tokens,
+            ignore_eos=options.ignore_eos,
+            logit_bias=dict(options.logit_bias) or None,
+            logprobs=options.logprobs,
+            prompt_logprobs=options.prompt_logprobs,
+            structured_outputs=structured,
+            output_kind=RequestOutputKind.DELTA,
+        )
+    except (VLLMClientError, ValueError, TypeError) as exc:
+        raise _invalid(exc) from None
+
+
+def _entry(token_id: int, candidates: Any, top: int) -> TokenLogprob:
+    """One position's Logprob dict (token id -> Logprob(logprob, rank, decoded_token)) as a TokenLogprob."""
+    chosen = candidates[token_id]
+    ranked = sorted((c for c in candidates.values() if c.rank is not None and c.rank <= top), key=lambda c: c.rank)
+    return TokenLogprob(token_id=token_id, token=chosen.decoded_token or "", logprob=float(chosen.logprob),
+                        top=tuple((c.decoded_token or "", float(c.logprob)) for c in ranked))
+
+
+def _logprobs(token_ids: Any, positions: Any, top: int | None) -> tuple[TokenLogprob, ...] | None:
+    if top is None or positions is None:
+        return None
+    return tuple(_entry(token_id, candidates, top) for token_id, candidates in zip(token_ids, positions, strict=True))
+
+
+def _prompt_logprobs(positions: Any, top: int) -> tuple[TokenLogprob | None, ...] | None:
+    """Prompt positions; the first has no logprob (nothing precedes it), vLLM gives None there."""
+    if positions is None:
+        return None
+    entries: list[TokenLogprob | None] = []
+    for candidates in positions:
+        if not candidates:
+            entries.append(None)
+            continue
+        # vLLM puts the prompt's own token first, then the top alternatives.
+        entries.append(_entry(next(iter(candidates)), candidates, top))
+    return tuple(entries)
 
 
 def _invalid(exc: BaseException) -> InvalidRequestError:

@@ -16,17 +16,20 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hxp_enterprise_llm.schemas.errors import InternalError, ServiceError
 from hxp_enterprise_llm.schemas.openai import (
     ChatCompletionStreamChoice,
     ChatCompletionStreamResponse,
+    CompletionChoice,
     DeltaMessage,
     UsageInfo,
     new_completion_id,
     now,
 )
+from hxp_enterprise_llm.services.streaming.logprob_format import chat_logprobs, completion_logprobs
 
 if TYPE_CHECKING:
     from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
@@ -51,6 +54,8 @@ class Delta(Protocol):
     def completion_tokens(self) -> int: ...
     @property
     def finish_reason(self) -> str | None: ...
+    @property
+    def index(self) -> int: ...
 
 
 class DeltaSource(Protocol):
@@ -94,112 +99,220 @@ def sse_frame(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
+@dataclass
+class _Choice:
+    """One choice's text not sent yet, and when its oldest unsent token arrived (the flush budget runs from there)."""
+
+    index: int
+    pending_text: str = ""
+    pending_tokens: int = 0
+    pending_since: float = 0.0
+    pending_logprobs: list[Any] = field(default_factory=list)
+    first_sent: bool = False
+    finished: bool = False
+
+
 class ResponseStreamer:
-    """Builds the SSE frames of one chat completion stream."""
+    """Builds the SSE frames of one chat completion stream (any number of choices)."""
 
     def __init__(self, model: str = "openchat-3.5", chunk_size: int = 10, flush_interval: float | None = 0.05,
-                 include_usage: bool = False, completion_id: str | None = None) -> None:
+                 include_usage: bool = False, completion_id: str | None = None, choices: int = 1,
+                 top_logprobs: int | None = None) -> None:
         self.model = model
         self.chunk_size = chunk_size
         self.flush_interval = flush_interval
         self.include_usage = include_usage
         self.completion_id = completion_id or new_completion_id()
         self.created = now()
-        self.content_frames = 0  # frames carrying text or the finish reason (not role, usage, error)
+        self.choices = choices
+        self.top_logprobs = top_logprobs  # None: no logprobs in the chunks
+        self.content_frames = 0  # frames carrying text or a finish reason (not role, usage, error)
         self.error: ServiceError | None = None  # what ended the stream early, if anything
 
     @classmethod
-    def for_config(cls, config: ModelConfigSchema, *, model: str | None = None,
-                   include_usage: bool = False) -> ResponseStreamer:
+    def for_config(cls, config: ModelConfigSchema, *, model: str | None = None, include_usage: bool = False,
+                   choices: int = 1, top_logprobs: int | None = None) -> ResponseStreamer:
         """The streamer the service's settings ask for (chunk size, flush budget in low-latency mode)."""
         return cls(model=model or config.served_model_name, chunk_size=config.response_chunk_size,
                    flush_interval=config.stream_flush_interval_ms / 1000 if config.low_latency_mode else None,
-                   include_usage=include_usage)
+                   include_usage=include_usage, choices=choices, top_logprobs=top_logprobs)
 
-    def _chunk(self, delta: DeltaMessage, finish_reason: str | None = None) -> str:
-        if delta.role is None:
-            self.content_frames += 1
-        body = ChatCompletionStreamResponse(
-            id=self.completion_id, created=self.created, model=self.model,
-            choices=[ChatCompletionStreamChoice(delta=delta, finish_reason=finish_reason)])
-        payload = body.model_dump()
-        # OpenAI omits unset delta fields ({"content": "Hi"}), but keeps finish_reason: null.
-        payload["choices"][0]["delta"] = delta.model_dump(exclude_none=True)
-        return sse_frame(payload)
+    # --- the format (chat here; CompletionStreamer overrides these three)
+
+    def opening_frames(self) -> list[str]:
+        """OpenAI's first chunk of each choice carries the role."""
+        return [self._frame(self._choice_payload(i, DeltaMessage(role="assistant", content=""), None, None))
+                for i in range(self.choices)]
+
+    def _choice_payload(self, index: int, delta: DeltaMessage, logprobs: list[Any] | None,
+                        finish_reason: str | None) -> dict[str, Any]:
+        choice = ChatCompletionStreamChoice(
+            index=index, delta=delta, finish_reason=finish_reason,
+            logprobs=chat_logprobs(logprobs, self.top_logprobs or 0) if logprobs is not None else None)
+        payload = choice.model_dump()
+        # OpenAI omits unset delta fields ({"content": "Hi"}), but keeps finish_reason and logprobs: null.
+        payload["delta"] = delta.model_dump(exclude_none=True)
+        return payload
+
+    def _frame(self, choice: dict[str, Any] | None, usage: UsageInfo | None = None) -> str:
+        body = ChatCompletionStreamResponse(id=self.completion_id, created=self.created, model=self.model,
+                                            choices=[], usage=usage).model_dump()
+        body["choices"] = [choice] if choice is not None else []
+        if usage is None:
+            body.pop("usage")
+        return sse_frame(body)
+
+    def _content(self, choice: _Choice, text: str, finish_reason: str | None) -> str:
+        self.content_frames += 1
+        logprobs = None
+        if self.top_logprobs is not None:
+            logprobs, choice.pending_logprobs = choice.pending_logprobs, []
+        delta = DeltaMessage(content=text) if text or finish_reason is None else DeltaMessage()
+        return self._frame(self._choice_payload(choice.index, delta, logprobs, finish_reason))
+
+    # --- the stream
 
     async def frames(self, source: DeltaSource) -> AsyncIterator[str]:
         """Every frame of the stream, ending with `data: [DONE]`; an error becomes an error frame."""
-        yield self._chunk(DeltaMessage(role="assistant", content=""))
-        pending_text, pending_tokens, first_sent = "", 0, False
-        pending_since = 0.0  # when the oldest unsent token arrived: the flush budget runs from there
+        for frame in self.opening_frames():
+            yield frame
+        choices = [_Choice(i) for i in range(self.choices)]
         last: Delta | None = None
         loop = asyncio.get_running_loop()
         try:
-            while True:
-                wait = None
-                if pending_tokens and self.flush_interval:
-                    wait = max(0.0, pending_since + self.flush_interval - loop.time())
+            while not all(c.finished for c in choices):
                 try:
-                    delta = await source.next(wait)
+                    delta = await source.next(self._flush_wait(choices, loop.time()))
                 except StopAsyncIteration:
                     break
-                if delta is None:  # the flush budget passed with tokens pending
-                    text, pending_text = _split_complete(pending_text)
-                    if text:
-                        yield self._chunk(DeltaMessage(content=text))
-                    # Whatever is held back (half a character) waits for the next token.
-                    pending_tokens = 0
+                if delta is None:  # a flush budget passed with tokens pending
+                    for frame in self._flush_due(choices, loop.time()):
+                        yield frame
                     continue
                 last = delta
-                new_tokens = max(len(delta.token_ids), 1 if delta.text else 0)
-                if new_tokens and not pending_tokens:
-                    pending_since = loop.time()
-                pending_text += delta.text
-                pending_tokens += new_tokens
-                if delta.finish_reason is not None:
-                    break
-                budget_spent = bool(self.flush_interval) and loop.time() - pending_since >= (self.flush_interval or 0)
-                if not first_sent or pending_tokens >= self.chunk_size or (pending_tokens and budget_spent):
-                    text, pending_text = _split_complete(pending_text)
-                    if text:
-                        first_sent = True
-                        yield self._chunk(DeltaMessage(content=text))
-                        pending_tokens = 0
+                for frame in self._take(choices[delta.index], delta, loop.time()):
+                    yield frame
         except ServiceError as exc:  # the stream has started: report in-band, then end it cleanly
             self.error = exc
         except Exception:
             logger.exception("stream %s failed", self.completion_id)
             self.error = InternalError(f"stream {self.completion_id} failed; see the service log")
+        for frame in self._ending(choices, last):
+            yield frame
+
+    def _flush_wait(self, choices: list[_Choice], now: float) -> float | None:
+        """How long the next delta may take before pending text must go out (None: no limit)."""
+        pending = [c.pending_since for c in choices if c.pending_tokens]
+        if not pending or not self.flush_interval:
+            return None
+        return max(0.0, min(pending) + self.flush_interval - now)
+
+    def _budget_spent(self, choice: _Choice, now: float) -> bool:
+        return bool(self.flush_interval) and now - choice.pending_since >= (self.flush_interval or 0)
+
+    def _flush_due(self, choices: list[_Choice], now: float) -> list[str]:
+        return [frame for c in choices if c.pending_tokens and self._budget_spent(c, now) for frame in self._flush(c)]
+
+    def _take(self, choice: _Choice, delta: Delta, now: float) -> list[str]:
+        """Add a delta to its choice; the frames it makes due (its first token, a full chunk, a spent budget)."""
+        new_tokens = max(len(delta.token_ids), 1 if delta.text else 0)
+        if new_tokens and not choice.pending_tokens:
+            choice.pending_since = now
+        choice.pending_text += delta.text
+        choice.pending_tokens += new_tokens
+        choice.pending_logprobs.extend(getattr(delta, "logprobs", None) or ())
+        if delta.finish_reason is not None:
+            choice.finished = True
+            return [self._content(choice, choice.pending_text, str(delta.finish_reason))]
+        if choice.first_sent and choice.pending_tokens < self.chunk_size and not self._budget_spent(choice, now):
+            return []
+        frames = self._flush(choice)
+        choice.first_sent = choice.first_sent or bool(frames)
+        return frames
+
+    def _ending(self, choices: list[_Choice], last: Delta | None) -> list[str]:
         if self.error is not None:
             # Text the client has not seen yet is dropped with the error: the answer is incomplete
             # either way, and a half-sent chunk must not look like the end of a complete one.
-            yield sse_frame(self.error.body())
-            yield DONE_FRAME
-            return
-        finish = last.finish_reason if last is not None and last.finish_reason is not None else "stop"
-        yield self._chunk(DeltaMessage(content=pending_text) if pending_text else DeltaMessage(), str(finish))
+            return [sse_frame(self.error.body()), DONE_FRAME]
+        # A source without finish reasons (a plain iterator) that ended: its choices stop here.
+        frames = [self._content(c, c.pending_text, "stop") for c in choices if not c.finished]
         if self.include_usage:
-            yield sse_frame(ChatCompletionStreamResponse(
-                id=self.completion_id, created=self.created, model=self.model, choices=[],
-                usage=_usage(last)).model_dump())
-        yield DONE_FRAME
+            frames.append(self._frame(None, usage=_usage(last)))
+        return [*frames, DONE_FRAME]
+
+    def _flush(self, choice: _Choice) -> list[str]:
+        """The choice's complete text so far as one frame; half a character waits for the next token."""
+        text, choice.pending_text = _split_complete(choice.pending_text)
+        if not text:
+            return []
+        choice.pending_tokens = 0
+        return [self._content(choice, text, None)]
 
     async def stream_response(self, prompt: Any, config: Any = None, **sampling: Any) -> AsyncIterator[str]:
         """The spec's convenience form: SSE frames for a prompt (a string or chat messages).
 
         `config` is a chat service (an `OpenChat35Service`, started or not), or a service config
-        (an `OpenChat35Config`), whose `service()` makes one; the model loads on first use. The
-        streamer's own settings are not changed: the frames follow the service's chunking settings.
+        (an `OpenChat35Config`), whose `service()` makes one for this stream (the model loads, and
+        is released when the stream ends). The streamer's own settings are not changed: the frames
+        follow the service's chunking settings.
         """
-        source = config.service() if hasattr(config, "service") and callable(config.service) else config
+        owned = hasattr(config, "service") and callable(config.service)
+        source = config.service() if owned else config
         if source is None:
             raise TypeError("stream_response needs a service or a service config, e.g. OpenChat35Config()")
-        if not source.ready:
-            await source.start()
-        streamer = ResponseStreamer.for_config(source.config, include_usage=self.include_usage)
-        request = source.prepare(prompt, **sampling)
-        async for frame in streamer.frames(IteratorSource(source.stream(request))):
-            yield frame
+        try:
+            if not source.ready:
+                await source.start()
+            streamer = ResponseStreamer.for_config(source.config, include_usage=self.include_usage)
+            request = source.prepare(prompt, **sampling)
+            async for frame in streamer.frames(IteratorSource(source.stream(request))):
+                yield frame
+        finally:
+            if owned:  # made here for this one stream: its engine goes with it
+                await source.shutdown()
+
+
+class CompletionStreamer(ResponseStreamer):
+    """The same stream in the legacy completions format (`text` instead of `delta`, no role chunk)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.completion_id = self.completion_id.replace("chatcmpl-", "cmpl-", 1)
+        self._offsets = [0] * self.choices
+
+    def opening_frames(self) -> list[str]:
+        return []
+
+    def echo_frames(self, text: str, prompt_logprobs: Sequence[Any] | None, first_token: str) -> list[str]:
+        """`echo`: each choice starts with the prompt (and its logprobs, the first token having none)."""
+        frames = []
+        for index in range(self.choices):
+            logprobs = None
+            if self.top_logprobs is not None:
+                logprobs = completion_logprobs(list(prompt_logprobs or ()), self.top_logprobs, 0,
+                                               none_token=first_token).model_dump()
+            frames.append(self._frame(CompletionChoice(index=index, text=text, finish_reason=None).model_dump()
+                                      | {"logprobs": logprobs}))
+            self._offsets[index] = len(text)
+        return frames
+
+    def _frame(self, choice: dict[str, Any] | None, usage: UsageInfo | None = None) -> str:
+        body: dict[str, Any] = {"id": self.completion_id, "object": "text_completion", "created": self.created,
+                                "model": self.model, "choices": [choice] if choice is not None else []}
+        if usage is not None:
+            body["usage"] = usage.model_dump()
+        return sse_frame(body)
+
+    def _content(self, choice: _Choice, text: str, finish_reason: str | None) -> str:
+        self.content_frames += 1
+        logprobs = None
+        if self.top_logprobs is not None:
+            entries, choice.pending_logprobs = choice.pending_logprobs, []
+            logprobs = completion_logprobs(entries, self.top_logprobs, self._offsets[choice.index]).model_dump()
+        self._offsets[choice.index] += len(text)
+        return self._frame(CompletionChoice(index=choice.index, text=text, logprobs=None,
+                                            finish_reason=finish_reason).model_dump() | {"logprobs": logprobs})
 
 
 def _usage(last: Delta | None) -> UsageInfo:

@@ -8,9 +8,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from hxp_enterprise_llm.services.core.engine import (
     TokenDelta,
     create_engine,
 )
+from hxp_enterprise_llm.services.core.generation_defaults import SamplingDefault, effective_defaults
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,8 @@ class OpenChat35Service:
     def ready(self) -> bool:
         return self._prompt is not None
 
-    async def start(self) -> None:
-        await self.engine.start()
+    async def start(self, on_death: Callable[[str], object] | None = None) -> None:
+        await self.engine.start(on_death)
         self._prompt = prompt_builder_for(self.engine.get_tokenizer(), self.config.prompt_format)
 
     async def shutdown(self) -> None:
@@ -108,55 +110,106 @@ class OpenChat35Service:
             "prompt_format": type(self._prompt).__name__ if self._prompt else None,
         }
 
-    def prepare(
-        self,
-        messages: MessagesInput,
-        *,
-        max_tokens: int | None = None,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = -1,
-        seed: int | None = None,
-        stop: Sequence[str] = (),
-        presence_penalty: float = 0.0,
-        frequency_penalty: float = 0.0,
-        logit_bias: Sequence[tuple[int, float]] = (),
-        request_id: str | None = None,
-    ) -> GenerationRequest:
-        """Tokenize and check the request against the context window; raises InvalidRequestError."""
-        if self._prompt is None:
-            raise EngineError("service not started")
+    def prepare(self, messages: MessagesInput, *, request_id: str | None = None,
+                **sampling: Any) -> GenerationRequest:
+        """A chat request: the prompt built from the messages, checked against the context window.
+
+        `sampling` takes SamplingOptions' fields (`max_tokens`, `temperature`, ...); a field left out
+        or None gets its default. Raises InvalidRequestError (a 400) for anything out of bounds.
+        """
+        builder = self._builder()
         try:
-            prompt_ids = self._prompt.build(to_prompt_messages(messages))
+            prompt_ids = builder.build(to_prompt_messages(messages))
         except ValueError as exc:
             raise InvalidRequestError(str(exc), param="messages") from exc
-        limit = self.config.max_model_len
-        vocab_size = self._prompt.vocab_size
-        for token_id, _ in logit_bias:
+        return self._request(prompt_ids, sampling, request_id, strip_leading_space=builder.strip_leading_space)
+
+    def prepare_prompt(self, prompt: str | Sequence[int], *, request_id: str | None = None,
+                       **sampling: Any) -> GenerationRequest:
+        """A raw completion: text (tokenized with BOS, as vLLM's completions do) or token ids as given."""
+        builder = self._builder()
+        if isinstance(prompt, str):
+            prompt_ids = list(self.engine.get_tokenizer().encode(prompt, add_special_tokens=True))
+        else:
+            prompt_ids = list(prompt)
+            self._check_token_ids(prompt_ids, "prompt", builder.vocab_size)
+        return self._request(prompt_ids, sampling, request_id, strip_leading_space=False)
+
+    def tokenize_chat(self, messages: MessagesInput) -> list[int]:
+        """The prompt token ids a chat request with these messages would send (OpenChat's template)."""
+        try:
+            return self._builder().build(to_prompt_messages(messages))
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc), param="messages") from exc
+
+    def tokenize_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        self._builder()
+        return list(self.engine.get_tokenizer().encode(text, add_special_tokens=add_special_tokens))
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        self._check_token_ids(token_ids, "tokens", self._builder().vocab_size)
+        return self.engine.get_tokenizer().decode(list(token_ids), skip_special_tokens=False)
+
+    def sampling_defaults(self) -> dict[str, SamplingDefault]:
+        return effective_defaults(self.config.model_path, {
+            "temperature": self.config.default_temperature, "top_p": self.config.default_top_p})
+
+    def _builder(self) -> PromptBuilder:
+        if self._prompt is None:
+            raise EngineError("service not started")
+        return self._prompt
+
+    @staticmethod
+    def _check_token_ids(token_ids: Sequence[int], param: str, vocab_size: int) -> None:
+        for token_id in token_ids:
             if not 0 <= token_id < vocab_size:
-                raise InvalidRequestError(f"logit_bias: token id {token_id} is outside the vocabulary "
-                                          f"(0..{vocab_size - 1})", param="logit_bias")
+                raise InvalidRequestError(f"{param}: token id {token_id} is outside the vocabulary "
+                                          f"(0..{vocab_size - 1})", param=param)
+
+    def _request(self, prompt_ids: list[int], sampling: dict[str, Any], request_id: str | None, *,
+                 strip_leading_space: bool) -> GenerationRequest:
+        builder = self._builder()
+        requested = {key: value for key, value in sampling.items() if value is not None}
+        unknown = set(requested) - set(SamplingOptions.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
+        limit = self.config.max_model_len
+        n = int(requested.get("n", 1))
+        if n > self.config.max_n:
+            raise InvalidRequestError(f"n: {n} choices requested, this service allows at most max_n="
+                                      f"{self.config.max_n}", param="n", code="too_many_choices")
+        self._check_token_ids([token for token, _ in requested.get("logit_bias", ())], "logit_bias",
+                              builder.vocab_size)
+        self._check_token_ids(requested.get("stop_token_ids", ()), "stop_token_ids", builder.vocab_size)
+        max_tokens = requested.get("max_tokens")
         if max_tokens is None:
             max_tokens = limit - len(prompt_ids)
             if max_tokens < 1:
                 raise ContextLengthError(len(prompt_ids), 1, limit)
         elif len(prompt_ids) + max_tokens > limit:
             raise ContextLengthError(len(prompt_ids), max_tokens, limit)
-        sampling = SamplingOptions(
-            max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-            stop=tuple(stop), stop_token_ids=self._prompt.stop_token_ids,
-            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, logit_bias=tuple(logit_bias))
-        return GenerationRequest(request_id or f"req-{uuid.uuid4().hex}", prompt_ids, sampling)
+        for key, default in self.sampling_defaults().items():
+            requested.setdefault(key, default.value)
+        if n > 1 and requested["temperature"] == 0:
+            raise InvalidRequestError("n: greedy sampling (temperature 0) would give every choice the same answer; "
+                                      "use temperature > 0 with n > 1", param="n")
+        requested["top_k"] = int(requested["top_k"])
+        # The model's end of turn always stops it; the client's own stop ids come on top.
+        stop_ids = tuple(dict.fromkeys((*builder.stop_token_ids, *requested.pop("stop_token_ids", ()))))
+        options = SamplingOptions(**{**requested, "max_tokens": max_tokens, "stop_token_ids": stop_ids,
+                                     "stop": tuple(requested.get("stop", ())),
+                                     "logit_bias": tuple(requested.get("logit_bias", ()))})
+        return GenerationRequest(request_id or f"req-{uuid.uuid4().hex}", prompt_ids, options,
+                                 strip_leading_space=strip_leading_space)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
-        """The engine's deltas, with the model's cosmetic leading space removed from the first text."""
-        strip = self._prompt is not None and self._prompt.strip_leading_space
+        """The engine's deltas; a chat answer's cosmetic leading space is dropped from each choice."""
+        unstripped = set(range(request.sampling.n)) if request.strip_leading_space else set()
         async for delta in self.engine.generate(request):
-            if strip and delta.text:
-                strip = False
+            if delta.index in unstripped and delta.text:
+                unstripped.discard(delta.index)
                 if delta.text.startswith(" "):
-                    delta = TokenDelta(delta.text[1:], delta.token_ids, delta.prompt_tokens,
-                                       delta.completion_tokens, delta.finish_reason)
+                    delta = dataclasses.replace(delta, text=delta.text[1:])
             yield delta
 
     async def chat(self, messages: MessagesInput, **sampling: Any) -> ChatResult:

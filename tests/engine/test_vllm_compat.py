@@ -1,0 +1,152 @@
+"""Same requests to our service and to the stock `vllm serve` (same demo model and engine settings),
+compared field by field: names, types, finish reasons, usage. Intended differences are listed here and
+in docs/api.md; anything else that differs fails the test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hxp_tools.peer_compare import peer_server
+from hxp_tools.servers import ManagedServer
+from support.server_process import REPO, ServerProcess, free_port
+
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+# Fields only one side sends, on purpose (docs/api.md, "Compared with vllm serve").
+OURS_ONLY = {"quantization"}  # /v1/models: how the weights are stored
+PEER_ONLY = {
+    "prompt_logprobs", "prompt_token_ids", "kv_transfer_params", "service_tier", "stop_reason",
+    "token_ids", "reasoning", "reasoning_content", "tool_calls", "function_call", "refusal", "annotations",
+    "audio", "permission", "parent", "routed_experts", "prompt_tokens_details", "system_fingerprint",
+}
+
+
+@pytest.fixture(scope="module")
+def vllm_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    args = argparse.Namespace(config=REPO / "config/demo-cpu.yaml", model_dir=None, peer_port=port)
+    server: ManagedServer = peer_server(args, tmp_path_factory.mktemp("peer"))
+    with server:
+        server.wait_healthy(timeout_s=600)
+        yield f"http://127.0.0.1:{port}"
+
+
+def usage(body: dict[str, Any]) -> dict[str, Any]:
+    """The counts; vLLM also sends empty `*_details` keys (null), which carry nothing."""
+    return {k: v for k, v in body["usage"].items() if v is not None}
+
+
+def shape(value: Any) -> Any:
+    """The structure of a JSON value: keys and types, not contents (lists by their first item)."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in value.items() if k not in OURS_ONLY | PEER_ONLY and v is not None}
+    if isinstance(value, list):
+        return [shape(value[0])] if value else []
+    return "number" if isinstance(value, int | float) and not isinstance(value, bool) else type(value).__name__
+
+
+def both(ours: str, peer: str, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    responses = [httpx.request(method, f"{base}{path}", json=body, timeout=300) for base in (ours, peer)]
+    return responses[0], responses[1]
+
+
+def sse(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+
+
+def test_chat_plain_matches_vllm_serve(demo_server: ServerProcess, vllm_serve: str) -> None:
+    body = {"model": "openchat-3.5", "messages": FRANCE, "max_tokens": 20, "temperature": 0}
+    ours, peer = both(demo_server.base_url, vllm_serve, "POST", "/v1/chat/completions", body)
+    assert ours.status_code == peer.status_code == 200
+    assert shape(ours.json()) == shape(peer.json())
+    o, p = ours.json(), peer.json()
+    assert o["choices"][0]["finish_reason"] == p["choices"][0]["finish_reason"]
+    assert usage(o) == usage(p)  # same prompt (the model's own chat template), same greedy answer
+    assert o["choices"][0]["message"]["content"] == p["choices"][0]["message"]["content"]
+
+
+def test_chat_stream_with_usage_matches_vllm_serve(demo_server: ServerProcess, vllm_serve: str) -> None:
+    body = {"model": "openchat-3.5", "messages": FRANCE, "max_tokens": 20, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    ours, peer = both(demo_server.base_url, vllm_serve, "POST", "/v1/chat/completions", body)
+    o, p = sse(ours.text), sse(peer.text)
+    assert ours.text.rstrip().endswith("data: [DONE]")
+    assert peer.text.rstrip().endswith("data: [DONE]")
+    assert shape(o[0]) == shape(p[0])  # the role chunk
+    assert shape(o[-1]) == shape(p[-1])  # the usage chunk
+    assert usage(o[-1]) == usage(p[-1])
+    text = lambda chunks: "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])  # noqa: E731
+    assert text(o) == text(p)
+    finish = lambda chunks: [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1]  # noqa: E731
+    assert finish(o) == finish(p)
+
+
+def test_logprobs_match_vllm_serve(demo_server: ServerProcess, vllm_serve: str) -> None:
+    body = {"model": "openchat-3.5", "messages": FRANCE, "max_tokens": 5, "temperature": 0, "logprobs": True,
+            "top_logprobs": 2}
+    ours, peer = both(demo_server.base_url, vllm_serve, "POST", "/v1/chat/completions", body)
+    assert ours.status_code == peer.status_code == 200
+    assert shape(ours.json()) == shape(peer.json())
+    o, p = ours.json()["choices"][0]["logprobs"]["content"], peer.json()["choices"][0]["logprobs"]["content"]
+    assert [t["token"] for t in o] == [t["token"] for t in p]
+    assert [round(t["logprob"], 2) for t in o] == [round(t["logprob"], 2) for t in p]
+    assert [[a["token"] for a in t["top_logprobs"]] for t in o] == [[a["token"] for a in t["top_logprobs"]] for t in p]
+
+
+def test_n_choices_have_the_shape_of_vllm_serves(demo_server: ServerProcess, vllm_serve: str) -> None:
+    body = {"model": "openchat-3.5", "messages": FRANCE, "max_tokens": 5, "temperature": 0.7, "seed": 7, "n": 2}
+    ours, peer = both(demo_server.base_url, vllm_serve, "POST", "/v1/chat/completions", body)
+    assert ours.status_code == peer.status_code == 200
+    assert shape(ours.json()) == shape(peer.json())
+    assert [c["index"] for c in ours.json()["choices"]] == [c["index"] for c in peer.json()["choices"]] == [0, 1]
+
+
+def test_completions_echo_logprobs_match_vllm_serve(demo_server: ServerProcess, vllm_serve: str) -> None:
+    body = {"model": "openchat-3.5", "prompt": "The capital of France is", "max_tokens": 3, "temperature": 0,
+            "echo": True, "logprobs": 1}
+    ours, peer = both(demo_server.base_url, vllm_serve, "POST", "/v1/completions", body)
+    assert ours.status_code == peer.status_code == 200
+    assert shape(ours.json()) == shape(peer.json())
+    o, p = ours.json(), peer.json()
+    assert usage(o) == usage(p)
+    assert o["choices"][0]["text"] == p["choices"][0]["text"]
+    assert o["choices"][0]["logprobs"]["tokens"] == p["choices"][0]["logprobs"]["tokens"]
+
+
+def test_tokenize_matches_vllm_serve(demo_server: ServerProcess, vllm_serve: str) -> None:
+    ours, peer = both(demo_server.base_url, vllm_serve, "POST", "/tokenize", {"model": "openchat-3.5",
+                                                                               "messages": FRANCE})
+    assert ours.json()["tokens"] == peer.json()["tokens"]
+    assert ours.json()["count"] == peer.json()["count"]
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    ({"model": "no-such-model", "messages": FRANCE}, 404),
+    ({"model": "openchat-3.5", "messages": FRANCE, "temperature": 5}, 400),
+    ({"model": "openchat-3.5", "messages": []}, 400),
+    ({"model": "openchat-3.5", "messages": FRANCE, "n": 2, "temperature": 0}, 400),
+])
+def test_errors_have_the_openai_shape_on_both(demo_server: ServerProcess, vllm_serve: str,
+                                              body: dict[str, Any], status: int) -> None:
+    ours, peer = both(demo_server.base_url, vllm_serve, "POST", "/v1/chat/completions", body)
+    assert ours.status_code == status
+    assert set(ours.json()["error"]) == {"message", "type", "param", "code"}
+    assert isinstance(ours.json()["error"]["code"], str)  # OpenAI's codes are names (vLLM sends the status)
+    # vLLM answers these too, with its own status and codes; the body is an error either way.
+    assert peer.status_code >= 400
+    assert "error" in peer.json()
+
+
+def test_intended_differences_are_documented() -> None:
+    doc = (REPO / "docs/api.md").read_text(encoding="utf-8")
+    for field in sorted(OURS_ONLY):
+        assert field in doc
+    assert "Compared with `vllm serve`" in doc
+    assert Path(REPO / "docs/api.md").stat().st_size > 0

@@ -1,0 +1,117 @@
+"""The page with an API key configured, in Debian's chromium: it asks for the key, keeps it in the tab, asks again
+when the service refuses it, and streams once it is right. The service is the real app under uvicorn on the
+scripted FakeEngine: the key handling is the page's and the API's, not the model's."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from hxp_enterprise_llm.api.app import build_app
+from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
+from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
+from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
+from hxp_enterprise_llm.web import UI_PATH, mount_web_ui
+from support.browser import chromium_driver, screenshot
+from support.server_process import free_port
+
+KEY = "page-test-key-123"
+WAIT_SECONDS = 30
+
+
+@pytest.fixture(scope="module")
+def keyed_service() -> Iterator[str]:
+    config = OpenChat35Config(api_key=KEY, prompt_format="chat_template", metrics_collection_interval=1)
+    app = build_app(config, OpenChat35Service(config, engine=FakeEngine(token_delay=0.05)), serve_metrics=False)
+    if not any(getattr(route, "path", None) == UI_PATH for route in app.routes):
+        mount_web_ui(app, config)  # until build_app mounts it itself
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    else:
+        pytest.fail("the FakeEngine service did not turn ready")
+    yield url
+    server.should_exit = True
+    thread.join(timeout=WAIT_SECONDS)
+
+
+def wait_for(condition: Any, what: str) -> Any:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for: {what}")
+
+
+def dialog_open(driver: Any) -> bool:
+    return bool(driver.execute_script("return document.getElementById('key-dialog').open"))
+
+
+def enter_key(driver: Any, key: str) -> None:
+    field = driver.find_element("id", "key-input")
+    field.clear()
+    field.send_keys(key)
+    driver.find_element("id", "key-save").click()
+    wait_for(lambda: not dialog_open(driver), "the key dialog to close")
+
+
+def ask(driver: Any, prompt: str) -> dict[str, Any]:
+    count = len(driver.find_elements("css selector", ".msg.assistant"))
+    driver.find_element("id", "prompt").send_keys(prompt)
+    driver.find_element("id", "send").click()
+
+    def finished() -> dict[str, Any] | None:
+        nodes = driver.find_elements("css selector", ".msg.assistant")
+        if len(nodes) <= count or nodes[-1].get_attribute("data-state") not in ("done", "error"):
+            return None
+        return {"state": nodes[-1].get_attribute("data-state"), "text": nodes[-1].find_element(
+            "css selector", ".content").text, "meta": nodes[-1].find_element("css selector", ".meta").text}
+
+    result: dict[str, Any] = wait_for(finished, f"the answer to {prompt!r}")
+    return result
+
+
+def test_the_page_asks_for_the_key_and_keeps_it_in_the_tab_only(keyed_service: str) -> None:
+    with chromium_driver() as driver:
+        driver.get(f"{keyed_service}/ui/")
+        wait_for(lambda: dialog_open(driver), "the page to ask for the key")
+        enter_key(driver, "wrong-key")
+        refused = ask(driver, "hello")
+        assert refused["state"] == "error"
+        assert "401" in refused["meta"]
+        wait_for(lambda: dialog_open(driver), "the page to ask again after a 401")
+        assert "refused the key" in driver.find_element("id", "key-error").text
+
+        enter_key(driver, KEY)
+        answer = ask(driver, "hello")
+        screenshot(driver, "web-ui", "api-key-accepted")
+        assert answer["state"] == "done", answer
+        assert answer["text"] == "Hello from the fake engine."
+        assert driver.execute_script("return sessionStorage.getItem('hxp-llm-api-key')") == KEY
+        assert driver.execute_script("return localStorage.length") == 0
+        cookies = driver.get_cookies()
+        assert cookies == []
+
+        driver.find_element("id", "forget-key").click()
+        assert driver.execute_script("return sessionStorage.getItem('hxp-llm-api-key')") is None
+        driver.refresh()
+        wait_for(lambda: dialog_open(driver), "the page to ask again once the key is forgotten")

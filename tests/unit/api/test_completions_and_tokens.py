@@ -1,0 +1,163 @@
+"""`/v1/completions` (text or token-id prompts, echo, logprobs, streaming), `/tokenize`, `/detokenize`, `/version`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from api_harness import MODEL, Served, assert_openai_error, chat_body, sse_chunks
+
+from hxp_enterprise_llm.services.core.fake_engine import CharTokenizer
+
+pytestmark = pytest.mark.anyio
+TOKENS = CharTokenizer()
+
+
+async def complete(served: Served, **body: object) -> httpx.Response:
+    return await served.client.post("/v1/completions", json=body)
+
+
+async def test_text_prompt_gets_bos_and_a_legacy_completion_body(served: Served) -> None:
+    served.engine.enqueue(*" world")
+    response = await complete(served, prompt="Hello", max_tokens=10)
+    body = response.json()
+    assert body["object"] == "text_completion"
+    assert body["id"].startswith("cmpl-")
+    assert body["choices"][0]["text"] == " world"  # a raw completion keeps its leading space
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert served.engine.requests[-1].prompt_token_ids == TOKENS.encode("Hello", add_special_tokens=True)
+    assert body["usage"] == {"prompt_tokens": 6, "completion_tokens": 6, "total_tokens": 12}
+
+
+async def test_token_id_prompt_is_sent_as_is(served: Served) -> None:
+    ids = TOKENS.encode("abc", add_special_tokens=False)
+    await complete(served, prompt=ids, max_tokens=5)
+    assert list(served.engine.requests[-1].prompt_token_ids) == ids
+
+
+async def test_a_batch_of_one_prompt_is_that_prompt_and_larger_batches_are_refused(served: Served) -> None:
+    await complete(served, prompt=["abc"], max_tokens=5)
+    assert list(served.engine.requests[-1].prompt_token_ids) == TOKENS.encode("abc")
+    error = assert_openai_error(await complete(served, prompt=["a", "b"]), 400, param="prompt")
+    assert "one prompt per request" in error["message"]
+
+
+async def test_out_of_vocabulary_token_ids_are_400(served: Served) -> None:
+    assert_openai_error(await complete(served, prompt=[1, -5]), 400, param="prompt")
+    assert_openai_error(await complete(served, prompt=[1, 10**9]), 400, param="prompt")
+
+
+async def test_echo_with_logprobs_scores_the_prompt_as_evaluation_harnesses_do(served: Served) -> None:
+    served.engine.enqueue(*"d")
+    body = (await complete(served, prompt="abc", max_tokens=1, echo=True, logprobs=2, temperature=0)).json()
+    choice = body["choices"][0]
+    assert choice["text"] == "abcd"
+    logprobs = choice["logprobs"]
+    # BOS, a, b, c from the prompt, then the generated d; the first token has nothing before it.
+    assert logprobs["tokens"] == ["", "a", "b", "c", "d"]
+    assert logprobs["token_logprobs"][0] is None
+    assert all(isinstance(lp, float) for lp in logprobs["token_logprobs"][1:])
+    assert logprobs["top_logprobs"][0] is None
+    assert all(len(top) <= 2 for top in logprobs["top_logprobs"][1:])
+    assert len(logprobs["text_offset"]) == len(logprobs["tokens"])
+    sampling = served.engine.requests[-1].sampling
+    assert (sampling.logprobs, sampling.prompt_logprobs) == (2, 2)
+
+
+async def test_sdk_completions_echo_and_logprobs(served: Served) -> None:
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=served.app), base_url="http://test")
+    served.engine.enqueue(*" there")
+    async with openai.AsyncOpenAI(base_url="http://test/v1", api_key="x", http_client=http, max_retries=0) as client:
+        completion = await client.completions.create(model=MODEL, prompt="Hi", echo=True, logprobs=1, max_tokens=8)
+    assert completion.choices[0].text == "Hi there"
+    assert completion.choices[0].logprobs is not None
+    assert completion.choices[0].logprobs.tokens[-1] == "e"
+
+
+async def test_streamed_completion_with_echo_and_usage(served: Served) -> None:
+    served.engine.enqueue(*" streamed")
+    response = await complete(served, prompt="Text", max_tokens=20, stream=True, echo=True,
+                              stream_options={"include_usage": True})
+    chunks = sse_chunks(response.text)
+    assert all(c["object"] == "text_completion" for c in chunks)
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == "Text streamed"
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "stop"
+    assert chunks[-1]["usage"]["completion_tokens"] == 9
+
+
+async def test_completions_default_to_16_tokens_as_openai(served: Served) -> None:
+    await complete(served, prompt="x")
+    assert served.engine.requests[-1].sampling.max_tokens == 16
+
+
+async def test_tokenize_counts_agree_with_usage(served: Served) -> None:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Count me"}]
+    tokenized = (await served.client.post("/tokenize", json={"messages": messages})).json()
+    usage = (await served.chat({"messages": messages, "max_tokens": 5})).json()["usage"]
+    assert tokenized["count"] == len(tokenized["tokens"]) == usage["prompt_tokens"]
+    assert tokenized["tokens"] == list(served.engine.requests[-1].prompt_token_ids)
+    assert tokenized["max_model_len"] == 4096
+
+
+async def test_tokenize_a_prompt_and_detokenize_it_back(served: Served) -> None:
+    with_bos = (await served.client.post("/tokenize", json={"prompt": "héllo"})).json()
+    bare = (await served.client.post("/tokenize", json={"prompt": "héllo", "add_special_tokens": False})).json()
+    assert with_bos["tokens"] == [TOKENS.bos_token_id, *bare["tokens"]]
+    back = (await served.client.post("/detokenize", json={"tokens": bare["tokens"]})).json()
+    assert back == {"prompt": "héllo"}
+
+
+@pytest.mark.parametrize("body", [{}, {"prompt": "x", "messages": [{"role": "user", "content": "y"}]},
+                                  {"prompt": "x", "model": "other"}, {"prompt": 5}, {"prompt": "x", "extra": 1}])
+async def test_bad_tokenize_requests_are_4xx_openai_errors(served: Served, body: dict[str, object]) -> None:
+    response = await served.client.post("/tokenize", json=body)
+    assert_openai_error(response, 404 if body.get("model") == "other" else 400)
+
+
+async def test_detokenize_refuses_ids_outside_the_vocabulary(served: Served) -> None:
+    assert_openai_error(await served.client.post("/detokenize", json={"tokens": [-1]}), 400, param="tokens")
+
+
+async def test_version_names_the_service_engine_and_model(served: Served) -> None:
+    body = (await served.client.get("/version")).json()
+    assert body["version"]
+    assert body["engine"] == "fake 1"
+    assert body["model"] == MODEL
+
+
+def test_cli_version_names_the_package_and_vllm() -> None:
+    hxp_llm = Path(sys.executable).parent / "hxp-llm"
+    result = subprocess.run([str(hxp_llm), "--version"], capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("hxp-llm hxp-enterprise-llm ")
+    assert "vllm" in result.stdout
+
+
+async def test_models_report_the_quantization(served: Served, tmp_path: Path) -> None:
+    card = (await served.client.get("/v1/models")).json()["data"][0]
+    assert "quantization" in card
+
+
+async def test_models_read_the_quantization_from_config_json(serve_app, tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "awq"}}))
+    async with serve_app(model_path=tmp_path) as served:
+        card = (await served.client.get("/v1/models")).json()["data"][0]
+        version = (await served.client.get("/version")).json()
+    assert card["quantization"] == version["quantization"] == "awq"
+
+
+async def test_completion_and_chat_share_admission(serve_app) -> None:
+    async with serve_app(concurrent_users=1, max_queue_size=0) as served:
+        served.engine.enqueue(*"held", hold_after=0)
+        holder = asyncio.create_task(served.client.post("/v1/completions", json={"prompt": "x"},
+                                                        headers={"X-Request-ID": "holder"}))
+        await served.started("holder")
+        refused = await served.chat(chat_body())
+        await served.release("holder")
+        assert (await holder).status_code == 200
+    assert_openai_error(refused, 429, code="queue_full")

@@ -1,0 +1,42 @@
+"""The spec's Python snippets: `OpenChat35Service(config).get_model_info()` and
+`ResponseStreamer().stream_response('Test streaming', config)`, here on the scripted engine
+(tests/engine/test_spec_python.py runs them on the real one)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
+from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
+from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
+from hxp_enterprise_llm.services.streaming.response_streamer import ResponseStreamer
+
+
+def test_get_model_info_without_loading_anything() -> None:
+    info = OpenChat35Service(OpenChat35Config()).get_model_info()
+    assert info["name"] == "openchat-3.5"
+    assert info["streaming"] is True
+    assert info["context_length"] == 4096
+    assert info["loaded"] is False
+
+
+def test_stream_response_follows_the_services_chunking_and_leaves_the_streamer_alone() -> None:
+    config = OpenChat35Config(prompt_format="chat_template", response_chunk_size=3, low_latency_mode=False)
+    engine = FakeEngine()
+    engine.enqueue(*"Streaming works")
+    service = OpenChat35Service(config, engine=engine)
+    streamer = ResponseStreamer()
+
+    async def run() -> list[str]:
+        return [frame async for frame in streamer.stream_response("Test streaming", service, max_tokens=50)]
+
+    frames = asyncio.run(run())
+    assert frames[-1] == "data: [DONE]\n\n"
+    chunks = [json.loads(f[6:]) for f in frames[:-1]]
+    texts = [c["choices"][0]["delta"].get("content") for c in chunks]
+    assert "".join(t or "" for t in texts) == "Streaming works"
+    assert texts[1:4] == ["S", "tre", "ami"]  # first token at once, then 3 tokens per chunk
+    assert streamer.chunk_size == 10  # the streamer's own settings were not changed
+    assert engine.started
+    assert service.ready  # a service the caller passed in stays the caller's
