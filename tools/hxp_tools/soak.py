@@ -4,8 +4,9 @@
 
 RSS is the service's own openchat_process_resident_memory_bytes (the server process plus vLLM's
 engine core). Growth = (mean of the last minute) / (mean of the first minute after warm-up) - 1;
-PASS when it is under --max-growth-percent (5). Without --base-url the demo service is started on
-free loopback ports. Prints every sample, the request counts and the machine's load average.
+PASS when it is under --max-growth-percent (5) and no answer was a 5xx other than the service's own
+503/504 (queue or request deadline, reported) and no connection dropped. Without --base-url the demo
+service is started on free loopback ports. Prints every sample, the request counts and the machine's load average.
 """
 
 from __future__ import annotations
@@ -93,8 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"soak: RSS after warm-up {base:.1f} MiB, at the end {final:.1f} MiB: growth {percent:+.2f}% "
           f"(limit {args.max_growth_percent:g}%)")
     print(f"soak: {load_average()}")
-    ok = percent < args.max_growth_percent and counts.get("dropped", 0) == 0 and not any(
-        k.startswith("5") and k != "503" for k in counts)
+    # Memory is the verdict. A 503 (queue timeout) or 504 (the request budget, connection_timeout_seconds)
+    # is the service's own answer when the machine is too slow for 50 users; any other 5xx or a dropped
+    # connection fails the run.
+    broken = {k: v for k, v in counts.items() if k == "dropped" or (k.startswith("5") and k not in ("503", "504"))}
+    memory_ok = percent < args.max_growth_percent
+    print(f"soak: memory {'PASS' if memory_ok else 'FAIL'}; other 5xx or dropped connections: {broken or 'none'}")
+    ok = memory_ok and not broken
     print(f"soak: {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
 
