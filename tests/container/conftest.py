@@ -117,20 +117,35 @@ class RunningService:
         return int(result["StatusCode"])
 
 
+def compose_hardening() -> tuple[dict[str, Any], dict[str, str]]:
+    """compose.yaml's hardening as docker-py run() arguments and tmpfs mounts (path -> options);
+    tests/unit/test_quadlet.py keeps the quadlet in step with the same file."""
+    import yaml
+
+    service = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text(encoding="utf-8"))["x-service"]
+    kwargs = {"read_only": service["read_only"], "security_opt": service["security_opt"],
+              "cap_drop": service["cap_drop"], "pids_limit": service["pids_limit"]}
+    return kwargs, dict(entry.split(":", 1) for entry in service["tmpfs"])
+
+
 @pytest.fixture(scope="session")
 def start_service(docker_client: Any, demo_model_dir: Callable[[str], Path]) -> Iterator[Callable[..., RunningService]]:
-    """Start the CPU image like compose's cpu profile: 8g memory, the host's CPUs, models read-only."""
+    """Start the CPU image like compose's cpu profile: 8g memory, the host's CPUs, models read-only,
+    and the same hardening (read-only root, /tmp tmpfs, no capabilities, no-new-privileges, pids limit)."""
     started: list[DockerContainer] = []
 
-    def start(models_root: Path | None = None) -> RunningService:
+    def start(models_root: Path | None = None, env: dict[str, str] | None = None,
+              extra_tmpfs: dict[str, str] | None = None) -> RunningService:
         root = models_root or demo_model_dir(DEMO_MODEL).parent
+        hardening, tmpfs = compose_hardening()
         container = (
             DockerContainer(IMAGE)
             .with_exposed_ports(API_PORT, METRICS_PORT)
             .with_volume_mapping(str(root), "/opt/models", "ro")
-            .with_kwargs(mem_limit="8g", nano_cpus=int((os.cpu_count() or 1) * 1e9), shm_size="1g")
+            .with_kwargs(mem_limit="8g", nano_cpus=int((os.cpu_count() or 1) * 1e9), shm_size="1g", **hardening)
         )
-        for key, value in container_env().items():
+        container.tmpfs.update({**tmpfs, **(extra_tmpfs or {})})
+        for key, value in {**container_env(), **(env or {})}.items():
             container.with_env(key, value)
         started.append(container)
         container.start()
