@@ -81,6 +81,7 @@ class OpenChat35Service:
         self.engine: Engine = engine if engine is not None else create_engine(self.config)
         self.revision = revision
         self._prompt: PromptBuilder | None = None
+        self._sampling_defaults: dict[str, SamplingDefault] | None = None
 
     @property
     def ready(self) -> bool:
@@ -151,8 +152,11 @@ class OpenChat35Service:
         return self.engine.get_tokenizer().decode(list(token_ids), skip_special_tokens=False)
 
     def sampling_defaults(self) -> dict[str, SamplingDefault]:
-        return effective_defaults(self.config.model_path, {
-            "temperature": self.config.default_temperature, "top_p": self.config.default_top_p})
+        """Read once (the model's file does not change under a running service)."""
+        if self._sampling_defaults is None:
+            self._sampling_defaults = effective_defaults(self.config.model_path, {
+                "temperature": self.config.default_temperature, "top_p": self.config.default_top_p})
+        return self._sampling_defaults
 
     def _builder(self) -> PromptBuilder:
         if self._prompt is None:
