@@ -226,8 +226,10 @@ def test_stats_page_and_prometheus_endpoint_are_exposed(haproxy, services):
 
 def test_replicas_run_like_the_cpu_demo(services):
     replica_service, cpu = services[REPLICA_SERVICE], services[CPU_SERVICE]
-    for key in ("image", "env_file", "volumes", "mem_limit", "cpus", "shm_size", "healthcheck", "stop_grace_period"):
+    for key in ("image", "volumes", "mem_limit", "cpus", "shm_size", "healthcheck", "stop_grace_period"):
         assert replica_service[key] == cpu[key], key
+    # The demo's own settings, plus what a replica behind the balancer needs (client address, keep-alive).
+    assert replica_service["env_file"] == [*cpu["env_file"], "config/container-replica.env"]
     assert replica_service["profiles"] == services[LB_SERVICE]["profiles"] == ["scale"]
     assert int(replica_service["deploy"]["replicas"]) >= 2
 
