@@ -45,5 +45,5 @@ def before_call(ctx: Any, case: Any, kwargs: Any) -> None:
         value = body.get(key)
         if type(value) is int and ANSWER_CAP < value <= CONTEXT:
             body[key] = ANSWER_CAP
-    if "max_tokens" not in body and "max_completion_tokens" not in body:
+    if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:  # absent or null
         body["max_tokens"] = ANSWER_CAP
