@@ -40,17 +40,21 @@ def run_schemathesis(base_url: str, examples: int, seed: int, workers: int) -> t
     command = [str(venv_bin / "schemathesis"), "run", f"{base_url}/openapi.json", "--checks",
                "not_a_server_error,openai_error_shape", "--max-examples", str(examples), "--seed", str(seed),
                "--workers", str(workers), "--no-color", "--request-timeout", "300",
-               "--suppress-health-check", "all", "--generation-database", "none"]
+               "--suppress-health-check", "all", "--generation-database", "none",
+               "--output-sanitize", "false"]  # else "max_tokens" is shown as "[Filtered]" (it looks like a secret)
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "hxp_tools.schemathesis_hooks",
            "PYTHONPATH": os.pathsep.join([str(REPO / "tools"), os.environ.get("PYTHONPATH", "")])}
     with tempfile.TemporaryDirectory(prefix="hxp-schemathesis-") as scratch:  # its caches stay out of the clone
         result = subprocess.run(command, env=env, cwd=scratch, capture_output=True, text=True, timeout=7200,
                                 check=False)
     output = result.stdout + result.stderr
-    wanted = re.compile(r"(Test cases|API Operations|Test Phases|FAILURES|Failed|Errors|passed|failed|generated"
-                        r"|Seed|Server error|OpenAI|Retry-After|Reproduce|curl )", re.IGNORECASE)
-    summary = [line for line in output.splitlines() if wanted.search(line)]
-    return result.returncode, "\n".join(summary[-60:]) or output[-3000:]
+    # The failures and errors sections whole (with their curl reproducers), then the closing figures.
+    lines = output.splitlines()
+    start = next((i for i, line in enumerate(lines) if re.search(r"=+ (FAILURES|ERRORS) =+", line)), None)
+    details = lines[start:] if start is not None else []
+    wanted = re.compile(r"(Test cases|API Operations|generated|Seed)", re.IGNORECASE)
+    summary = details[-120:] if details else [line for line in lines if wanted.search(line)]
+    return result.returncode, "\n".join(summary) or output[-3000:]
 
 
 def main(argv: list[str] | None = None) -> int:
