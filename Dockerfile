@@ -111,15 +111,20 @@ ENV PATH=/opt/venv/bin:$PATH \
     OPENCHAT_3_5_MODEL_PATH=/opt/models/openchat-3.5-0106 \
     VLLM_CACHE_ROOT=/var/cache/hxp-llm/vllm \
     HF_HUB_OFFLINE=1 \
+    XDG_CACHE_HOME=/tmp/cache \
     TRANSFORMERS_OFFLINE=1 \
     VLLM_NO_USAGE_STATS=1 \
     DO_NOT_TRACK=1
+# The root filesystem can be read-only (compose and the quadlet make it so): the service, vLLM, torch
+# and Hugging Face write only under /tmp (a tmpfs there), caches included via XDG_CACHE_HOME.
 USER hxp
 EXPOSE 11402 11403
 STOPSIGNAL SIGTERM
-# 200 only when ready; 503 (loading, draining) or no answer counts as unhealthy. The start period
-# covers hashing the model files against models.lock and loading the engine.
-HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 CMD ["hxp-healthcheck"]
+# Readiness: 200 only when ready; 503 (loading, draining, failed) or no answer counts as unhealthy.
+# The start period covers hashing the model files against models.lock and loading the engine. Docker
+# only reports this (it restarts nothing for it); the process itself exits when the engine dies. The
+# quadlet probes liveness (`hxp-healthcheck live`) for its kill-on-failure check instead.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 CMD ["hxp-healthcheck", "ready"]
 # Exec form: tini is PID 1 and passes SIGTERM straight to `hxp-llm serve`, which drains and exits 0.
 ENTRYPOINT ["tini", "--", "hxp-llm"]
 CMD ["serve"]

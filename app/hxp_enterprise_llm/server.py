@@ -105,7 +105,9 @@ def run_server(config: ModelConfigSchema, service: OpenChat35Service) -> int:
                                            access_log=False, lifespan="on", workers=config.workers,
                                            # A request head (line + headers) larger than this is refused
                                            # with 400 before the body is read.
-                                           h11_max_incomplete_event_size=config.max_header_bytes),
+                                           h11_max_incomplete_event_size=config.max_header_bytes,
+                                           timeout_keep_alive=int(config.keep_alive_seconds),
+                                           proxy_headers=True, forwarded_allow_ips=config.forwarded_allow_ips),
                             config.drain_timeout_seconds)
     server.ctx = app.state.ctx
     servers.append(server)

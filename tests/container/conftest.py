@@ -30,6 +30,7 @@ IMAGE = os.environ.get("HXP_LLM_CPU_IMAGE", "hxp-enterprise-llm:cpu")
 DEMO_MODEL = "smollm2-135m-instruct"
 API_PORT = 11402
 METRICS_PORT = 11403
+COMPILE_CACHE = "/var/cache/hxp-llm"  # compose.yaml's compile-cache volume (VLLM_CACHE_ROOT under it)
 # Generous upper bounds, not performance targets: hashing the model and loading the engine take
 # about half a minute here; a container that needs more than this is stuck.
 HEALTHY_WITHIN_SECONDS = 300
@@ -118,24 +119,39 @@ class RunningService:
         return int(result["StatusCode"])
 
 
+def compose_hardening() -> tuple[dict[str, Any], dict[str, str]]:
+    """compose.yaml's hardening as docker-py run() arguments and tmpfs mounts (path -> options);
+    tests/unit/test_quadlet.py keeps the quadlet in step with the same file."""
+    import yaml
+
+    service = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text(encoding="utf-8"))["x-service"]
+    kwargs = {"read_only": service["read_only"], "security_opt": service["security_opt"],
+              "cap_drop": service["cap_drop"], "pids_limit": service["pids_limit"]}
+    return kwargs, dict(entry.split(":", 1) for entry in service["tmpfs"])
+
+
 @pytest.fixture(scope="session")
 def start_service(docker_client: Any, demo_model_dir: Callable[[str], Path]) -> Iterator[Callable[..., RunningService]]:
-    """Start the CPU image like compose's cpu profile: 8g memory, the host's CPUs, models read-only."""
+    """Start the CPU image like compose's cpu profile: 8g memory, the host's CPUs, models read-only,
+    and the same hardening (read-only root, /tmp tmpfs, no capabilities, no-new-privileges, pids limit)."""
     started: list[DockerContainer] = []
 
-    def start(models_root: Path | None = None, cpu_env: str = "container-cpu.env",
+    def start(models_root: Path | None = None, env: dict[str, str] | None = None,
+              extra_tmpfs: dict[str, str] | None = None, cpu_env: str = "container-cpu.env",
               cpus: int | None = None) -> RunningService:
         root = models_root or demo_model_dir(DEMO_MODEL).parent
+        hardening, tmpfs = compose_hardening()
         cpus = cpus or os.cpu_count() or 1
         container = (
             DockerContainer(IMAGE)
             .with_exposed_ports(API_PORT, METRICS_PORT)
             .with_volume_mapping(str(root), "/opt/models", "ro")
-            .with_kwargs(mem_limit="8g", nano_cpus=int(cpus * 1e9), shm_size="1g")
+            .with_kwargs(mem_limit="8g", nano_cpus=int(cpus * 1e9), shm_size="1g", **hardening)
         )
-        env = container_env(cpu_env)
-        env["OPENCHAT_3_5_CPU_CORES"] = str(cpus)
-        for key, value in env.items():
+        # compose.yaml's compile-cache volume: a fresh, writable one per container here.
+        container.tmpfs.update({**tmpfs, COMPILE_CACHE: "rw,nosuid,nodev,mode=1777", **(extra_tmpfs or {})})
+        service_env = {**container_env(cpu_env), "OPENCHAT_3_5_CPU_CORES": str(cpus), **(env or {})}
+        for key, value in service_env.items():
             container.with_env(key, value)
         started.append(container)
         container.start()

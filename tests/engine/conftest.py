@@ -20,7 +20,7 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
     server = ServerProcess(tmp_path_factory.mktemp("server") / "serve.log", "--health-check-interval", "2",
                            "--connection-timeout-seconds", "600", "--queue-timeout-seconds", "300")
     try:
-        server.wait_ready()
+        server.wait_ready(timeout=600)  # a start takes 30 s alone, minutes beside other engines
         yield server
     finally:
         code = server.stop()

@@ -1,8 +1,7 @@
 """The Podman quadlet unit: valid unit syntax, only documented quadlet keys, and the same deployment
-as compose.yaml (ports, limits, mounts, env files, health check).
+as compose.yaml (ports, limits, mounts, env files, health checks, hardening).
 
-Podman here is 4.3, which has no quadlet generator, so the generator itself cannot run; these checks
-are what can be verified without it.
+test_quadlet_render.py runs Podman's own generator on it; these checks need no generator.
 """
 
 from __future__ import annotations
@@ -146,16 +145,21 @@ def test_every_container_key_is_a_documented_quadlet_key(unit):
     assert not unknown, f"not documented in podman-systemd.unit(5): {unknown}"
 
 
-def test_systemd_waits_for_health_restarts_on_failure_and_logs_to_journald(unit):
+def test_readiness_gates_the_start_liveness_kills_and_logs_go_to_journald(unit):
     container, service = unit["Container"], unit["Service"]
     assert single(container, "Notify") == "healthy"
-    assert single(container, "HealthCmd") == "hxp-healthcheck"
+    # The startup check (readiness) decides when the unit is started and never kills (retries 0)...
+    assert single(container, "HealthStartupCmd") == "hxp-healthcheck ready"
+    assert single(container, "HealthStartupRetries") == "0"
+    # ...and the check that kills probes liveness only, so a long load or a drain cannot trigger it.
+    assert single(container, "HealthCmd") == "hxp-healthcheck live"
+    assert single(container, "HealthOnFailure") == "kill"
     assert single(container, "LogDriver") == "journald"
     assert single(service, "Restart") == "on-failure"
-    # Notify=healthy keeps the unit "activating" until healthy: systemd must wait longer than the
-    # health start period, or it kills a model that is still loading.
+    # TimeoutStartSec is the one bound on the start; the kill check's start period must not undercut it.
     start_period = int(single(container, "HealthStartPeriod").removesuffix("s"))
-    assert int(single(service, "TimeoutStartSec")) > start_period
+    assert start_period < int(single(service, "TimeoutStartSec"))
+    assert int(single(service, "TimeoutStopSec")) > int(single(container, "StopTimeout"))
 
 
 def test_template_instance_names_the_container_and_its_env_file(unit):
@@ -165,26 +169,60 @@ def test_template_instance_names_the_container_and_its_env_file(unit):
     assert single(unit["Install"], "DefaultInstance") == PRODUCTION_INSTANCE
 
 
+def service_env_defaults(unit) -> dict[str, str]:
+    """The [Service] Environment= defaults that systemd substitutes into PublishPort=."""
+    return dict(pair.split("=", 1) for line in values(unit["Service"], "Environment") for pair in line.split())
+
+
 def test_published_ports_match_compose(unit, compose_service):
-    assert sorted(values(unit["Container"], "PublishPort")) == sorted(compose_service["ports"])
+    # Same host-side variables in both files, and the same defaults.
+    raw_compose = yaml.safe_load(COMPOSE_PATH.read_text(encoding="utf-8"))["x-service"]["ports"]
+    assert [re.findall(r"\$\{(\w+)", port) for port in raw_compose] == [
+        re.findall(r"\$\{(\w+)\}", port) for port in values(unit["Container"], "PublishPort")]
+    defaults = service_env_defaults(unit)
+    published = [re.sub(r"\$\{(\w+)\}", lambda m: defaults[m[1]], port)
+                 for port in values(unit["Container"], "PublishPort")]
+    assert published == compose_service["ports"] == ["0.0.0.0:11402:11402", "0.0.0.0:11403:11403"]
+
+
+def test_each_instance_may_choose_its_ports(unit):
+    (ports_file,) = values(unit["Service"], "EnvironmentFile")
+    assert ports_file.startswith("-"), "the instance's ports file must be optional"
+    assert "%i" in ports_file
 
 
 def test_limits_match_compose(unit, compose_service):
     flags = podman_args(unit["Container"])
+    container = unit["Container"]
     assert flags["--memory"] == compose_service["mem_limit"]
     assert float(flags["--cpus"]) == float(compose_service["cpus"])
-    assert flags["--shm-size"] == compose_service["shm_size"]
-    assert f"{flags['--stop-timeout']}s" == compose_service["stop_grace_period"]
-    assert single(unit["Container"], "StopSignal") == compose_service["stop_signal"]
+    assert single(container, "ShmSize") == compose_service["shm_size"]
+    assert f"{single(container, 'StopTimeout')}s" == compose_service["stop_grace_period"]
+    assert single(container, "StopSignal") == compose_service["stop_signal"]
 
 
-def test_limit_settings_given_to_the_service_match_compose(unit, compose_service):
-    environment = dict(pair.split("=", 1) for line in values(unit["Container"], "Environment")
-                       for pair in line.split())
-    assert environment == compose_service["environment"]
-    flags = podman_args(unit["Container"])
-    assert flags["--memory"] == f"{environment['OPENCHAT_3_5_MEMORY_GB']}g"
-    assert flags["--cpus"] == environment["OPENCHAT_3_5_CPU_CORES"]
+def test_hardening_matches_compose(unit, compose_service):
+    container = unit["Container"]
+    assert single(container, "ReadOnly") == "true"
+    assert compose_service["read_only"] is True
+    assert values(container, "Tmpfs") == compose_service["tmpfs"] == ["/tmp:rw,nosuid,nodev,size=512m"]
+    assert single(container, "NoNewPrivileges") == "true"
+    assert compose_service["security_opt"] == ["no-new-privileges:true"]
+    assert single(container, "DropCapability").lower() == "all"
+    assert compose_service["cap_drop"] == ["ALL"]
+    assert int(single(container, "PidsLimit")) == compose_service["pids_limit"] > 0
+
+
+def test_compose_rotates_its_logs(compose_service):
+    logging = compose_service["logging"]
+    assert logging["driver"] == "json-file"
+    assert logging["options"]["max-size"].endswith("m")
+    assert int(logging["options"]["max-file"]) >= 2
+
+
+def test_the_gpu_unit_asks_for_the_gpu(unit):
+    assert values(unit["Container"], "AddDevice") == ["nvidia.com/gpu=all"]
+    assert single(unit["Container"], "Image").endswith(":gpu")
 
 
 def quadlet_volumes(unit) -> dict[str, tuple[str, str]]:
@@ -227,13 +265,14 @@ def test_env_files_are_the_ones_compose_uses(unit, compose_service):
         assert (REPO_ROOT / "config" / name).is_file()
 
 
-def test_health_check_matches_compose(unit, compose_service):
+def test_readiness_check_matches_compose_and_the_image(unit, compose_service):
     container, check = unit["Container"], compose_service["healthcheck"]
-    assert check["test"] == ["CMD", single(container, "HealthCmd")]
-    for quadlet_key, compose_key in [("HealthInterval", "interval"), ("HealthTimeout", "timeout"),
-                                     ("HealthStartPeriod", "start_period")]:
-        assert single(container, quadlet_key) == check[compose_key]
-    assert int(single(container, "HealthRetries")) == check["retries"]
+    assert check["test"] == ["CMD", *single(container, "HealthStartupCmd").split()]
+    assert single(container, "HealthStartupInterval") == check["interval"]
+    assert single(container, "HealthStartupTimeout") == check["timeout"]
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text(encoding="utf-8")
+    (healthcheck,) = [line for line in dockerfile.splitlines() if line.startswith("HEALTHCHECK")]
+    assert healthcheck.endswith('CMD ["hxp-healthcheck", "ready"]')
 
 
 def test_image_is_the_one_compose_runs(unit, compose_service):

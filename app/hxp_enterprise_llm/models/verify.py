@@ -60,6 +60,8 @@ class Problem:
         if self.kind == "size":
             return (f"model file {where} has the wrong size (truncated or replaced): "
                     f"expected {self.expected}, actual {self.actual}")
+        if self.kind == "unreadable" and self.path == ".":
+            return f"model directory {model_dir} cannot be read: expected {self.expected}, actual {self.actual}"
         if self.kind == "unreadable":
             return f"model file {where} cannot be read: expected {self.expected}, actual {self.actual}"
         return f"model file {where} is altered: sha256 expected {self.expected}, actual {self.actual}"
@@ -121,7 +123,15 @@ def list_model_files(model_dir: Path) -> tuple[dict[str, os.stat_result], list[P
     stats: dict[str, os.stat_result] = {}
     problems: list[Problem] = []
     seen_dirs: set[tuple[int, int]] = set()
-    for root, dirs, files in os.walk(model_dir, followlinks=True):
+
+    def unlisted(exc: OSError) -> None:
+        # os.walk skips a directory it cannot list; unreported, its files would look "missing".
+        where = Path(exc.filename or model_dir)
+        relative = where.relative_to(model_dir).as_posix() if where != model_dir else "."
+        problems.append(Problem("unreadable", relative, f"a directory readable by uid {os.getuid()}",
+                                exc.strerror or str(exc)))
+
+    for root, dirs, files in os.walk(model_dir, onerror=unlisted, followlinks=True):
         rel_root = Path(root).relative_to(model_dir).as_posix()
         st_root = os.stat(root)
         if (st_root.st_dev, st_root.st_ino) in seen_dirs:  # a symlink loop: listed already
@@ -191,7 +201,10 @@ def verify_model_dir(
     started = time.monotonic()
     report = VerifyReport(model_dir=model_dir, entry=entry, files_checked=len(entry.files))
     stats, unreadable = list_model_files(model_dir)
-    report.problems = unreadable + check_layout(entry, stats)
+    unlisted_dirs = [p.path for p in unreadable if p.expected.startswith("a directory")]
+    report.problems = unreadable + [  # files inside a directory that could not be listed are not "missing"
+        p for p in check_layout(entry, stats)
+        if not (p.kind == "missing" and any(d == "." or p.path.startswith(d + "/") for d in unlisted_dirs))]
     if report.problems:
         return _finish(report, raise_on_problem)
 

@@ -102,10 +102,10 @@ class SamplingFields(BaseModel):
     top_p: TopP | None = None
     user: Annotated[str, Field(max_length=256)] | None = None  # logged with the request, as an end-user id
     # --- vLLM's sampling extensions
-    top_k: Annotated[int, Field(ge=-1)] | None = None
+    top_k: Annotated[int, Field(ge=-1, le=2**31 - 1)] | None = None  # -1: off; at least the vocabulary: off too
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] | None = None
-    min_tokens: Annotated[int, Field(ge=0)] = 0
+    min_tokens: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     ignore_eos: bool = False
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
 

@@ -34,3 +34,39 @@ async def test_without_low_latency_mode_frames_are_full_chunks(serve_app) -> Non
         chunks = sse_chunks((await served.chat(chat_body(stream=True, max_tokens=100))).text)
     texts = [c["choices"][0]["delta"].get("content") or "" for c in content_frames(chunks)]
     assert texts[:3] == ["a", "bcdefghijk", "lmnopqrstu"]
+
+
+async def test_a_token_without_text_yet_does_not_spin_the_stream() -> None:
+    """A token that decodes to nothing yet (half a multi-byte character) must not keep the flush
+    budget spent: the streamer then asked for the next delta in a tight loop until it came."""
+    import asyncio
+
+    from hxp_enterprise_llm.services.core.engine import TokenDelta
+    from hxp_enterprise_llm.services.streaming.response_streamer import ResponseStreamer
+
+    class Source:
+        def __init__(self) -> None:
+            self.calls = 0
+            self._deltas = [TokenDelta("Hi", (1,), 3, 1), TokenDelta("", (2,), 3, 2),
+                            TokenDelta("é", (3,), 3, 3, finish_reason="stop")]
+            self._due: float | None = None
+
+        async def next(self, wait: float | None = None) -> TokenDelta | None:
+            self.calls += 1
+            loop = asyncio.get_running_loop()
+            if len(self._deltas) == 1:  # the character completes only after a pause of 6 budgets
+                self._due = self._due or loop.time() + 0.3
+                remaining = self._due - loop.time()
+                if remaining > 0:
+                    await asyncio.sleep(remaining if wait is None else min(wait, remaining))
+                    if loop.time() < self._due:
+                        return None
+            if not self._deltas:
+                raise StopAsyncIteration
+            return self._deltas.pop(0)
+
+    source = Source()
+    frames = [f async for f in ResponseStreamer(flush_interval=0.05).frames(source)]
+    assert frames[-1] == "data: [DONE]\n\n"
+    assert "".join(frames).count('"content":"Hi"') == 1
+    assert source.calls < 10, f"the streamer polled {source.calls} times while waiting for one token"

@@ -178,3 +178,19 @@ async def test_a_request_for_the_demo_engine_without_model_field_streams(serve_a
             "messages": [{"role": "user", "content": "Streaming test"}], "max_tokens": 100, "stream": True})
     assert response.status_code == 200
     assert sse_chunks(response.text)[0]["model"] == MODEL
+
+
+@pytest.mark.parametrize(("field", "value"), [("seed", 2**64), ("seed", -(2**63) - 1), ("seed", 10**30),
+                                               ("top_k", 2**70), ("min_tokens", 2**70)])
+async def test_integers_beyond_what_the_engine_takes_are_400_not_500(served: Served, field: str,
+                                                                     value: int) -> None:
+    # Found by the fuzzer: the engine failed on these with a 500.
+    response = await served.chat(chat_body(**{field: value}))
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == field
+    assert served.engine.requests == []
+
+
+async def test_top_k_beyond_the_vocabulary_means_off(served: Served) -> None:
+    await served.chat(chat_body(top_k=2**31 - 1))
+    assert served.engine.requests[-1].sampling.top_k == -1

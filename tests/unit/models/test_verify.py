@@ -175,3 +175,42 @@ def test_a_symlink_loop_ends_the_walk(locked_model: LockedModel) -> None:
     (locked_model.model_dir / "nested" / "loop").symlink_to("..")
     with pytest.raises(ModelIntegrityError, match="unexpected file 'nested/loop' in .*: expected absent"):
         verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None)
+
+
+@pytest.mark.parametrize("unreadable", [".", "nested"])
+def test_an_unreadable_directory_is_named_not_reported_as_missing_files(locked_model: LockedModel,
+                                                                        unreadable: str) -> None:
+    # As the image's non-root user meets a model directory it may not read. Root reads everything,
+    # so the check runs in a child process as `nobody` (setpriv, util-linux).
+    import shutil
+    import subprocess
+    import sys
+
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or os.getuid() != 0:
+        pytest.skip("needs root and setpriv to run the check as another user")
+    import tempfile
+
+    outside = Path(tempfile.mkdtemp(prefix="hxp-unreadable-"))  # pytest's tmp_path is root-only
+    model_dir = outside / locked_model.model_dir.name
+    shutil.copytree(locked_model.model_dir, model_dir)
+    lock_path = Path(shutil.copy(locked_model.lock_path, outside))
+    for path in [outside, *outside.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    (model_dir / unreadable).chmod(0o700)
+    script = ("import sys, pathlib; from hxp_enterprise_llm.models.lockfile import read_lock\n"
+              "from hxp_enterprise_llm.models.verify import verify_model_dir\n"
+              "entry = read_lock(pathlib.Path(sys.argv[2])).models[0]\n"
+              "report = verify_model_dir(pathlib.Path(sys.argv[1]), entry, progress=None, raise_on_problem=False)\n"
+              "print([(p.kind, p.path) for p in report.problems]); print(report.error().args[0])")
+    result = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                             script, str(model_dir), str(lock_path)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    shutil.rmtree(outside)
+    assert result.returncode == 0, result.stderr
+    kinds, message = result.stdout.splitlines()
+    assert kinds == repr([("unreadable", unreadable)])
+    assert "Permission denied" in message
+    where = str(model_dir) if unreadable == "." else f"'{unreadable}'"
+    assert where in message
+    assert "missing" not in message

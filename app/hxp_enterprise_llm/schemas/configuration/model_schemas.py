@@ -21,7 +21,8 @@ from pydantic_settings import NoDecode
 # exactly one section, so `service.port` and `OPENCHAT_3_5_PORT` name the same setting.
 YAML_SECTIONS: dict[str, tuple[str, ...]] = {
     "service": (
-        "host", "port", "workers", "log_level", "log_dir", "api_key", "api_keys_file", "served_model_name",
+        "host", "port", "workers", "forwarded_allow_ips", "keep_alive_seconds", "log_level", "log_dir", "api_key",
+        "api_keys_file", "served_model_name",
         "model_aliases", "memory_gb", "cpu_cores", "web_ui_enabled",
     ),
     "model": (
@@ -110,6 +111,12 @@ class ModelConfigSchema(BaseModel):
     api_keys_file: Path | None = Field(None, description="more Bearer keys, one per line (# comments); re-read "
                                        "on SIGHUP and when it changes, so keys rotate without a restart")
     metrics_host: str | None = Field(None, description="address the metrics port binds to; None = host")
+    forwarded_allow_ips: str | None = Field(None, description="proxies (comma-separated addresses, or *) whose "
+                                            "X-Forwarded-For gives the client address in the request log; "
+                                            "None = 127.0.0.1")
+    keep_alive_seconds: float = Field(5, gt=0, le=3600, description="idle keep-alive connections close after "
+                                      "this; behind a proxy that reuses connections, set it above the proxy's "
+                                      "idle time")
     default_temperature: float | None = Field(None, ge=0, le=2, description="temperature of requests that "
                                               "send none; None = the model's generation_config.json, else 1")
     default_top_p: float | None = Field(None, gt=0, le=1, description="top_p of requests that send none; "

@@ -242,12 +242,14 @@ class ResponseStreamer:
         return [*frames, DONE_FRAME]
 
     def _flush(self, choice: _Choice) -> list[str]:
-        """The choice's complete text so far as one frame; half a character waits for the next token."""
+        """The choice's complete text so far as one frame; half a character waits for the next token.
+
+        The pending count restarts either way: tokens that decoded to no text yet (half a character)
+        must not keep the flush budget spent, or the stream would spin until the next token arrives.
+        """
         text, choice.pending_text = _split_complete(choice.pending_text)
-        if not text:
-            return []
         choice.pending_tokens = 0
-        return [self._content(choice, text, None)]
+        return [self._content(choice, text, None)] if text else []
 
     async def stream_response(self, prompt: Any, config: Any = None, **sampling: Any) -> AsyncIterator[str]:
         """The spec's convenience form: SSE frames for a prompt (a string or chat messages).

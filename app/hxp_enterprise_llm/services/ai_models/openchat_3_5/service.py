@@ -81,6 +81,7 @@ class OpenChat35Service:
         self.engine: Engine = engine if engine is not None else create_engine(self.config)
         self.revision = revision
         self._prompt: PromptBuilder | None = None
+        self._sampling_defaults: dict[str, SamplingDefault] | None = None
 
     @property
     def ready(self) -> bool:
@@ -151,8 +152,11 @@ class OpenChat35Service:
         return self.engine.get_tokenizer().decode(list(token_ids), skip_special_tokens=False)
 
     def sampling_defaults(self) -> dict[str, SamplingDefault]:
-        return effective_defaults(self.config.model_path, {
-            "temperature": self.config.default_temperature, "top_p": self.config.default_top_p})
+        """Read once (the model's file does not change under a running service)."""
+        if self._sampling_defaults is None:
+            self._sampling_defaults = effective_defaults(self.config.model_path, {
+                "temperature": self.config.default_temperature, "top_p": self.config.default_top_p})
+        return self._sampling_defaults
 
     def _builder(self) -> PromptBuilder:
         if self._prompt is None:
@@ -193,7 +197,9 @@ class OpenChat35Service:
         if n > 1 and requested["temperature"] == 0:
             raise InvalidRequestError("n: greedy sampling (temperature 0) would give every choice the same answer; "
                                       "use temperature > 0 with n > 1", param="n")
-        requested["top_k"] = int(requested["top_k"])
+        # Keeping the top k of a vocabulary of at most k tokens keeps them all: the same as off.
+        top_k = int(requested["top_k"])
+        requested["top_k"] = -1 if top_k >= builder.vocab_size else top_k
         # The model's end of turn always stops it; the client's own stop ids come on top.
         stop_ids = tuple(dict.fromkeys((*builder.stop_token_ids, *requested.pop("stop_token_ids", ()))))
         options = SamplingOptions(**{**requested, "max_tokens": max_tokens, "stop_token_ids": stop_ids,

@@ -1,0 +1,122 @@
+"""scripts/overload: five times the service's capacity, then figures (a script, not a timed test).
+
+    scripts/overload [--users 8] [--queue 8] [--factor 5] [--seconds 60]
+
+Starts the demo service with `--concurrent-users USERS --max-queue-size QUEUE` (capacity = both),
+measures admitted latency with exactly USERS clients (the baseline), then runs FACTOR x capacity
+clients in a closed loop for SECONDS: each sends a streaming request and, when refused, waits
+Retry-After (capped at 1 s, to keep the pressure on) and tries again. Prints: answers by status,
+whether every refusal carried Retry-After and came before any stream byte, 5xx other than the
+503 queue timeout, dropped connections, admitted TTFT/e2e against the baseline, RSS before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import sys
+import time
+from typing import Any
+
+import httpx
+
+from hxp_tools.live import (
+    LiveService,
+    WireResult,
+    demo_service,
+    load_average,
+    percentile,
+    stop_cleanly_on_sigterm,
+    stream_once,
+)
+
+
+def body(index: int, max_tokens: int) -> dict[str, Any]:
+    return {"model": "openchat-3.5", "max_tokens": max_tokens, "temperature": 0.7,
+            "messages": [{"role": "user", "content": f"Client {index}: describe the sea in one paragraph."}],
+            "logit_bias": {"0": -100, "2": -100}}  # every admitted answer is max_tokens long
+
+
+async def closed_loop(service: LiveService, clients: int, seconds: float, max_tokens: int) -> list[WireResult]:
+    url = f"{service.base_url}/v1/chat/completions"
+    results: list[WireResult] = []
+    deadline = time.monotonic() + seconds
+    # A new connection per request, as from many distinct clients. (With a shared keep-alive pool,
+    # httpx may send on a connection that uvicorn is closing after its 5 s idle timeout: a client-side
+    # ReadError that says nothing about the service.)
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+
+        async def user(index: int) -> None:
+            while time.monotonic() < deadline:
+                result = await stream_once(client, url, body(index, max_tokens))
+                results.append(result)
+                if result.status in (429, 503):
+                    await asyncio.sleep(min(float(result.retry_after or 1), 1.0))
+
+        await asyncio.gather(*(user(i) for i in range(clients)))
+    return results
+
+
+def summarize(label: str, results: list[WireResult]) -> dict[str, float]:
+    admitted = [r for r in results if r.status == 200 and r.done and r.stream_error is None]
+    cut = [r.stream_error for r in results if r.status == 200 and r.stream_error is not None]
+    ttfts = [r.ttft for r in admitted if r.ttft is not None]
+    e2es = [r.e2e for r in admitted]
+    figures = {"admitted": len(admitted), "ttft_p50": percentile(ttfts, 50), "ttft_p95": percentile(ttfts, 95),
+               "e2e_p50": percentile(e2es, 50), "e2e_p95": percentile(e2es, 95)}
+    print(f"{label}: {len(results)} requests, {len(admitted)} admitted and completed, "
+          f"{len(cut)} admitted then ended by an error frame {dict(collections.Counter(cut))}; "
+          f"TTFT p50 {figures['ttft_p50'] * 1000:.0f} ms "
+          f"p95 {figures['ttft_p95'] * 1000:.0f} ms; e2e p50 {figures['e2e_p50'] * 1000:.0f} ms "
+          f"p95 {figures['e2e_p95'] * 1000:.0f} ms", flush=True)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/overload", description=__doc__.split("\n")[0])
+    parser.add_argument("--users", type=int, default=8, help="concurrent_users (running slots)")
+    parser.add_argument("--queue", type=int, default=8, help="max_queue_size")
+    parser.add_argument("--factor", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    args = parser.parse_args(argv)
+    stop_cleanly_on_sigterm()
+    capacity = args.users + args.queue
+    clients = int(capacity * args.factor)
+    print(f"overload: capacity {capacity} ({args.users} running + {args.queue} queued), {clients} clients, "
+          f"{args.seconds:.0f} s; {load_average()}", flush=True)
+    extra = ["--concurrent-users", str(args.users), "--max-queue-size", str(args.queue)]
+    with demo_service(extra) as service:
+        rss_before = service.rss_bytes()
+        baseline = summarize("baseline (clients = concurrent_users)",
+                             asyncio.run(closed_loop(service, args.users, min(args.seconds, 30), args.max_tokens)))
+        results = asyncio.run(closed_loop(service, clients, args.seconds, args.max_tokens))
+        rss_after = service.rss_bytes()
+        gauges = {name: service.metric(name) for name in ("openchat_requests_running", "openchat_requests_waiting")}
+    statuses = collections.Counter(str(r.status) if r.status is not None else "dropped" for r in results)
+    refusals = [r for r in results if r.status in (429, 503)]
+    other_5xx = [r for r in results if r.status is not None and r.status >= 500 and r.status != 503]
+    dropped = [r for r in results if r.error is not None]
+    loaded = summarize(f"overload ({args.factor:g}x capacity)", results)
+    print(f"overload: answers by status {dict(sorted(statuses.items()))}")
+    print(f"overload: refusals {len(refusals)}, with Retry-After {sum(1 for r in refusals if r.retry_after)}, "
+          f"with stream bytes before the refusal {sum(1 for r in refusals if r.stream_bytes_before_refusal)}, "
+          f"as JSON {sum(1 for r in refusals if r.content_type.startswith('application/json'))}")
+    print(f"overload: 5xx other than 503 {len(other_5xx)}, dropped connections {len(dropped)}"
+          + (f" (e.g. {dropped[0].error})" if dropped else ""))
+    ratio = loaded["e2e_p50"] / baseline["e2e_p50"] if baseline["e2e_p50"] else float("nan")
+    print(f"overload: admitted e2e p50 {ratio:.2f}x the baseline; TTFT p50 "
+          f"{loaded['ttft_p50'] / baseline['ttft_p50']:.2f}x")
+    print(f"overload: RSS {rss_before / 2**20:.0f} MiB before, {rss_after / 2**20:.0f} MiB after "
+          f"({(rss_after - rss_before) / rss_before * 100:+.1f}%); gauges after: {gauges}")
+    print(f"overload: {load_average()}")
+    ok = (not other_5xx and not dropped and loaded["admitted"] > 0 and all(r.retry_after for r in refusals)
+          and not any(r.stream_bytes_before_refusal for r in refusals))
+    print(f"overload: {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

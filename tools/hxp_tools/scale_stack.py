@@ -1,0 +1,122 @@
+"""The compose `scale` profile as a throwaway stack: its own project name and free host ports, HAProxy's
+view of the replicas from its stats CSV, and `down` at the end. Used by tests/container/test_scale.py
+and scripts/bench-scale."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]  # tools/hxp_tools/scale_stack.py -> the checkout
+REPLICA_SERVICE = "openchat-3.5-replica"
+LB_SERVICE = "openchat-3.5-lb"
+BACKEND = "replicas"
+
+
+class StackFailed(RuntimeError):
+    """The stack did not come up as asked; the message ends with the compose log tail."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ScaleStack:
+    """`docker compose --profile scale` under project `project`, reached on free loopback ports."""
+
+    def __init__(self, project: str, *, replicas: int, service_image: str, lb_image: str,
+                 models_root: Path, cpu_cores: int | None = None) -> None:
+        self.project = project
+        api_port, stats_port = free_port(), free_port()
+        self.api_url = f"http://127.0.0.1:{api_port}"
+        self.stats_url = f"http://127.0.0.1:{stats_port}/stats;csv"
+        # COMPOSE_PROFILES from .env or the shell would start other profiles' services too.
+        self.env = {key: value for key, value in os.environ.items() if key != "COMPOSE_PROFILES"}
+        self.env |= {"HXP_LLM_CPU_IMAGE": service_image, "HXP_LB_IMAGE": lb_image, "HXP_REPLICAS": str(replicas),
+                     "HXP_LLM_PORT": str(api_port), "HXP_LB_STATS_PORT": str(stats_port),
+                     "HXP_MODELS_DIR": str(models_root),
+                     "OPENCHAT_3_5_CPU_CORES": str(cpu_cores or os.cpu_count() or 1)}
+
+    def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["docker", "compose", "-p", self.project, "--profile", "scale", *args],
+                              cwd=ROOT, env=self.env, capture_output=True, text=True, check=check)
+
+    def __enter__(self) -> ScaleStack:
+        try:
+            self.compose("up", "-d")
+        except subprocess.CalledProcessError as exc:
+            self.down()
+            raise StackFailed(f"docker compose up failed: {exc.stderr}") from exc
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.down()
+
+    def down(self) -> None:
+        self.compose("down", "--timeout", "60", check=False)
+
+    def scale(self, replicas: int) -> None:
+        self.compose("up", "-d", "--scale", f"{REPLICA_SERVICE}={replicas}")
+
+    def replicas(self) -> list[dict[str, Any]]:
+        """`docker inspect` of the replica containers, in compose's numbering order."""
+        filters = ["--filter", f"label=com.docker.compose.project={self.project}",
+                   "--filter", f"label=com.docker.compose.service={REPLICA_SERVICE}"]
+        ids = subprocess.run(["docker", "ps", "-a", "-q", *filters], capture_output=True, text=True,
+                             check=True).stdout.split()
+        if not ids:
+            return []
+        found = json.loads(subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True,
+                                          check=True).stdout)
+        return sorted(found, key=lambda c: int(c["Config"]["Labels"]["com.docker.compose.container-number"]))
+
+    def servers(self) -> list[dict[str, str]]:
+        """HAProxy's stats CSV rows of the replicas backend (its servers and the BACKEND total)."""
+        text = httpx.get(self.stats_url, timeout=5).text
+        return [row for row in csv.DictReader(io.StringIO(text.lstrip("# "))) if row["pxname"] == BACKEND]
+
+    def up(self) -> dict[str, str]:
+        """Address -> HAProxy server name, for the servers in the pool: UP and last checked 200 (HAProxy
+        also calls a server UP between learning its address from DNS and its first check)."""
+        return {row["addr"]: row["svname"] for row in self.servers()
+                if row["svname"] != "BACKEND" and row["status"] == "UP" and row["check_status"] == "L7OK"}
+
+    def backend_counters(self) -> dict[str, int]:
+        """Retries, redispatches, connection and response errors, 4xx/5xx sent, for the whole backend."""
+        (backend,) = [row for row in self.servers() if row["svname"] == "BACKEND"]
+        return {key: int(backend[key] or 0) for key in ("wretr", "wredis", "econ", "eresp", "hrsp_4xx", "hrsp_5xx")}
+
+    def runtime_api(self, command: str) -> str:
+        """One command on HAProxy's Runtime API (bound to 127.0.0.1 inside its container)."""
+        script = f'exec 3<>/dev/tcp/127.0.0.1/9999; echo "{command}" >&3; cat <&3'
+        return self.compose("exec", "-T", LB_SERVICE, "bash", "-c", script).stdout
+
+    def wait_pool(self, size: int, timeout: float) -> float:
+        """Seconds until HAProxy has exactly `size` replicas UP; StackFailed after `timeout`."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            with contextlib.suppress(httpx.HTTPError):
+                if len(self.up()) == size:
+                    return time.monotonic() - started
+            time.sleep(1)
+        logs = self.compose("logs", "--tail", "30", check=False).stdout
+        raise StackFailed(f"HAProxy did not have {size} replicas UP within {timeout:.0f} s:\n{logs[-4000:]}")
+
+
+def container_address(container: dict[str, Any], port: int = 11402) -> str:
+    """`ip:port` of a container on its (first) compose network, as HAProxy's stats show it."""
+    return next(f"{n['IPAddress']}:{port}" for n in container["NetworkSettings"]["Networks"].values())
