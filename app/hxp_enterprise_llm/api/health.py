@@ -27,6 +27,7 @@ async def health(request: Request) -> JSONResponse:
         "status": "healthy" if ready else state.state.value,
         "model": ctx.config.served_model_name,
         "context_length": ctx.config.max_model_len,
+        "quantization": ctx.service.quantization,
         "streaming": ctx.config.streaming_enabled,
         "timestamp": utc_timestamp(),
     }

@@ -7,12 +7,15 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 from api_harness import MODEL, Served, assert_openai_error, chat_body, sse_chunks
+from prometheus_client.parser import text_string_to_metric_families
 
+from hxp_enterprise_llm.api.metrics import render_metrics
 from hxp_enterprise_llm.services.core.fake_engine import CharTokenizer
 
 pytestmark = pytest.mark.anyio
@@ -149,6 +152,40 @@ async def test_models_read_the_quantization_from_config_json(serve_app, tmp_path
         card = (await served.client.get("/v1/models")).json()["data"][0]
         version = (await served.client.get("/version")).json()
     assert card["quantization"] == version["quantization"] == "awq"
+
+
+# The quantization_config of the int4 demo model (models/smollm2-135m-instruct-w4a16/config.json, trimmed)
+# and of an AWQ checkpoint such as TheBloke/openchat-3.5-0106-AWQ.
+W4A16_CONFIG = {"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups": {"group_0": {
+    "format": "pack-quantized", "input_activations": None, "targets": ["Linear"],
+    "weights": {"group_size": 32, "num_bits": 4, "strategy": "group", "symmetric": False, "type": "int"}}}}
+W8A8_CONFIG = {"quant_method": "compressed-tensors", "format": "int-quantized", "config_groups": {"group_0": {
+    "input_activations": {"dynamic": True, "num_bits": 8, "strategy": "token"}, "targets": ["Linear"],
+    "weights": {"group_size": None, "num_bits": 8, "strategy": "channel"}}}}
+AWQ_CONFIG = {"quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemm", "zero_point": True}
+
+
+@pytest.mark.parametrize(("quantization_config", "reported"), [
+    (W4A16_CONFIG, "compressed-tensors:w4a16-g32"),
+    (W8A8_CONFIG, "compressed-tensors:w8a8"),
+    (AWQ_CONFIG, "awq:w4-g128"),
+    (None, "none"),
+])
+async def test_quantization_is_reported_everywhere_from_config_json(
+        serve_app, tmp_path: Path, quantization_config: dict[str, Any] | None, reported: str) -> None:
+    config: dict[str, Any] = {"architectures": ["LlamaForCausalLM"]}
+    if quantization_config is not None:
+        config["quantization_config"] = quantization_config
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    async with serve_app(model_path=tmp_path) as served:
+        card = (await served.client.get("/v1/models")).json()["data"][0]
+        health = (await served.client.get("/health")).json()
+        info = served.ctx.service.get_model_info()
+        exposition = render_metrics(served.ctx.metrics.registry).decode()
+    (build_info,) = [s for f in text_string_to_metric_families(exposition) if f.name == "openchat_build_info"
+                     for s in f.samples]
+    assert card["quantization"] == health["quantization"] == info["quantization"] == reported
+    assert build_info.labels["quantization"] == reported
 
 
 async def test_completion_and_chat_share_admission(serve_app) -> None:

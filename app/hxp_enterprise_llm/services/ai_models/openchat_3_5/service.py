@@ -59,7 +59,8 @@ def to_prompt_messages(messages: MessagesInput) -> list[PromptMessage]:
 
 
 def model_quantization(model_path: Path) -> str:
-    """How the weights are stored, from the model's config.json: "none", or the method (e.g. "awq")."""
+    """How the weights are stored, from the model's config.json `quantization_config`: "none", or the method
+    and, where the config says, the bits and group size (e.g. "compressed-tensors:w4a16-g32", "awq:w4-g128")."""
     try:
         config = json.loads((model_path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -68,8 +69,25 @@ def model_quantization(model_path: Path) -> str:
     if not isinstance(quantization, dict):
         return "none"
     method = str(quantization.get("quant_method", "unknown"))
-    detail = quantization.get("format")
+    detail = _quantization_scheme(quantization) or quantization.get("format")
     return f"{method}:{detail}" if isinstance(detail, str) and detail else method
+
+
+def _quantization_scheme(quantization: dict[str, Any]) -> str | None:
+    """"w4a16-g32" from compressed-tensors' first config group, "w4-g128" from AWQ/GPTQ's `bits`."""
+    groups = quantization.get("config_groups")
+    if isinstance(groups, dict) and groups:
+        group = next(iter(groups.values()))
+        weights, activations = group.get("weights") or {}, group.get("input_activations") or {}
+        if not weights.get("num_bits"):
+            return None
+        scheme = f"w{weights['num_bits']}a{activations.get('num_bits', 16)}"
+        return f"{scheme}-g{weights['group_size']}" if weights.get("group_size") else scheme
+    bits = quantization.get("bits") or quantization.get("w_bit")
+    if not bits:
+        return None
+    group_size = quantization.get("group_size") or quantization.get("q_group_size")
+    return f"w{bits}-g{group_size}" if group_size else f"w{bits}"
 
 
 class OpenChat35Service:
@@ -80,6 +98,8 @@ class OpenChat35Service:
         self.config = config or OpenChat35Config()
         self.engine: Engine = engine if engine is not None else create_engine(self.config)
         self.revision = revision
+        # Read once: the weights on disk do not change while the service runs.
+        self.quantization = model_quantization(self.config.model_path)
         self._prompt: PromptBuilder | None = None
         self._sampling_defaults: dict[str, SamplingDefault] | None = None
 
@@ -102,7 +122,7 @@ class OpenChat35Service:
             "revision": self.revision,
             "context_length": self.config.max_model_len,
             "dtype": self.config.dtype,
-            "quantization": model_quantization(self.config.model_path),
+            "quantization": self.quantization,
             "streaming": self.config.streaming_enabled,
             "engine": getattr(self.engine, "description", type(self.engine).__name__),
             "engine_version": getattr(self.engine, "version", "unknown"),
