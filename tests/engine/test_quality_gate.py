@@ -22,6 +22,9 @@ DEFAULT = "config/demo-cpu.yaml"
 REFERENCE = (DEFAULT, "--dtype", "float32", "--enforce-eager")
 QUANTIZED = sorted(str(p.relative_to(REPO)) for p in (REPO / "config").glob("demo-cpu-*.yaml"))
 QUANTIZED_SLACK = 3
+# The demo's 30 s request bound is a latency promise, not part of a variant: 40 questions 8 at a time on a
+# busy shared host can outlast it (504), and the gate judges answers, not speed.
+SERVE_FLAGS = ("--connection-timeout-seconds", "600")
 
 ScoreOf = Callable[..., Score]
 
@@ -35,10 +38,10 @@ def score_of(tmp_path_factory: pytest.TempPathFactory) -> ScoreOf:
         key = (config, *flags)
         if key not in scores:
             log = tmp_path_factory.mktemp("gate") / "serve.log"
-            server = ServerProcess(log, *flags, config=config)
+            server = ServerProcess(log, *SERVE_FLAGS, *flags, config=config)
             try:
                 server.wait_ready()
-                scores[key] = asyncio.run(ask_all(server.base_url, load_questions()))
+                scores[key] = asyncio.run(ask_all(server.base_url, load_questions(), timeout_s=900))
             finally:
                 code = server.stop()
             assert code == 0, f"{key}: server did not exit cleanly ({code}):\n{server.log_text()[-3000:]}"
