@@ -30,7 +30,10 @@ IMAGE = os.environ.get("HXP_LLM_CPU_IMAGE", "hxp-enterprise-llm:cpu")
 DEMO_MODEL = "smollm2-135m-instruct"
 API_PORT = 11402
 METRICS_PORT = 11403
-COMPILE_CACHE = "/var/cache/hxp-llm"  # compose.yaml's compile-cache volume (VLLM_CACHE_ROOT under it)
+# compose.yaml's compile-cache volume (VLLM_CACHE_ROOT and TORCHINDUCTOR_CACHE_DIR under it): a fresh tmpfs
+# per container here, owned by the image's user (uid 10001, Dockerfile) as a new named volume would be; a
+# tmpfs is root's otherwise, and vLLM fails at start with PermissionError on it.
+COMPILE_CACHE = ("/var/cache/hxp-llm", "rw,nosuid,nodev,uid=10001,gid=10001")
 # Generous upper bounds, not performance targets: hashing the model and loading the engine take
 # about half a minute here; a container that needs more than this is stuck.
 HEALTHY_WITHIN_SECONDS = 300
@@ -148,8 +151,7 @@ def start_service(docker_client: Any, demo_model_dir: Callable[[str], Path]) -> 
             .with_volume_mapping(str(root), "/opt/models", "ro")
             .with_kwargs(mem_limit="8g", nano_cpus=int(cpus * 1e9), shm_size="1g", **hardening)
         )
-        # compose.yaml's compile-cache volume: a fresh, writable one per container here.
-        container.tmpfs.update({**tmpfs, COMPILE_CACHE: "rw,nosuid,nodev,mode=1777", **(extra_tmpfs or {})})
+        container.tmpfs.update({**tmpfs, COMPILE_CACHE[0]: COMPILE_CACHE[1], **(extra_tmpfs or {})})
         service_env = {**container_env(cpu_env), "OPENCHAT_3_5_CPU_CORES": str(cpus), **(env or {})}
         for key, value in service_env.items():
             container.with_env(key, value)
