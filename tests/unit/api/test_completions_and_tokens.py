@@ -13,7 +13,7 @@ import openai
 import pytest
 from api_harness import MODEL, Served, assert_openai_error, chat_body, sse_chunks
 
-from hxp_enterprise_llm.services.core.fake_engine import CharTokenizer
+from support.fake_engine import CharTokenizer
 
 pytestmark = pytest.mark.anyio
 TOKENS = CharTokenizer()

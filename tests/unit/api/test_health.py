@@ -10,7 +10,7 @@ from api_harness import MODEL, Served, assert_openai_error, chat_body, eventuall
 
 from hxp_enterprise_llm.api.app import EXIT_ENGINE_FAILED
 from hxp_enterprise_llm.orchestration.service_state import ServiceState
-from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
+from support.fake_engine import FakeEngine
 
 pytestmark = pytest.mark.anyio
 

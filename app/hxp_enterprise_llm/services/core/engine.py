@@ -1,7 +1,7 @@
 """The engine seam: what the service needs from an inference engine, and nothing more.
 
-Two implementations: `VllmEngine` (vLLM's AsyncLLM in this process; the GPU and CPU wheels run the
-same code) and `FakeEngine` (scripted, deterministic, for unit tests).
+The service's implementation is `VllmEngine` (vLLM's AsyncLLM in this process; the GPU and CPU wheels run
+the same code); the unit tier drives the same seam with a scripted engine kept under tests/support.
 """
 
 from __future__ import annotations
