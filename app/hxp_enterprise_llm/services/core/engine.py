@@ -106,6 +106,9 @@ class Engine(Protocol):
     async def check_health(self) -> None:
         """Return if the engine can serve, else raise EngineDeadError."""
 
+    def notice_death(self) -> None:
+        """If the engine has died and `on_death` has not been called yet, call it now (cheap: no I/O)."""
+
     async def shutdown(self) -> None:
         """Release the engine; safe to call twice."""
 
