@@ -7,6 +7,7 @@ Exit codes: 0 ok, 2 bad configuration or usage, 3 model integrity or lock proble
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 import typing
@@ -16,6 +17,14 @@ from typing import Any
 
 from hxp_enterprise_llm.schemas.configuration.model_schemas import SECTION_OF_KEY, ConfigError, LoadedConfig
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
+
+# vLLM spawns its engine core and CPU worker as fresh interpreters that import the parent's main
+# script, and so this module, before anything else: the earliest moment to give them our log format.
+# (While a spawned child imports, it already has its own name but no parent_process() yet.)
+if multiprocessing.current_process().name != "MainProcess":
+    from hxp_enterprise_llm.api.request_log import configure_spawned_process_logging
+
+    configure_spawned_process_logging()
 
 EXIT_CONFIG = 2
 EXIT_MODEL = 3

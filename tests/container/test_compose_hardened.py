@@ -84,8 +84,6 @@ def test_pids_limit_and_log_rotation_are_set(project: ComposeProject):
     assert host_config["RestartPolicy"]["Name"] in ("unless-stopped", "always", "on-failure")
 
 
-@pytest.mark.xfail(strict=True, reason="known bug for the lead (item 7): the model check's progress line, "
-                   "torch's and Python's warnings reach stderr as plain text; remove this marker with the fix")
 def test_every_log_line_is_json(project: ComposeProject):
     plain = []
     for line in project.logs().splitlines():

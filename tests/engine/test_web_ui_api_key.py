@@ -17,9 +17,9 @@ import uvicorn
 from hxp_enterprise_llm.api.app import build_app
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
-from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
 from hxp_enterprise_llm.web import UI_PATH, mount_web_ui
 from support.browser import chromium_driver, screenshot
+from support.fake_engine import FakeEngine
 from support.server_process import free_port
 
 KEY = "page-test-key-123"

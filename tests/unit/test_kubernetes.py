@@ -18,6 +18,7 @@ from fastapi.routing import APIRoute
 
 from hxp_enterprise_llm.api.health import router as health_router
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
+from support.compose_files import read_env_file
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = REPO_ROOT / "deploy" / "kubernetes"
@@ -80,16 +81,6 @@ def containers(document: dict[str, Any]) -> list[dict[str, Any]]:
     if document["kind"] != "Deployment":
         return []
     return list(document["spec"]["template"]["spec"]["containers"])
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    entries = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            entries[key] = value
-    return entries
 
 
 def one(documents: list[dict[str, Any]], kind: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
+from support.compose_files import compose_defaults, read_env_file
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 UNIT_PATH = REPO_ROOT / "quadlet" / "citadel-llm@.container"
@@ -90,30 +91,6 @@ def podman_args(container: list[tuple[str, str]]) -> dict[str, str]:
             name, _, value = token.partition("=")
             flags[name] = value
     return flags
-
-
-_INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
-
-
-def compose_defaults(node: object) -> object:
-    """compose.yaml as Compose reads it with nothing set in the environment: `${VAR:-default}` -> default."""
-    if isinstance(node, str):
-        return _INTERPOLATION.sub(lambda m: m["default"] or "", node)
-    if isinstance(node, list):
-        return [compose_defaults(item) for item in node]
-    if isinstance(node, dict):
-        return {key: compose_defaults(value) for key, value in node.items()}
-    return node
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    entries = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            entries[key] = value
-    return entries
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,13 @@ import pytest
 import yaml
 
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
+from support.compose_files import compose_defaults, read_env_file
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HAPROXY_DIR = REPO_ROOT / "deploy" / "haproxy"
 REPLICA_SERVICE = "openchat-3.5-replica"
 LB_SERVICE = "openchat-3.5-lb"
 CPU_SERVICE = "openchat-3.5-cpu"
-_INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -69,26 +69,6 @@ def server_options(words: list[str]) -> dict[str, str]:
             options[words[i]] = words[i + 1]
             i += 2
     return options
-
-
-def compose_defaults(node: object) -> object:
-    if isinstance(node, str):
-        return _INTERPOLATION.sub(lambda m: m["default"] or "", node)
-    if isinstance(node, list):
-        return [compose_defaults(item) for item in node]
-    if isinstance(node, dict):
-        return {key: compose_defaults(value) for key, value in node.items()}
-    return node
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    entries = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            entries[key] = value
-    return entries
 
 
 @pytest.fixture(scope="module")

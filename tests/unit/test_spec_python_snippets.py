@@ -9,8 +9,8 @@ import json
 
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
-from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
 from hxp_enterprise_llm.services.streaming.response_streamer import ResponseStreamer
+from support.fake_engine import FakeEngine
 
 
 def test_get_model_info_without_loading_anything() -> None:

@@ -27,6 +27,7 @@ from hxp_enterprise_llm.api.streaming_stats import StreamingWindow
 from hxp_enterprise_llm.orchestration.interactive_orchestrator import InteractiveOrchestrator
 from hxp_enterprise_llm.orchestration.service_state import Health, ServiceState
 from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
+from hxp_enterprise_llm.schemas.errors import ModelNotFoundError
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
 from hxp_enterprise_llm.web import mount_web_ui
 
@@ -48,8 +49,14 @@ class AppContext:
     def health(self) -> Health:
         return self.orchestrator.health
 
-    def model_ids(self) -> tuple[str, ...]:
-        return (self.config.served_model_name, self.config.model_name, *self.config.model_aliases)
+    def served_model(self, requested: str | None) -> str:
+        """The model a request names (the served one when it names none), refused unless this service serves it."""
+        served = self.config.served_model_name
+        chosen = served if requested is None else requested
+        if chosen not in (served, self.config.model_name, *self.config.model_aliases):
+            raise ModelNotFoundError(f"The model '{chosen}' does not exist; this service serves '{served}'",
+                                     param="model")
+        return chosen
 
 
 def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_metrics: bool = True,

@@ -21,6 +21,7 @@ def utc_timestamp() -> str:
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
     ctx = request.app.state.ctx
+    ctx.service.engine.notice_death()
     state = ctx.health
     ready = state.state is ServiceState.READY
     body: dict[str, Any] = {

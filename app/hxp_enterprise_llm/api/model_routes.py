@@ -10,7 +10,7 @@ from hxp_enterprise_llm.api.metrics import service_version
 from hxp_enterprise_llm.api.openapi import request_body
 from hxp_enterprise_llm.api.request_input import check_api_key, parse_body, read_body
 from hxp_enterprise_llm.orchestration.service_state import ServiceState
-from hxp_enterprise_llm.schemas.errors import ModelNotFoundError, ServiceUnavailableError
+from hxp_enterprise_llm.schemas.errors import ServiceUnavailableError
 from hxp_enterprise_llm.schemas.openai import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -31,12 +31,6 @@ def _ctx(request: Request) -> AppContext:
     return request.app.state.ctx
 
 
-def _check_model(ctx: AppContext, model: str | None) -> None:
-    if model is not None and model not in ctx.model_ids():
-        raise ModelNotFoundError(f"The model '{model}' does not exist; this service serves "
-                                 f"'{ctx.config.served_model_name}'", param="model")
-
-
 def _loaded(ctx: AppContext) -> None:
     """Tokenizing needs the model's tokenizer, which exists once the model has loaded."""
     if not ctx.service.ready or ctx.health.state is ServiceState.FAILED:
@@ -55,7 +49,7 @@ async def list_models(request: Request) -> ModelList:
 async def get_model(model_id: str, request: Request) -> ModelCard:
     ctx = _ctx(request)
     check_api_key(request)
-    _check_model(ctx, model_id)
+    ctx.served_model(model_id)
     return _model_card(ctx)
 
 
@@ -71,7 +65,7 @@ async def tokenize(request: Request) -> TokenizeResponse:
     ctx = _ctx(request)
     check_api_key(request)
     body = parse_body(TokenizeRequest, await read_body(request, ctx.config))
-    _check_model(ctx, body.model)
+    ctx.served_model(body.model)
     _loaded(ctx)
     if body.messages is not None:
         tokens = ctx.service.tokenize_chat([{"role": m.role, "content": m.text()} for m in body.messages])
@@ -86,7 +80,7 @@ async def detokenize(request: Request) -> DetokenizeResponse:
     ctx = _ctx(request)
     check_api_key(request)
     body = parse_body(DetokenizeRequest, await read_body(request, ctx.config))
-    _check_model(ctx, body.model)
+    ctx.served_model(body.model)
     _loaded(ctx)
     return DetokenizeResponse(prompt=ctx.service.detokenize(body.tokens))
 

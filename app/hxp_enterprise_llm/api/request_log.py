@@ -15,6 +15,8 @@ from typing import Any
 from hxp_enterprise_llm.orchestration.request_record import RequestRecord
 
 REQUEST_LOGGER = "hxp_enterprise_llm.requests"
+# Set by the serving process for the engine-core and worker processes vLLM spawns (their log level).
+CHILD_LOG_LEVEL_ENV = "HXP_LLM_CHILD_LOG_LEVEL"
 
 
 class JsonFormatter(logging.Formatter):
@@ -62,6 +64,7 @@ def route_vllm_logs(level: str) -> None:
     children. Only the `vllm` logger is configured (to stderr: a rotating file must have one writer),
     so this process's own handlers stay as they are. An operator's own file wins.
     """
+    os.environ[CHILD_LOG_LEVEL_ENV] = level
     if "VLLM_LOGGING_CONFIG_PATH" in os.environ:
         return
     config = {
@@ -110,3 +113,21 @@ class RequestLog:
             "client": record.client,
             "end_user": record.end_user,
         }})
+
+
+def configure_spawned_process_logging() -> None:
+    """In a process vLLM spawned for the service: JSON on stderr from its first line.
+
+    vLLM applies its logging file only once its engine starts; what a child logs or warns while
+    importing (Triton's CPU notice, library deprecation warnings) would otherwise reach stderr as
+    plain text through Python's last-resort handler.
+    """
+    level = os.environ.get(CHILD_LOG_LEVEL_ENV)
+    if level is None:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
+    logging.captureWarnings(True)

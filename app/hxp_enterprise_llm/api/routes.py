@@ -30,7 +30,7 @@ from hxp_enterprise_llm.api.request_input import (
 )
 from hxp_enterprise_llm.orchestration.generation import Generation
 from hxp_enterprise_llm.orchestration.request_record import STATUS_CLIENT_GONE, RequestRecord
-from hxp_enterprise_llm.schemas.errors import InvalidRequestError, ModelNotFoundError
+from hxp_enterprise_llm.schemas.errors import InvalidRequestError
 from hxp_enterprise_llm.schemas.openai import (
     ChatCompletionChoice,
     ChatCompletionRequest,
@@ -125,10 +125,7 @@ def _check_common(ctx: AppContext, record: RequestRecord, body: SamplingFields, 
     """The model the client names (the served one if none), and the checks both routes share."""
     record.stream = body.stream
     record.end_user = body.user
-    chosen = model if model is not None else ctx.config.served_model_name
-    if chosen not in ctx.model_ids():
-        raise ModelNotFoundError(f"The model '{chosen}' does not exist; this service serves "
-                                 f"'{ctx.config.served_model_name}'", param="model")
+    chosen = ctx.served_model(model)
     if body.stream and not ctx.config.streaming_enabled:
         raise InvalidRequestError("streaming is disabled on this service (streaming_enabled=false)",
                                   param="stream")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from hxp_enterprise_llm.models.lockfile import LockEntry, LockError, ModelsLock, read_lock
+from hxp_enterprise_llm.models.progress import HashProgress
 from hxp_enterprise_llm.models.stamps import VerifiedStamps
 from hxp_enterprise_llm.models.verify import verify_model_dir
 
@@ -63,7 +64,7 @@ def verify_model_for_serving(config: _ModelSettings, *,
     lock_path = resolve_lock_path(config.models_lock)
     entry = find_entry_for(read_lock(lock_path), config.model_path, config.model_name)
     use_stamps = config.model_verification == "stamp"
-    report = verify_model_dir(config.model_path, entry,
+    report = verify_model_dir(config.model_path, entry, progress=HashProgress(log_line=log.info),
                               stamps=(stamps or VerifiedStamps()) if use_stamps else None)
     log.info("model verified (%s): %s", lock_path, report.summary())
     return entry

@@ -23,7 +23,7 @@ from hxp_enterprise_llm.bench.client import SSEDecoder
 from hxp_enterprise_llm.orchestration.service_state import ServiceState
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
-from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
+from support.fake_engine import FakeEngine
 
 MODEL = "openchat-3.5"
 CHAT = "/v1/chat/completions"

@@ -13,7 +13,7 @@ import pytest
 from api_harness import RawExchange, Served, assert_openai_error, chat_body, eventually, sse_chunks, sse_events
 
 from hxp_enterprise_llm.orchestration.service_state import ServiceState
-from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
+from support.fake_engine import FakeEngine
 
 pytestmark = pytest.mark.anyio
 

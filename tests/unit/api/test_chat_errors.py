@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from api_harness import CHAT, MODEL, Served, assert_openai_error, chat_body
 
-from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
+from support.fake_engine import FakeEngine
 
 pytestmark = pytest.mark.anyio
 

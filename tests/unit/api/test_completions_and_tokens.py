@@ -16,7 +16,7 @@ from api_harness import MODEL, Served, assert_openai_error, chat_body, sse_chunk
 from prometheus_client.parser import text_string_to_metric_families
 
 from hxp_enterprise_llm.api.metrics import render_metrics
-from hxp_enterprise_llm.services.core.fake_engine import CharTokenizer
+from support.fake_engine import CharTokenizer
 
 pytestmark = pytest.mark.anyio
 TOKENS = CharTokenizer()

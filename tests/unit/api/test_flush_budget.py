@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from api_harness import chat_body, content_frames, sse_chunks
 
-from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
+from support.fake_engine import FakeEngine
 
 pytestmark = pytest.mark.anyio
 

@@ -10,7 +10,7 @@ from api_harness import MODEL, Served, assert_openai_error, chat_body, eventuall
 
 from hxp_enterprise_llm.api.app import EXIT_ENGINE_FAILED
 from hxp_enterprise_llm.orchestration.service_state import ServiceState
-from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
+from support.fake_engine import FakeEngine
 
 pytestmark = pytest.mark.anyio
 
@@ -52,6 +52,17 @@ async def test_an_idle_engine_that_dies_fails_the_service_at_once(serve_app) -> 
         health = await served.client.get("/health")
     assert health.json()["status"] == "failed"
     assert "fake engine killed" in health.json()["detail"]
+
+
+async def test_a_probe_right_after_the_engine_died_never_reads_healthy(serve_app) -> None:
+    # vLLM knows its engine core is gone at once; the service's own watch looks every half second.
+    # Found in the container tier: two probes in that gap answered "healthy".
+    async with serve_app(health_check_interval=3600) as served:
+        served.engine.kill(report=False)
+        health = await served.client.get("/health")
+    assert health.status_code == 503
+    assert health.json()["status"] == "failed"
+    assert [code for code, _ in served.fatal_calls] == [EXIT_ENGINE_FAILED]
 
 
 async def test_failed_health_check_turns_health_failed_and_calls_on_fatal(serve_app) -> None:

@@ -11,7 +11,7 @@ import openai
 import pytest
 from api_harness import MODEL, Served
 
-from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
+from support.fake_engine import FakeEngine
 
 pytestmark = pytest.mark.anyio
 

@@ -13,7 +13,7 @@ import pytest
 from api_harness import MODEL, Served, chat_body, content_frames, sse_chunks
 from pydantic import BaseModel
 
-from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
+from support.fake_engine import FakeEngine
 
 pytestmark = pytest.mark.anyio
 

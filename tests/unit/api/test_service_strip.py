@@ -7,7 +7,7 @@ import pytest
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.prompt import END_OF_TURN, END_OF_TURN_ID
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
-from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
+from support.fake_engine import FakeEngine
 
 pytestmark = pytest.mark.anyio
 

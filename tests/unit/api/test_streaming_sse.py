@@ -16,7 +16,7 @@ from api_harness import (
     streamed_text,
 )
 
-from hxp_enterprise_llm.services.core.fake_engine import FakeEngine
+from support.fake_engine import FakeEngine
 
 pytestmark = pytest.mark.anyio
 

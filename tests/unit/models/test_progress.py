@@ -25,3 +25,14 @@ def test_small_models_print_nothing() -> None:
     progress.advance(10_000_000)
     progress.finish()
     assert stream.getvalue() == ""
+
+
+def test_the_service_gets_its_progress_as_log_records_not_text_on_the_stream() -> None:
+    # The container's log must be JSON only: the service hands progress to its logger.
+    stream, records = io.StringIO(), []
+    progress = HashProgress(stream, log_line=records.append, log_interval=0, quiet_below=0)
+    progress.start(2_000_000_000, "verifying m")
+    progress.advance(2_000_000_000)
+    progress.finish()
+    assert stream.getvalue() == ""
+    assert records[-1].startswith("verifying m: 2.00 GB / 2.00 GB (100%)")

@@ -1,7 +1,7 @@
 """The engine seam: what the service needs from an inference engine, and nothing more.
 
-Two implementations: `VllmEngine` (vLLM's AsyncLLM in this process; the GPU and CPU wheels run the
-same code) and `FakeEngine` (scripted, deterministic, for unit tests).
+The service's implementation is `VllmEngine` (vLLM's AsyncLLM in this process; the GPU and CPU wheels run
+the same code); the unit tier drives the same seam with a scripted engine kept under tests/support.
 """
 
 from __future__ import annotations
@@ -105,6 +105,9 @@ class Engine(Protocol):
 
     async def check_health(self) -> None:
         """Return if the engine can serve, else raise EngineDeadError."""
+
+    def notice_death(self) -> None:
+        """If the engine has died and `on_death` has not been called yet, call it now (cheap: no I/O)."""
 
     async def shutdown(self) -> None:
         """Release the engine; safe to call twice."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import logging
 import os
@@ -76,6 +77,7 @@ class VllmEngine:
         self.seeded_sampling_safe = True
         self._device = "not started"
         self._death_watch: asyncio.Task[None] | None = None
+        self._on_death: Callable[[str], object] | None = None
 
     @property
     def description(self) -> str:
@@ -109,15 +111,21 @@ class VllmEngine:
         self._tokenizer = self._llm.get_tokenizer()
         await self._check_seed_fix()
         if on_death is not None:
-            self._death_watch = asyncio.create_task(self._watch_for_death(on_death))
+            self._on_death = on_death
+            self._death_watch = asyncio.create_task(self._watch_for_death())
 
-    async def _watch_for_death(self, on_death: Callable[[str], object]) -> None:
+    async def _watch_for_death(self) -> None:
         """vLLM notices its engine-core process die at once (a process sentinel) and says so in
         `errored`, a local flag: reading it often costs nothing, and an idle service learns of a
         dead engine within a second instead of at the next health check."""
         while self._llm is not None and not self._llm.errored:
             await asyncio.sleep(DEATH_WATCH_SECONDS)
-        if self._llm is not None:
+        self.notice_death()
+
+    def notice_death(self) -> None:
+        # Also called by /health, so a probe in the watch's half-second gap never reads "healthy".
+        if self._llm is not None and self._llm.errored and self._on_death is not None:
+            on_death, self._on_death = self._on_death, None
             on_death(f"vLLM engine died: {self._llm.dead_error}")
 
     def _build(self) -> Any:
@@ -224,7 +232,18 @@ class VllmEngine:
             self._death_watch.cancel()
         llm, self._llm = self._llm, None
         if llm is not None:
+            # AsyncLLM.shutdown stops the engine core first and cancels its output reader after:
+            # the reader would see the core gone and log a false "EngineDeadError" on every clean stop.
+            reader = getattr(llm, "output_handler", None)
+            if reader is not None and not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
             await asyncio.to_thread(llm.shutdown)
+            # AsyncLLM.__del__ shuts down again; the executor's finished future keeps the object until
+            # interpreter exit, when the module globals that second shutdown needs are gone, and it
+            # prints a TypeError traceback. It is shut down already, so the second call does nothing.
+            llm.shutdown = lambda *args, **kwargs: None
 
 
 def _sampling_params(options: SamplingOptions) -> Any:

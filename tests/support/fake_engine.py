@@ -67,6 +67,7 @@ class FakeEngine:
         self.default_reply = default_reply
         self.started = False
         self.dead = False
+        self._death_unreported = False
         self.requests: list[GenerationRequest] = []
         self.aborted: list[str] = []
         self._running: set[str] = set()
@@ -80,12 +81,19 @@ class FakeEngine:
         """The next request answers with these tokens (one string per token), pausing after `hold_after`."""
         self._script.append(ScriptedReply(tokens, finish_reason, hold_after))
 
-    def kill(self) -> None:
-        """Simulate the engine process dying."""
+    def kill(self, *, report: bool = True) -> None:
+        """Simulate the engine process dying; `report=False`: dead, but not yet noticed (vLLM's watch gap)."""
         self.dead = True
+        self._death_unreported = True
         for event in self._abort_events.values():
             event.set()
-        if self._on_death is not None:
+        if report:
+            self.notice_death()
+
+    def notice_death(self) -> None:
+        # Only a kill() is a death the engine knows of; `dead = True` alone is one only a health check finds.
+        if self._death_unreported and self._on_death is not None:
+            self._death_unreported = False
             self._on_death("fake engine killed")
 
     async def start(self, on_death: Callable[[str], object] | None = None) -> None:
