@@ -48,9 +48,14 @@ def demo_model_dir(models_dir: Path) -> Callable[[str], Path]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Say where the screenshots of browser tests went (test-artifacts/, git-ignored)."""
+    """The figures tests measured, and where the screenshots of browser tests went (test-artifacts/)."""
     from support.browser import SAVED
+    from support.figures import RECORDED
 
+    if RECORDED:
+        terminalreporter.write_sep("-", "figures measured")
+        for line in RECORDED:
+            terminalreporter.write_line(line)
     if SAVED:
         terminalreporter.write_sep("-", "test artifacts")
         for path in SAVED:

@@ -24,6 +24,7 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 from testcontainers.core.container import DockerContainer  # noqa: E402
 
 from hxp_tools.servers import ServerFailed, poll_health  # noqa: E402
+from support.figures import record_figure  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("HXP_LLM_CPU_IMAGE", "hxp-enterprise-llm:cpu")
@@ -165,13 +166,11 @@ def start_service(docker_client: Any, demo_model_dir: Callable[[str], Path]) -> 
 
 
 @pytest.fixture(scope="module")
-def service(start_service: Callable[..., RunningService], pytestconfig: pytest.Config) -> RunningService:
+def service(start_service: Callable[..., RunningService]) -> RunningService:
     """One healthy demo service shared by the module's read-only tests."""
     running = start_service()
     seconds = running.wait_healthy()
-    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"container start-to-healthy: {seconds:.1f} s ({IMAGE})")
+    record_figure(f"container start-to-healthy: {seconds:.1f} s ({IMAGE})")
     return running
 
 

@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from hxp_tools.scale_stack import ScaleStack, StackFailed, container_address
+from support.figures import record_figure
 
 from .conftest import DEMO_MODEL, HEALTHY_WITHIN_SECONDS, IMAGE, REPO_ROOT, missing_prerequisite
 
@@ -127,12 +128,6 @@ def describe(outcomes: list[Outcome]) -> str:
             + (f" ({examples})" if failed else ""))
 
 
-def report(pytestconfig: pytest.Config, line: str) -> None:
-    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
-
-
 def test_a_stream_passes_through_the_balancer_unbuffered(stack: ScaleStack):
     story = REQUEST | {"max_tokens": 48, "messages": [{"role": "user", "content": "Tell a story."}]}
 
@@ -150,7 +145,7 @@ def test_a_stream_passes_through_the_balancer_unbuffered(stack: ScaleStack):
     assert sum(b"data: " in chunk for chunk in chunks) > 5, [len(c) for c in chunks]
 
 
-def test_rolling_restart_under_50_streaming_users_fails_nothing(stack: ScaleStack, pytestconfig: pytest.Config):
+def test_rolling_restart_under_50_streaming_users_fails_nothing(stack: ScaleStack):
     before = {c["Id"]: c["State"]["StartedAt"] for c in stack.replicas()}
     counters_before = stack.backend_counters()
 
@@ -171,13 +166,13 @@ def test_rolling_restart_under_50_streaming_users_fails_nothing(stack: ScaleStac
     outcomes, restart, began, finished = asyncio.run(scenario())
     counters = {k: v - counters_before[k] for k, v in stack.backend_counters().items()}
     during = [o for o in outcomes if began <= o.started and o.ended <= finished]
-    report(pytestconfig, f"rolling restart ({finished - began:.0f} s) under {USERS} streaming users: "
+    record_figure(f"rolling restart ({finished - began:.0f} s) under {USERS} streaming users: "
                          f"{describe(outcomes)}; {len(during)} started and ended during the restart; "
                          f"HAProxy retries {counters['wretr']}, redispatches {counters['wredis']}")
-    report(pytestconfig, "rolling-restart output:\n" + restart.stdout)
+    record_figure("rolling-restart output:\n" + restart.stdout)
     pool_changes = [line for line in stack.compose("logs", "--no-log-prefix", "openchat-3.5-lb").stdout.splitlines()
                     if line.startswith("Server replicas/") or "has no server available" in line]
-    report(pytestconfig, "HAProxy's pool changes:\n" + "\n".join(pool_changes))
+    record_figure("HAProxy's pool changes:\n" + "\n".join(pool_changes))
 
     assert restart.returncode == 0, restart.stdout + restart.stderr
     after = {c["Id"]: c["State"]["StartedAt"] for c in stack.replicas()}
@@ -205,7 +200,7 @@ def refusals_logged(container_id: str) -> int:
     return count
 
 
-def test_a_draining_replicas_refusals_are_retried_on_the_other(stack: ScaleStack, pytestconfig: pytest.Config):
+def test_a_draining_replicas_refusals_are_retried_on_the_other(stack: ScaleStack):
     """503 `draining` is sent before any byte, and HAProxy replays the request on another replica.
 
     HAProxy normally takes a draining replica out within a second; to make that window certain,
@@ -240,7 +235,7 @@ def test_a_draining_replicas_refusals_are_retried_on_the_other(stack: ScaleStack
     story_finished, burst = asyncio.run(scenario())
     counters = {k: v - counters_before[k] for k, v in stack.backend_counters().items()}
     refused = refusals_logged(victim["Id"]) - refused_before
-    report(pytestconfig, f"draining {name}: {len(burst)} requests through HAProxy, {sum(o.ok for o in burst)} ok; "
+    record_figure(f"draining {name}: {len(burst)} requests through HAProxy, {sum(o.ok for o in burst)} ok; "
                          f"{refused} refused by the draining replica, HAProxy retries {counters['wretr']}, "
                          f"redispatches {counters['wredis']}")
     assert refused >= 1, "no request reached the draining replica: the test showed nothing"
@@ -255,7 +250,7 @@ def test_a_draining_replicas_refusals_are_retried_on_the_other(stack: ScaleStack
     wait_pool(stack, 2)
 
 
-def test_sigkill_of_one_replica_fails_only_its_running_streams(stack: ScaleStack, pytestconfig: pytest.Config):
+def test_sigkill_of_one_replica_fails_only_its_running_streams(stack: ScaleStack):
     wait_pool(stack, 2)
     victim = stack.replicas()[-1]
     victim_server = stack.up()[container_address(victim)]
@@ -280,7 +275,7 @@ def test_sigkill_of_one_replica_fails_only_its_running_streams(stack: ScaleStack
     counters = {k: v - counters_before[k] for k, v in stack.backend_counters().items()}
     failed = [o for o in outcomes if not o.ok and not o.refusal]
     after_kill = [o for o in outcomes if o.started > killed]
-    report(pytestconfig, f"SIGKILL of {victim_server} under {USERS} streaming users: {describe(outcomes)}; "
+    record_figure(f"SIGKILL of {victim_server} under {USERS} streaming users: {describe(outcomes)}; "
                          f"{len(after_kill)} sent after the kill, {sum(o.ok for o in after_kill)} of them ok; "
                          f"HAProxy retries {counters['wretr']}, redispatches {counters['wredis']}")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from support.clients import StreamResult, chat_body, engine_core_processes, is_openai_error, stream_chat
+from support.figures import record_figure
 from support.server_process import DEMO_MODEL, ServerProcess, require_model
 
 NO_END = {"0": -100, "2": -100}
@@ -108,7 +109,8 @@ def test_engine_death_answers_503_and_error_frames_then_exits(tmp_path: Path) ->
         assert status == 503, (status, body)
         assert is_openai_error(body), body
         assert body["error"]["code"] == "engine_failed", body
-    print(f"process exited with {outcome['exit_code']} {outcome['exited_after']:.1f} s after the engine core died")
+    record_figure(f"engine death with clients: the process exited {outcome['exit_code']}, "
+                  f"{outcome['exited_after']:.1f} s after the engine core died")
     # Documented: exit 4. Seen here: 4 from the 8 s watchdog or -14 from the 10 s SIGALRM, because the
     # process does not finish its own shutdown after an engine death (reported to the lead).
     assert outcome["exit_code"] != 0, log

@@ -11,6 +11,7 @@ import httpx
 import openai
 from pydantic import BaseModel
 
+from support.figures import record_figure
 from support.server_process import REPO, ServerProcess
 from support.spec_commands import readme_block
 
@@ -105,7 +106,7 @@ def test_scripts_validate_passes_with_figures(demo_server: ServerProcess) -> Non
         [str(REPO / "scripts/validate"), "--base-url", demo_server.base_url,
          "--metrics-url", demo_server.metrics_url.removesuffix("/metrics"), "--requests", "60"],
         capture_output=True, text=True, timeout=900, env={**os.environ, "PATH": os.environ["PATH"]})
-    print(result.stdout)
+    record_figure("scripts/validate against the demo (ab -n 60):\n" + result.stdout.rstrip())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAIL " not in result.stdout
     assert "ab -n 60 -c 20" in result.stdout

@@ -19,10 +19,21 @@ REQUEST_LOGGER = "hxp_enterprise_llm.requests"
 CHILD_LOG_LEVEL_ENV = "HXP_LLM_CHILD_LOG_LEVEL"
 
 
+# torch gives its loggers a stderr handler of its own (not propagating) whose one setting is this
+# %-format string; records carry their fields JSON-encoded already (`_with_json_fields`), so torch's
+# handler writes our shape too.
+TORCH_LOGS_FORMAT = ('{"ts": %(json_ts)s, "level": "%(levelname)s", "logger": %(json_name)s, '
+                     '"message": %(json_message)s}')
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": _timestamp(record),
             "level": record.levelname,
             "logger": record.name,
         }
@@ -53,7 +64,27 @@ def configure_logging(level: str, log_dir: Path | None = None) -> None:
     # uvicorn's access log would repeat our request line without the figures that matter.
     logging.getLogger("uvicorn.access").disabled = True
     logging.captureWarnings(True)  # warnings become log lines, not stray text on stderr
+    route_torch_logs()
     route_vllm_logs(level)
+
+
+def route_torch_logs() -> None:
+    """torch's own log lines in our JSON shape (before torch is imported: it reads the format then)."""
+    os.environ.setdefault("TORCH_LOGS_FORMAT", TORCH_LOGS_FORMAT)
+    base = logging.getLogRecordFactory()
+
+    def with_json_fields(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format call: logging reports those when it emits, not here
+            message = str(record.msg)
+        record.json_ts = json.dumps(_timestamp(record))
+        record.json_name = json.dumps(record.name)
+        record.json_message = json.dumps(message, ensure_ascii=False)
+        return record
+
+    logging.setLogRecordFactory(with_json_fields)
 
 
 def route_vllm_logs(level: str) -> None:
@@ -119,8 +150,8 @@ def configure_spawned_process_logging() -> None:
     """In a process vLLM spawned for the service: JSON on stderr from its first line.
 
     vLLM applies its logging file only once its engine starts; what a child logs or warns while
-    importing (Triton's CPU notice, library deprecation warnings) would otherwise reach stderr as
-    plain text through Python's last-resort handler.
+    importing (Triton's CPU notice, library deprecation warnings, torch's own log lines) would
+    otherwise reach stderr as plain text.
     """
     level = os.environ.get(CHILD_LOG_LEVEL_ENV)
     if level is None:
@@ -131,3 +162,4 @@ def configure_spawned_process_logging() -> None:
     root.handlers = [handler]
     root.setLevel(level)
     logging.captureWarnings(True)
+    route_torch_logs()
