@@ -9,6 +9,8 @@ from collections.abc import Callable
 import pytest
 from openai import OpenAI
 
+from support.figures import record_figure
+
 from .conftest import RunningService
 
 INT4_MODEL = "smollm2-135m-instruct-w4a16"
@@ -17,14 +19,12 @@ EIGHT_GIB = 8 << 30
 
 
 @pytest.fixture(scope="module")
-def int4_service(start_service: Callable[..., RunningService], demo_model_dir: Callable[[str], object],
-                 pytestconfig: pytest.Config) -> RunningService:
+def int4_service(start_service: Callable[..., RunningService],
+                 demo_model_dir: Callable[[str], object]) -> RunningService:
     demo_model_dir(INT4_MODEL)  # fails (never skips) when scripts/setup has not built it
     running = start_service(cpu_env="container-cpu-int4.env", cpus=min(SPEC_CPUS, os.cpu_count() or 1))
     seconds = running.wait_healthy()
-    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"int4 demo container start-to-healthy: {seconds:.1f} s")
+    record_figure(f"int4 demo container start-to-healthy: {seconds:.1f} s")
     return running
 
 
@@ -48,14 +48,11 @@ def test_int4_demo_answers_a_factual_question(int4_service: RunningService) -> N
     assert "compressed-tensors" in int4_service.logs() or "compressed_tensors" in int4_service.logs()
 
 
-def test_int4_demo_peak_memory_stays_inside_the_limit(int4_service: RunningService,
-                                                       pytestconfig: pytest.Config) -> None:
+def test_int4_demo_peak_memory_stays_inside_the_limit(int4_service: RunningService) -> None:
     # cgroup v2 names it memory.peak, v1 memory.max_usage_in_bytes; the kernel's own account of the container.
     read_peak = "cat /sys/fs/cgroup/memory.peak 2>/dev/null || cat /sys/fs/cgroup/memory/memory.max_usage_in_bytes"
     exit_code, output = int4_service.docker.exec_run(["sh", "-c", read_peak])
     assert exit_code == 0, output
     peak = int(output.decode().split()[0])
-    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"int4 demo container peak memory (cgroup): {peak / 2**30:.2f} GiB of 8")
+    record_figure(f"int4 demo container peak memory (cgroup): {peak / 2**30:.2f} GiB of 8")
     assert 0 < peak < EIGHT_GIB

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from hxp_tools.quality_gate import Score, ask_all, load_questions
+from support.figures import record_figure
 from support.server_process import REPO, ServerProcess
 
 DEFAULT = "config/demo-cpu.yaml"
@@ -44,7 +45,7 @@ def score_of(tmp_path_factory: pytest.TempPathFactory) -> ScoreOf:
                 # One question at a time: on vLLM's CPU backend the batch a request shares changes its float results
                 # and then a greedy pick, so concurrent questions would make the score vary between runs.
                 scores[key] = asyncio.run(ask_all(server.base_url, load_questions(), concurrency=1, timeout_s=900))
-                print(f"quality gate {' '.join(key)}: {scores[key]}\n{scores[key].report()}")
+                record_figure(f"quality gate {' '.join(key)}: {scores[key]}")
             finally:
                 code = server.stop()
             assert code == 0, f"{key}: server did not exit cleanly ({code}):\n{server.log_text()[-3000:]}"
