@@ -103,8 +103,8 @@ def run_server(config: ModelConfigSchema, service: OpenChat35Service) -> int:
     app = build_app(config, service, on_fatal=lambda code, detail: servers[0].fatal(code, detail))
     server = DrainingServer(uvicorn.Config(app, host=config.host, port=config.port, log_config=None,
                                            access_log=False, lifespan="on", workers=config.workers,
-                                           # A request head (line + headers) larger than this is refused
-                                           # with 400 before the body is read.
+                                           # Bounds what the h11 parser buffers, when it is the one in use;
+                                           # the 431 every client sees comes from check_request_head.
                                            h11_max_incomplete_event_size=config.max_header_bytes,
                                            timeout_keep_alive=int(config.keep_alive_seconds),
                                            proxy_headers=True, forwarded_allow_ips=config.forwarded_allow_ips),

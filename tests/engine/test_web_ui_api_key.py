@@ -17,7 +17,6 @@ import uvicorn
 from hxp_enterprise_llm.api.app import build_app
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
-from hxp_enterprise_llm.web import UI_PATH, mount_web_ui
 from support.browser import chromium_driver, screenshot
 from support.fake_engine import FakeEngine
 from support.server_process import free_port
@@ -30,8 +29,6 @@ WAIT_SECONDS = 30
 def keyed_service() -> Iterator[str]:
     config = OpenChat35Config(api_key=KEY, prompt_format="chat_template", metrics_collection_interval=1)
     app = build_app(config, OpenChat35Service(config, engine=FakeEngine(token_delay=0.05)), serve_metrics=False)
-    if not any(getattr(route, "path", None) == UI_PATH for route in app.routes):
-        mount_web_ui(app, config)  # until build_app mounts it itself
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)

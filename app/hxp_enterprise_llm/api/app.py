@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from hxp_enterprise_llm.api import health as health_routes
 from hxp_enterprise_llm.api import model_routes, routes
@@ -22,6 +22,7 @@ from hxp_enterprise_llm.api.errors import install_error_handlers
 from hxp_enterprise_llm.api.lifecycle import RequestLifecycleMiddleware
 from hxp_enterprise_llm.api.metrics import MetricsServer, ServiceMetrics, service_version
 from hxp_enterprise_llm.api.openapi import install_openapi
+from hxp_enterprise_llm.api.request_input import check_request_head
 from hxp_enterprise_llm.api.request_log import RequestLog
 from hxp_enterprise_llm.api.streaming_stats import StreamingWindow
 from hxp_enterprise_llm.orchestration.interactive_orchestrator import InteractiveOrchestrator
@@ -94,7 +95,7 @@ def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_me
                 metrics_server.stop()
 
     app = FastAPI(title="HXP Enterprise LLM: OpenChat-3.5", version=service_version(), lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None,
+                  docs_url="/docs", redoc_url=None, dependencies=[Depends(check_request_head)],
                   description="OpenAI-compatible API for OpenChat-3.5 on vLLM's engine. Errors are always "
                               "`{\"error\": {message, type, param, code}}`.")
     app.state.ctx = ctx

@@ -12,7 +12,12 @@ from pydantic import BaseModel, ValidationError
 
 from hxp_enterprise_llm.api.errors import validation_error
 from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
-from hxp_enterprise_llm.schemas.errors import BodyTimeoutError, LimitExceededError, PayloadTooLargeError
+from hxp_enterprise_llm.schemas.errors import (
+    BodyTimeoutError,
+    HeadersTooLargeError,
+    LimitExceededError,
+    PayloadTooLargeError,
+)
 from hxp_enterprise_llm.schemas.openai import ChatMessage
 
 T = TypeVar("T")
@@ -21,6 +26,21 @@ M = TypeVar("M", bound=BaseModel)
 
 class ClientDisconnected(Exception):
     """The client went away before its answer was ready."""
+
+
+def check_request_head(request: Request) -> None:
+    """Every route's first check: the request line and headers within `max_header_bytes`.
+
+    Checked here, whatever HTTP parser uvicorn picked (httptools, its default when installed, has no
+    limit of its own), so the refusal is a 431 in the OpenAI error shape.
+    """
+    scope = request.scope
+    size = len(scope["method"]) + len(scope.get("raw_path") or scope["path"]) + len(scope["query_string"]) \
+        + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+    limit = request.app.state.ctx.config.max_header_bytes
+    if size > limit:
+        raise HeadersTooLargeError(f"the request line and headers are {size} bytes, more than max_header_bytes "
+                                   f"({limit})")
 
 
 def check_api_key(request: Request) -> None:

@@ -65,6 +65,12 @@ class PayloadTooLargeError(InvalidRequestError):
     rejection_reason = "too_large"
 
 
+class HeadersTooLargeError(InvalidRequestError):
+    status_code = 431
+    default_code = "headers_too_large"
+    rejection_reason = "too_large"
+
+
 class BodyTimeoutError(InvalidRequestError):
     """The body did not arrive within body_timeout_seconds (a slow or stalled client)."""
 

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+import uvicorn
 from api_harness import RawExchange, Served, assert_openai_error, chat_body
+
+from hxp_enterprise_llm.api.app import build_app
+from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
+from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
+from support.fake_engine import FakeEngine
+from support.server_process import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -109,3 +120,40 @@ def test_an_unreadable_keys_file_stops_the_start(tmp_path: Path) -> None:
 
     with pytest.raises(ApiKeyFileError, match="missing-keys"):
         ApiKeys(None, tmp_path / "missing-keys")
+
+
+async def test_request_headers_over_the_limit_are_431_naming_it(serve_app) -> None:
+    async with serve_app(max_header_bytes=2048) as served:
+        fits = await served.chat(headers={"X-Trace": "t" * 1000})
+        error = assert_openai_error(await served.chat(headers={"X-Trace": "t" * 3000}), 431,
+                                    code="headers_too_large")
+        health = await served.client.get("/health", headers={"X-Trace": "t" * 3000})
+    assert fits.status_code == 200
+    assert "max_header_bytes (2048)" in error["message"]
+    assert health.status_code == 431
+    assert len(served.engine.requests) == 1  # only the request that fitted reached the engine
+
+
+def test_the_header_limit_holds_behind_uvicorns_own_parser() -> None:
+    # uvicorn picks httptools when it is installed (it is: uvicorn[standard]); that parser has no
+    # header limit of its own, and the h11 setting the service once relied on was never read.
+    config = OpenChat35Config(max_header_bytes=4096)
+    app = build_app(config, OpenChat35Service(config, engine=FakeEngine()), serve_metrics=False)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            response = None
+            for _ in range(100):
+                with contextlib.suppress(httpx.TransportError):
+                    response = client.get("/health", headers={"X-Trace": "t" * 200_000})
+                    break
+                time.sleep(0.1)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert response is not None, "the server never answered"
+    assert response.status_code == 431
+    assert response.json()["error"]["code"] == "headers_too_large"

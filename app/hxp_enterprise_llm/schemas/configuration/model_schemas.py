@@ -125,7 +125,7 @@ class ModelConfigSchema(BaseModel):
     max_messages: int = Field(1024, ge=1, le=1_000_000, description="most messages in one chat request")
     max_message_chars: int = Field(200_000, ge=1, le=100_000_000, description="most characters in one message")
     max_header_bytes: int = Field(16_384, ge=1024, le=1 << 20, description="largest request head (request line "
-                                  "and headers); larger is refused before the body is read")
+                                  "and headers); larger is refused with 431 before the body is read")
     body_timeout_seconds: float = Field(10, gt=0, le=3600, description="a request body must arrive within "
                                         "this (slow-body clients are cut off with 408)")
     log_dir: Path | None = Field(None, description="also write JSON logs to a rotating file here")
