@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from hxp_enterprise_llm.schemas.errors import InvalidRequestError
 from hxp_enterprise_llm.schemas.outcomes import FinishReason
+from hxp_enterprise_llm.services.core.compile_cache import ensure_writable_compile_caches
 from hxp_enterprise_llm.services.core.cpu_budget import cpu_thread_binding, warn_if_over_budget
 from hxp_enterprise_llm.services.core.engine import (
     EngineDeadError,
@@ -102,6 +103,7 @@ class VllmEngine:
         # Offline by construction: the model is local and verified; a Hub lookup would only hang.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        ensure_writable_compile_caches()
         try:
             # Importing vLLM and building the engine both block for many seconds (the engine core is
             # spawned and waited for): do it off the event loop so /health answers "loading" meanwhile.
