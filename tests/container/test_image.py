@@ -15,7 +15,7 @@ from openai import OpenAI
 
 from .conftest import DEMO_MODEL, RunningService
 
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+QUESTION = [{"role": "user", "content": "What is the capital of Japan?"}]
 
 
 def client_for(service: RunningService) -> OpenAI:
@@ -47,7 +47,7 @@ def test_chat_completion_through_the_openai_sdk(service: RunningService):
         model=served_model(client), messages=QUESTION, max_tokens=24, temperature=0)
     choice = completion.choices[0]
     assert choice.message.role == "assistant"
-    assert "Paris" in (choice.message.content or "")
+    assert "Tokyo" in (choice.message.content or "")
     assert choice.finish_reason in ("stop", "length")
     assert completion.usage is not None
     assert completion.usage.completion_tokens > 0
@@ -61,7 +61,7 @@ def test_streaming_through_the_openai_sdk(service: RunningService):
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     finish_reasons = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-    assert "Paris" in text
+    assert "Tokyo" in text
     assert len([c for c in chunks if c.choices]) > 1, "answer arrived in one piece, not streamed"
     assert finish_reasons in (["stop"], ["length"])
     assert chunks[-1].choices == []

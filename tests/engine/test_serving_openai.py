@@ -12,7 +12,7 @@ import pytest
 
 from support.server_process import ServerProcess
 
-FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+JAPAN = [{"role": "user", "content": "What is the capital of Japan?"}]
 
 
 def client(server: ServerProcess) -> openai.OpenAI:
@@ -39,11 +39,11 @@ def test_models_lists_the_served_model(demo_server: ServerProcess) -> None:
     assert [m.id for m in models.data] == ["openchat-3.5"]
 
 
-def test_chat_answers_paris(demo_server: ServerProcess) -> None:
+def test_chat_answers_tokyo(demo_server: ServerProcess) -> None:
     completion = client(demo_server).chat.completions.create(
-        model="openchat-3.5", messages=FRANCE, max_tokens=30, temperature=0)
+        model="openchat-3.5", messages=JAPAN, max_tokens=30, temperature=0)
     choice = completion.choices[0]
-    assert "Paris" in choice.message.content
+    assert "Tokyo" in choice.message.content
     assert choice.finish_reason in ("stop", "length")
     assert completion.usage.prompt_tokens > 5
     assert completion.usage.completion_tokens >= 1
@@ -52,12 +52,12 @@ def test_chat_answers_paris(demo_server: ServerProcess) -> None:
 
 def test_streaming_with_usage(demo_server: ServerProcess) -> None:
     stream = client(demo_server).chat.completions.create(
-        model="openchat-3.5", messages=FRANCE, max_tokens=30, temperature=0, stream=True,
+        model="openchat-3.5", messages=JAPAN, max_tokens=30, temperature=0, stream=True,
         stream_options={"include_usage": True})
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert "Paris" in text
+    assert "Tokyo" in text
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert len(finishes) == 1
     assert chunks[-1].choices == []

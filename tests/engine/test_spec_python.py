@@ -36,7 +36,7 @@ def test_stream_response_from_a_config_loads_streams_and_releases_the_model(demo
     streamer = ResponseStreamer()
 
     async def run() -> list[str]:
-        response = streamer.stream_response("What is the capital of France?", demo_config, max_tokens=20,
+        response = streamer.stream_response("What is the capital of Japan?", demo_config, max_tokens=20,
                                             temperature=0)
         return [frame async for frame in response]
 
@@ -44,5 +44,5 @@ def test_stream_response_from_a_config_loads_streams_and_releases_the_model(demo
     assert frames[-1] == "data: [DONE]\n\n"
     chunks = [json.loads(frame[6:]) for frame in frames[:-1]]
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
-    assert "Paris" in text
+    assert "Tokyo" in text
     assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
