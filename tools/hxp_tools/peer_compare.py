@@ -7,7 +7,6 @@ scenario, stop; then the next. The comparison table gives ours / peer for each f
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import os
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hxp_enterprise_llm.bench.report import render_table, report_document
-from hxp_enterprise_llm.bench.runner import LoadOptions, run_load
+from hxp_enterprise_llm.bench.runner import LoadOptions
 from hxp_enterprise_llm.bench.stats import Summary, summarize, verdict
 from hxp_tools.servers import ManagedServer, ServerFailed
 
@@ -129,12 +128,7 @@ def run_scenarios(server: ManagedServer, base_url: str, args: argparse.Namespace
                 base_url=base_url, api_key=args.api_key, num_requests=_scaled(scenario.num_requests, args),
                 concurrency=scenario.concurrency, max_tokens=scenario.max_tokens, stream=scenario.stream,
                 ignore_eos=args.ignore_eos, warmup=min(scenario.concurrency, 2), timeout_s=args.timeout)
-            server.check_running()
-            try:
-                load = asyncio.run(run_load(options))
-            except Exception as exc:  # e.g. /v1/models unreachable: the server died under us
-                raise ServerFailed(f"{server.name}: {scenario.name} could not run: {type(exc).__name__}: "
-                                   f"{exc}\n{server.log_tail()}") from exc
+            load = server.run_load(options, scenario.name)
             summary = summarize(load.results, load.duration_s)
             result = verdict(summary, 0.0, max_errors=0)
             print(f"\n--- {server.name}: {scenario.name}\n{render_table(load, summary, result)}", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -12,6 +13,8 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
+
+from hxp_enterprise_llm.bench.runner import LoadOptions, LoadRun, run_load
 
 
 class ServerFailed(RuntimeError):
@@ -68,6 +71,15 @@ class ManagedServer:
         if self.process is None or self.process.poll() is not None:
             code = None if self.process is None else self.process.returncode
             raise ServerFailed(f"{self.name} is not running (exit code {code})\n{self.log_tail()}")
+
+    def run_load(self, options: LoadOptions, what: str) -> LoadRun:
+        """`hxp-llm bench`'s load against this server; ServerFailed (with the log) if it cannot run."""
+        self.check_running()
+        try:
+            return asyncio.run(run_load(options))
+        except Exception as exc:  # e.g. /v1/models unreachable: the server died under us
+            raise ServerFailed(f"{self.name}: {what} could not run: {type(exc).__name__}: {exc}\n"
+                               f"{self.log_tail()}") from exc
 
     def wait_healthy(self, timeout_s: float, poll_s: float = 1.0,
                      on_answer: Callable[[int, str], None] | None = None) -> float:

@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from hxp_enterprise_llm.bench.runner import LoadOptions, run_load
+from hxp_enterprise_llm.bench.runner import LoadOptions
 from hxp_enterprise_llm.bench.stats import summarize
 from hxp_tools.peer_compare import machine_description
 from hxp_tools.quality_gate import ask_all, load_questions
@@ -178,12 +178,7 @@ def measure(variant: Variant, args: argparse.Namespace) -> Figures:
             for users, requests in ((1, args.single_requests), (50, args.multi_requests)):
                 options = LoadOptions(base_url=base_url, num_requests=requests, concurrency=users, max_tokens=50,
                                       stream=True, ignore_eos=True, warmup=min(users, 2), timeout_s=600)
-                server.check_running()
-                try:
-                    run = asyncio.run(run_load(options))
-                except Exception as exc:  # e.g. /v1/models unreachable: the server died under us
-                    raise ServerFailed(f"{variant.key}: {users} user(s): {type(exc).__name__}: {exc}\n"
-                                       f"{server.log_tail()}") from exc
+                run = server.run_load(options, f"{variant.key}, {users} user(s)")
                 summary = summarize(run.results, run.duration_s)
                 setattr(figures, f"tok_s_{users}", round(summary.output_throughput, 1))
                 setattr(figures, f"ttft_p50_{users}_ms", round(summary.ttft.median, 0))
