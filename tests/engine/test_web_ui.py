@@ -7,14 +7,13 @@ test-artifacts/web-ui/ (the path is printed at the end of the module).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from support.browser import chromium_driver, screenshot
+from support.browser import chromium_driver, screenshot, wait_for
 from support.server_process import ServerProcess
 
 # Upper bounds for a stuck page on a busy 2-core machine, never performance targets.
@@ -31,16 +30,6 @@ new MutationObserver(() => {
   if (answers.length) window.__seen.push(answers[answers.length - 1].textContent);
 }).observe(transcript, {childList: true, subtree: true, characterData: true});
 """
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout} s waiting for: {what}")
 
 
 def running_on_server(server: ServerProcess) -> tuple[int, float]:

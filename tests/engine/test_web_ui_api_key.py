@@ -4,22 +4,17 @@ scripted FakeEngine: the key handling is the page's and the API's, not the model
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 
 from hxp_enterprise_llm.api.app import build_app
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
-from support.browser import chromium_driver, screenshot
+from support.browser import chromium_driver, screenshot, wait_for
 from support.fake_engine import FakeEngine
-from support.server_process import free_port
+from support.server_process import app_served_in_thread
 
 KEY = "page-test-key-123"
 WAIT_SECONDS = 30
@@ -29,34 +24,8 @@ WAIT_SECONDS = 30
 def keyed_service() -> Iterator[str]:
     config = OpenChat35Config(api_key=KEY, prompt_format="chat_template", metrics_collection_interval=1)
     app = build_app(config, OpenChat35Service(config, engine=FakeEngine(token_delay=0.05)), serve_metrics=False)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + WAIT_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    else:
-        pytest.fail("the FakeEngine service did not turn ready")
-    yield url
-    server.should_exit = True
-    thread.join(timeout=WAIT_SECONDS)
-
-
-def wait_for(condition: Any, what: str) -> Any:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for: {what}")
+    with app_served_in_thread(app, ready_within_s=WAIT_SECONDS) as url:
+        yield url
 
 
 def dialog_open(driver: Any) -> bool:
@@ -68,7 +37,7 @@ def enter_key(driver: Any, key: str) -> None:
     field.clear()
     field.send_keys(key)
     driver.find_element("id", "key-save").click()
-    wait_for(lambda: not dialog_open(driver), "the key dialog to close")
+    wait_for(lambda: not dialog_open(driver), "the key dialog to close", WAIT_SECONDS)
 
 
 def ask(driver: Any, prompt: str) -> dict[str, Any]:
@@ -83,19 +52,19 @@ def ask(driver: Any, prompt: str) -> dict[str, Any]:
         return {"state": nodes[-1].get_attribute("data-state"), "text": nodes[-1].find_element(
             "css selector", ".content").text, "meta": nodes[-1].find_element("css selector", ".meta").text}
 
-    result: dict[str, Any] = wait_for(finished, f"the answer to {prompt!r}")
+    result: dict[str, Any] = wait_for(finished, f"the answer to {prompt!r}", WAIT_SECONDS)
     return result
 
 
 def test_the_page_asks_for_the_key_and_keeps_it_in_the_tab_only(keyed_service: str) -> None:
     with chromium_driver() as driver:
         driver.get(f"{keyed_service}/ui/")
-        wait_for(lambda: dialog_open(driver), "the page to ask for the key")
+        wait_for(lambda: dialog_open(driver), "the page to ask for the key", WAIT_SECONDS)
         enter_key(driver, "wrong-key")
         refused = ask(driver, "hello")
         assert refused["state"] == "error"
         assert "401" in refused["meta"]
-        wait_for(lambda: dialog_open(driver), "the page to ask again after a 401")
+        wait_for(lambda: dialog_open(driver), "the page to ask again after a 401", WAIT_SECONDS)
         assert "refused the key" in driver.find_element("id", "key-error").text
 
         enter_key(driver, KEY)
@@ -111,4 +80,4 @@ def test_the_page_asks_for_the_key_and_keeps_it_in_the_tab_only(keyed_service: s
         driver.find_element("id", "forget-key").click()
         assert driver.execute_script("return sessionStorage.getItem('hxp-llm-api-key')") is None
         driver.refresh()
-        wait_for(lambda: dialog_open(driver), "the page to ask again once the key is forgotten")
+        wait_for(lambda: dialog_open(driver), "the page to ask again once the key is forgotten", WAIT_SECONDS)

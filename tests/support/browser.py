@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -66,3 +67,14 @@ def screenshot(driver: Any, folder: str, name: str) -> Path:
     driver.save_screenshot(str(path))
     SAVED.append(path)
     return path
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float) -> Any:
+    """Poll the page until `condition()` is truthy and return it; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout} s waiting for: {what}")

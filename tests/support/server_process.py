@@ -6,9 +6,13 @@ import json
 import os
 import socket
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from hxp_tools.servers import ManagedServer
+from hxp_tools.servers import ManagedServer, poll_health
 
 REPO = Path(__file__).resolve().parents[2]
 # Where scripts/setup builds the demo models; HXP_MODELS_DIR moves them (the one place tests read it).
@@ -69,3 +73,23 @@ def require_model(path: Path) -> None:
 
     if not (path / "config.json").is_file():
         pytest.fail(f"demo model missing at {path}: run scripts/setup (or scripts/fetch-demo-models) first")
+
+
+@contextmanager
+def app_served_in_thread(app: Any, *, ready_within_s: float = 30) -> Iterator[str]:
+    """The ASGI app behind a real uvicorn (its default HTTP parser) on a free port; yields the base URL once
+    /health answers 200, and stops the server after."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning",
+                                           lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.config.port}"
+    try:
+        poll_health(f"{url}/health", timeout_s=ready_within_s, poll_s=0.1,
+                    still_running=lambda: None if thread.is_alive() else "the uvicorn thread ended")
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=ready_within_s)

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from api_harness import RawExchange, Served, assert_openai_error, chat_body
 
 from hxp_enterprise_llm.api.app import build_app
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
 from support.fake_engine import FakeEngine
-from support.server_process import free_port
+from support.server_process import app_served_in_thread
 
 pytestmark = pytest.mark.anyio
 
@@ -137,23 +133,9 @@ async def test_request_headers_over_the_limit_are_431_naming_it(serve_app) -> No
 def test_the_header_limit_holds_behind_uvicorns_own_parser() -> None:
     # uvicorn picks httptools when it is installed (it is: uvicorn[standard]); that parser has no
     # header limit of its own, and the h11 setting the service once relied on was never read.
-    config = OpenChat35Config(max_header_bytes=4096)
+    config = OpenChat35Config(max_header_bytes=4096, prompt_format="chat_template")
     app = build_app(config, OpenChat35Service(config, engine=FakeEngine()), serve_metrics=False)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            response = None
-            for _ in range(100):
-                with contextlib.suppress(httpx.TransportError):
-                    response = client.get("/health", headers={"X-Trace": "t" * 200_000})
-                    break
-                time.sleep(0.1)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-    assert response is not None, "the server never answered"
+    with app_served_in_thread(app) as url:
+        response = httpx.get(f"{url}/health", headers={"X-Trace": "t" * 200_000}, timeout=10)
     assert response.status_code == 431
     assert response.json()["error"]["code"] == "headers_too_large"
