@@ -195,6 +195,10 @@ def test_an_unreadable_directory_is_named_not_reported_as_missing_files(locked_m
     model_dir = outside / locked_model.model_dir.name
     shutil.copytree(locked_model.model_dir, model_dir)
     lock_path = Path(shutil.copy(locked_model.lock_path, outside))
+    # `nobody` may not read the checkout (a clone under `mktemp -d` is 0700): it gets its own copy of the
+    # package, which needs only the standard library for this check.
+    package = Path(__import__("hxp_enterprise_llm").__file__).parent
+    shutil.copytree(package, outside / "pkg" / package.name, ignore=shutil.ignore_patterns("__pycache__"))
     for path in [outside, *outside.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     (model_dir / unreadable).chmod(0o700)
@@ -203,9 +207,10 @@ def test_an_unreadable_directory_is_named_not_reported_as_missing_files(locked_m
               "entry = read_lock(pathlib.Path(sys.argv[2])).models[0]\n"
               "report = verify_model_dir(pathlib.Path(sys.argv[1]), entry, progress=None, raise_on_problem=False)\n"
               "print([(p.kind, p.path) for p in report.problems]); print(report.error().args[0])")
-    result = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
-                             script, str(model_dir), str(lock_path)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-S",
+                             "-c", script, str(model_dir), str(lock_path)],
+                            capture_output=True, text=True, timeout=60, check=False,
+                            env={**os.environ, "PYTHONPATH": str(outside / "pkg"), "PYTHONDONTWRITEBYTECODE": "1"})
     shutil.rmtree(outside)
     assert result.returncode == 0, result.stderr
     kinds, message = result.stdout.splitlines()
