@@ -40,28 +40,20 @@ RUN groupadd --system --gid 10001 hxp \
     && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/hxp --shell /usr/sbin/nologin hxp
 
 # ---------------------------------------------------------------------------------------------------
-FROM base AS builder
-ARG FLAVOUR
-ARG VLLM_VERSION
-# `.image-build*` is a glob so that a plain `docker build .` works without it: COPY skips a glob that
-# matches nothing as long as another source exists. scripts/build-image fills .image-build/ with
-# wheelhouse/ (cpu) and ca/ca.pem (optional custom CA).
-COPY .dockerignore .image-build* /build-inputs/
-COPY pyproject.toml /src/
-COPY scripts/image-install-venv /usr/local/bin/image-install-venv
-# The big layer (vLLM, torch and the dependencies) depends only on pyproject.toml and the inputs,
-# so a code change reuses it.
-RUN image-install-venv deps "$FLAVOUR" "$VLLM_VERSION"
-# README.md* : the package metadata reads it; a glob so a checkout without it still builds.
-COPY pyproject.toml README.md* /src/
-COPY app /src/app
-# The project as a wheel, installed in the final stage: a code change then rebuilds a small layer
-# instead of copying the whole 3.6 GB venv again.
-RUN image-install-venv project-wheel "$FLAVOUR" "$VLLM_VERSION"
-
-# ---------------------------------------------------------------------------------------------------
 # Per-flavour defaults of the service (OPENCHAT_3_5_* settings; compose/quadlet env files override them).
 FROM base AS flavour-gpu
+ARG FLAVOUR
+# gcc, libc headers and Python.h at run time: the GPU config compiles (OPENCHAT_3_5_ENFORCE_EAGER=0 in
+# config/openchat-3.5.env), torch inductor writes Triton kernels, and Triton builds a small C launcher
+# for each with the host's C compiler against Python.h ("Failed to find C compiler" or "Python.h: No such
+# file" without them). The CUDA base has neither; its distribution's mirror provides both.
+# Docker's legacy builder builds every stage before the target, this one too in a cpu build: hence the
+# test of FLAVOUR. These stages come before `builder` so that `--target flavour-gpu` (scripts/check-gpu-image
+# --stage) builds without installing vLLM.
+RUN if [ "$FLAVOUR" = gpu ]; then \
+        apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev python3-dev \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
@@ -74,12 +66,35 @@ RUN if ! command -v g++ >/dev/null; then \
     fi
 # Compiled graphs persist in the cache volume (compose.yaml, quadlet): a restart loads them instead of
 # compiling again. vLLM 0.32's own AOT-compiled artifacts fail to load on CPU ("'function' object has no
-# attribute 'finalize_loading'", then it compiles again), so AOT is off and torch inductor's caches do it.
-ENV VLLM_USE_AOT_COMPILE=0 \
-    TORCHINDUCTOR_CACHE_DIR=/var/cache/hxp-llm/torchinductor
+# attribute 'finalize_loading'", then it compiles again), so AOT is off and torch inductor's caches do it
+# (TORCHINDUCTOR_CACHE_DIR in the runtime stage).
+ENV VLLM_USE_AOT_COMPILE=0
 # The default stays eager: about 1 s of engine init instead of 60-80 s of compiling on a cold cache; compiled
 # mode is OPENCHAT_3_5_ENFORCE_EAGER=false, its graphs kept in the cache volume (docs/benchmark.md).
 ENV OPENCHAT_3_5_ENFORCE_EAGER=true
+
+# ---------------------------------------------------------------------------------------------------
+FROM base AS builder
+ARG FLAVOUR
+ARG VLLM_VERSION
+# `.image-build*` is a glob so that a plain `docker build .` works without it: COPY skips a glob that
+# matches nothing as long as another source exists. scripts/build-image fills .image-build/ with
+# wheelhouse/ (cpu) and ca/ca.pem (optional custom CA).
+COPY .dockerignore .image-build* /build-inputs/
+COPY pyproject.toml /src/
+COPY scripts/image-install-venv /usr/local/bin/image-install-venv
+# Every package of the GPU venv, pinned (resolved against PyPI for the CUDA base's Python 3.12 by
+# scripts/check-gpu-image); the cpu flavour's pins come with its wheelhouse instead.
+COPY requirements/gpu.txt /src/requirements/gpu.txt
+# The big layer (vLLM, torch and the dependencies) depends only on pyproject.toml and the inputs,
+# so a code change reuses it.
+RUN image-install-venv deps "$FLAVOUR" "$VLLM_VERSION"
+# README.md* : the package metadata reads it; a glob so a checkout without it still builds.
+COPY pyproject.toml README.md* /src/
+COPY app /src/app
+# The project as a wheel, installed in the final stage: a code change then rebuilds a small layer
+# instead of copying the whole 3.6 GB venv again.
+RUN image-install-venv project-wheel "$FLAVOUR" "$VLLM_VERSION"
 
 # ---------------------------------------------------------------------------------------------------
 FROM flavour-${FLAVOUR} AS runtime
@@ -111,13 +126,20 @@ ENV PATH=/opt/venv/bin:$PATH \
     OPENCHAT_3_5_MODELS_LOCK=/app/models.lock \
     OPENCHAT_3_5_MODEL_PATH=/opt/models/openchat-3.5-0106 \
     VLLM_CACHE_ROOT=/var/cache/hxp-llm/vllm \
+    TORCHINDUCTOR_CACHE_DIR=/var/cache/hxp-llm/torchinductor \
+    TRITON_CACHE_DIR=/var/cache/hxp-llm/triton \
+    TRITON_HOME=/var/cache/hxp-llm/triton-home \
+    CUDA_CACHE_PATH=/var/cache/hxp-llm/cuda \
+    FLASHINFER_WORKSPACE_BASE=/var/cache/hxp-llm/flashinfer \
     HF_HUB_OFFLINE=1 \
     XDG_CACHE_HOME=/tmp/cache \
     TRANSFORMERS_OFFLINE=1 \
     VLLM_NO_USAGE_STATS=1 \
     DO_NOT_TRACK=1
-# The root filesystem can be read-only (compose and the quadlet make it so): the service, vLLM, torch
-# and Hugging Face write only under /tmp (a tmpfs there), caches included via XDG_CACHE_HOME.
+# The root filesystem, $HOME included, is read-only (compose, the quadlet and Kubernetes make it so).
+# JIT caches that would default to $HOME (Triton's ~/.triton, CUDA's ~/.nv, FlashInfer's ~/.cache) and
+# vLLM's and inductor's compile caches go to the cache volume at /var/cache/hxp-llm, kept across
+# restarts; everything else (Hugging Face, small caches through XDG_CACHE_HOME, IPC) to the /tmp tmpfs.
 USER hxp
 EXPOSE 11402 11403
 STOPSIGNAL SIGTERM

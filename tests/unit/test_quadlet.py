@@ -159,7 +159,8 @@ def test_published_ports_match_compose(unit, compose_service):
     defaults = service_env_defaults(unit)
     published = [re.sub(r"\$\{(\w+)\}", lambda m: defaults[m[1]], port)
                  for port in values(unit["Container"], "PublishPort")]
-    assert published == compose_service["ports"] == ["0.0.0.0:11402:11402", "0.0.0.0:11403:11403"]
+    # Loopback unless an operator opens them (with an API key): the API is open by default.
+    assert published == compose_service["ports"] == ["127.0.0.1:11402:11402", "127.0.0.1:11403:11403"]
 
 
 def test_each_instance_may_choose_its_ports(unit):
@@ -253,7 +254,8 @@ def test_readiness_check_matches_compose_and_the_image(unit, compose_service):
 
 
 def test_image_is_the_one_compose_runs(unit, compose_service):
-    assert single(unit["Container"], "Image").removeprefix("localhost/") == compose_service["image"]
+    # Podman stores Docker's `name:tag` as docker.io/library/name:tag (test_deploy_consistency.py compares all).
+    assert single(unit["Container"], "Image") == f"docker.io/library/{compose_service['image']}"
 
 
 @pytest.mark.parametrize("env_file", sorted((REPO_ROOT / "config").glob("*.env")), ids=lambda p: p.name)

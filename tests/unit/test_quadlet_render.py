@@ -58,7 +58,7 @@ def etc(tmp_path: Path) -> Path:
     """/etc/citadel-llm with two instances on their own ports."""
     (tmp_path / "a.ports.env").write_text("HXP_LLM_PORT=12402\nHXP_LLM_METRICS_PORT=12403\n")
     (tmp_path / "b.ports.env").write_text(
-        "HXP_LLM_PORT=13402\nHXP_LLM_METRICS_PORT=13403\nHXP_LLM_METRICS_ADDRESS=127.0.0.1\n")
+        "HXP_LLM_PORT=13402\nHXP_LLM_METRICS_PORT=13403\nHXP_LLM_ADDRESS=0.0.0.0\n")
     return tmp_path
 
 
@@ -72,7 +72,7 @@ def test_two_instances_get_their_own_container_and_ports(rendered, etc):
     b = resolve_exec_start(rendered["citadel-llm@b.service"], Instance("b", etc))
     assert option_values(a, "--name") == ["citadel-llm-a"]
     assert option_values(b, "--name") == ["citadel-llm-b"]
-    assert option_values(a, "--publish") == ["0.0.0.0:12402:11402", "0.0.0.0:12403:11403"]
+    assert option_values(a, "--publish") == ["127.0.0.1:12402:11402", "127.0.0.1:12403:11403"]
     assert option_values(b, "--publish") == ["0.0.0.0:13402:11402", "127.0.0.1:13403:11403"]
     assert option_values(a, "--env-file")[-1].endswith("/a.env")
     assert option_values(b, "--env-file")[-1].endswith("/b.env")
@@ -80,16 +80,19 @@ def test_two_instances_get_their_own_container_and_ports(rendered, etc):
 
 def test_an_instance_without_a_ports_file_publishes_the_default_ports(rendered, etc):
     argv = resolve_exec_start(rendered["citadel-llm@.service"], Instance("openchat-3.5", etc))
-    assert option_values(argv, "--publish") == ["0.0.0.0:11402:11402", "0.0.0.0:11403:11403"]
+    assert option_values(argv, "--publish") == ["127.0.0.1:11402:11402", "127.0.0.1:11403:11403"]
 
 
 def test_gpu_instances_get_every_gpu_and_the_cpu_drop_in_removes_it(rendered, etc):
     gpu = resolve_exec_start(rendered["citadel-llm@a.service"], Instance("a", etc))
     cpu = resolve_exec_start(rendered["citadel-llm@demo.service"], Instance("demo", etc))
     assert option_values(gpu, "--device") == ["nvidia.com/gpu=all"]
-    assert gpu[-1] == "localhost/hxp-enterprise-llm:gpu"
+    assert gpu[-1] == "docker.io/library/hxp-enterprise-llm:gpu"
+    assert option_values(gpu, "--memory") == ["16g"]
     assert option_values(cpu, "--device") == []
-    assert cpu[-1] == "localhost/hxp-enterprise-llm:cpu"
+    assert cpu[-1] == "docker.io/library/hxp-enterprise-llm:cpu"
+    # The drop-in's empty PodmanArgs= drops the GPU host's limits before setting the demo's.
+    assert option_values(cpu, "--memory") == ["8g"]
 
 
 @pytest.mark.parametrize("instance", ["a", "demo"])
@@ -120,6 +123,8 @@ def test_systemd_waits_out_the_drain_and_restarts_on_failure(rendered):
     service = dict(service_section(rendered["citadel-llm@a.service"], "Service"))
     assert service["Type"] == "notify"
     assert service["Restart"] == "on-failure"
+    # A configuration (2) or model/lock (3) error fails the unit once instead of restarting every 10 s.
+    assert service["RestartPreventExitStatus"].split() == ["2", "3"]
     assert int(service["TimeoutStopSec"]) > 45  # longer than podman's --stop-timeout
 
 
