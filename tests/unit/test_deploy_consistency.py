@@ -112,6 +112,31 @@ def test_a_planted_disagreement_is_reported(case: str, tmp_path: Path):
     assert any(named in line for line in lines), lines
 
 
+# Caches that default to $HOME (read-only in every deployment) and are written at run time on the GPU path.
+HOME_CACHES = ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "TRITON_HOME", "CUDA_CACHE_PATH",
+               "FLASHINFER_WORKSPACE_BASE", "TORCH_EXTENSIONS_DIR", "TVM_FFI_CACHE_DIR")
+CACHE_VOLUME = "/var/cache/hxp-llm"
+
+
+def test_jit_caches_go_to_the_writable_cache_volume_in_every_deployment():
+    env = dockerfile_env(dockerfile_instructions((REPO_ROOT / "Dockerfile").read_text(encoding="utf-8")))
+    for name in HOME_CACHES:
+        assert env.get(name, "").startswith(f"{CACHE_VOLUME}/"), name
+    document = compose_defaults(yaml.safe_load((REPO_ROOT / "compose.yaml").read_text(encoding="utf-8")))
+    assert isinstance(document, dict)
+    for name in ("openchat-3.5", "openchat-3.5-cpu"):
+        (cache,) = [v for v in document["services"][name]["volumes"] if v["target"] == CACHE_VOLUME]
+        assert not cache.get("read_only")
+    unit = merged_unit((REPO_ROOT / QUADLET_TEMPLATE).read_text(encoding="utf-8"))
+    assert any(line.split(":")[1] == CACHE_VOLUME for line in unit[("Container", "Volume")])
+    for overlay in ("base", "cpu-demo"):
+        (container,) = containers(one(render(REPO_ROOT / "deploy" / "kubernetes" / overlay), "Deployment"))
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        assert not mounts[CACHE_VOLUME].get("readOnly")
+        # $HOME is read-only here too: nothing may depend on writing it.
+        assert env["HOME"] not in mounts
+
+
 # --- a lock or configuration error stops -------------------------------------------------------------
 
 def test_quadlet_does_not_restart_what_a_restart_cannot_fix():
