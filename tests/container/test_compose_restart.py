@@ -41,8 +41,8 @@ def test_an_unlocked_production_model_stops_after_the_bounded_retries(docker_cli
     finally:
         project.down()
 
-    record_figure(f"compose, unlocked model: {state['RestartCount'] + 1} starts, exited "
-                  f"{state['State']['ExitCode']} and stayed down after {given_up:.1f} s")
+    record_figure(f"compose, unlocked model: {state['RestartCount'] + 1} starts in {given_up:.1f} s, then "
+                  f"{state['State']['Status']} (exit {state['State']['ExitCode']}) 5 s later")
     assert state["State"]["Status"] == "exited", state["State"]
     assert state["State"]["ExitCode"] == EXIT_MODEL
     assert state["RestartCount"] == RETRIES
