@@ -207,6 +207,17 @@ def scripts_named(docs: Iterable[Doc]) -> dict[str, str]:
     return named
 
 
+def script_options_named(docs: Iterable[Doc]) -> dict[str, dict[str, str]]:
+    """scripts/NAME -> {--option: where} for the options written after it in code."""
+    named: dict[str, dict[str, str]] = {}
+    for doc in docs:
+        for number, code in doc.code_snippets():
+            for match in re.finditer(r"(scripts/[A-Za-z0-9_-]+)([^;&|#>]*)", code):
+                for option in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", match.group(2)):
+                    named.setdefault(match.group(1), {}).setdefault(option, f"{doc.path.name}:{number}")
+    return named
+
+
 # --- configuration keys
 
 def documented_keys(doc: Doc) -> dict[str, list[tuple[str, int]]]:

@@ -23,6 +23,7 @@ from support.docs_check import (
     link_problems,
     load,
     module_problems,
+    script_options_named,
     scripts_named,
 )
 
@@ -96,6 +97,11 @@ def test_every_script_named_exists_is_executable_and_help_has_no_side_effects(tm
         results = list(pool.map(run_help, sorted(named)))
     failed = [f"{s}: exit {code}: {out[-300:]}" for s, code, out in results if code != 0 or not out.strip()]
     assert failed == []
+    helps = {script: out for script, _, out in results}
+    unknown_options = [f"{script} {option} (named at {where})"
+                       for script, options in script_options_named(load(p) for p in DOCS).items()
+                       for option, where in options.items() if option not in helps.get(script, "")]
+    assert unknown_options == []
     assert not cache.exists()
     assert not (tmp_path / "home").exists()
     assert _git_status() == before

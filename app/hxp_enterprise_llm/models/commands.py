@@ -162,7 +162,13 @@ def _lock_target(args: argparse.Namespace) -> tuple[Path, ModelsLock, LockEntry 
     """The lock file, its content, the entry NAME names (if any) and the (name, repo_id, note) to write."""
     lock_path = _lock_path_or_new(args.lock)
     lock = read_lock(lock_path) if lock_path.exists() else ModelsLock()
-    existing = next((e for e in lock.models if e.matches(args.name)), None)
+    # A name first; a repo id never picks a model built here from it (openchat-3.5-tiny shares OpenChat's).
+    existing = (next((e for e in lock.models if e.name == args.name), None)
+                or next((e for e in lock.models if e.repo_id == args.name and not _is_built(e)), None))
+    if existing is not None and _is_built(existing):
+        raise LockError(f"models.lock entry '{existing.name}' is built locally ({existing.revision}) by "
+                        "`scripts/fetch-demo-models`, not taken from the Hub; `scripts/fetch-demo-models "
+                        "--update-lock` relocks it")
     if existing is not None:
         return lock_path, lock, existing, (existing.name, existing.repo_id, existing.note)
     if "/" in args.name:
@@ -191,6 +197,10 @@ def cmd_lock(args: argparse.Namespace) -> int:
           f"{sum(f.size or 0 for f in entry.files) / 1e9:.2f} GB, all hashed from the Hub's metadata "
           f"({changed}); wrote {lock_path}")
     return 0
+
+
+def _is_built(entry: LockEntry) -> bool:
+    return entry.revision.startswith("built:")
 
 
 def _lock_path_or_new(path: Path) -> Path:

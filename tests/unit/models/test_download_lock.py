@@ -165,3 +165,27 @@ def test_a_new_repo_id_gets_a_new_entry(hub: FakeHub, tmp_path: Path) -> None:
     entry = read_lock(lock_path).find("openchat-3.5-0106")
     assert (entry.repo_id, entry.revision) == ("openchat/openchat-3.5-0106", COMMIT)
     assert verify_model_dir(tmp_path / "oc", entry, progress=None).ok
+
+
+@pytest.mark.parametrize("name", ["openchat-3.5-tiny", "smollm2-135m-instruct"])
+def test_a_model_built_here_is_neither_downloaded_nor_locked_from_the_hub(
+        name: str, lock_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lock_before = lock_path.read_bytes()
+    for command in ("download", "lock"):
+        code = main(["model", command, name, "--revision", "main", "--lock", str(lock_path),
+                     "--endpoint", "http://127.0.0.1:9"])  # nothing listens there: no request may be made
+        assert code == 2
+        assert f"models.lock entry '{name}' is built locally" in capsys.readouterr().err
+    assert lock_path.read_bytes() == lock_before
+    assert not (tmp_path / name).exists()
+
+
+def test_a_repo_id_shared_with_a_built_model_selects_the_hub_entry(hub: FakeHub, lock_path: Path,
+                                                                   tmp_path: Path) -> None:
+    """openchat-3.5-tiny is built from openchat/openchat-3.5-0106's tokenizer: the repo id means the real one."""
+    code = main(["model", "download", "openchat/openchat-3.5-0106", "--revision", COMMIT, "--lock", str(lock_path),
+                 "--models-root", str(tmp_path / "models"), "--endpoint", hub.url])
+    assert code == 0
+    lock = read_lock(lock_path)
+    assert not lock.find("openchat-3.5-0106").unlocked_files
+    assert lock.find("openchat-3.5-tiny").revision.startswith("built:")
