@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import importlib.util
 import io
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -114,6 +115,18 @@ def link_problems(doc: Doc, repo_root: Path) -> list[str]:
     return problems
 
 
+def path_problems(doc: Doc, repo_root: Path, top_dirs: Iterable[str]) -> list[str]:
+    """Each repository path named (under one of top_dirs; globs allowed) exists."""
+    prefixes = "|".join(map(re.escape, top_dirs))
+    pattern = re.compile(rf"(?<![\w/.-])((?:{prefixes})/[\w./*@-]*[\w*@])")
+    problems = []
+    for number, line in enumerate(doc.text.splitlines(), 1):
+        for path in pattern.findall(line):
+            if not any(repo_root.glob(path)):
+                problems.append(f"{doc.path.name}:{number}: {path} does not exist")
+    return problems
+
+
 # --- hxp-llm commands
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser] | None:
@@ -205,6 +218,18 @@ def scripts_named(docs: Iterable[Doc]) -> dict[str, str]:
             for script in SCRIPT.findall(line):
                 named.setdefault(script, f"{doc.path.name}:{number}")
     return named
+
+
+def script_file_problems(named: dict[str, str], repo_root: Path) -> list[str]:
+    """Each script named exists and is executable."""
+    problems = []
+    for script, where in sorted(named.items()):
+        path = repo_root / script
+        if not path.is_file():
+            problems.append(f"{where}: {script} does not exist")
+        elif not os.access(path, os.X_OK):
+            problems.append(f"{where}: {script} is not executable")
+    return problems
 
 
 def script_options_named(docs: Iterable[Doc]) -> dict[str, dict[str, str]]:

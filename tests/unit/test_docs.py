@@ -23,6 +23,8 @@ from support.docs_check import (
     link_problems,
     load,
     module_problems,
+    path_problems,
+    script_file_problems,
     script_options_named,
     scripts_named,
 )
@@ -44,6 +46,16 @@ def all_problems(check: object) -> list[str]:
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
 def test_links_and_anchors_resolve(path: Path) -> None:
     assert link_problems(load(path), ROOT) == []
+
+
+def repo_top_dirs() -> list[str]:
+    # models/ holds what scripts/setup builds (git-ignored): its paths exist only after a set-up.
+    return sorted(p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and p.name not in {"models", "build", "dist"} and not p.name.endswith(".egg-info"))
+
+
+def test_every_repository_path_named_exists() -> None:
+    assert all_problems(lambda doc: path_problems(doc, ROOT, repo_top_dirs())) == []
 
 
 def test_every_hxp_llm_command_named_exists_and_answers_help() -> None:
@@ -78,10 +90,7 @@ def _git_status() -> str | None:
 def test_every_script_named_exists_is_executable_and_help_has_no_side_effects(tmp_path: Path) -> None:
     named = scripts_named(load(p) for p in DOCS)
     assert named, "the docs name no scripts/...: the pattern is broken"
-    missing = [f"{s} (named at {where})" for s, where in named.items() if not (ROOT / s).is_file()]
-    assert missing == []
-    not_executable = [s for s in named if not os.access(ROOT / s, os.X_OK)]
-    assert not_executable == []
+    assert script_file_problems(named, ROOT) == []
 
     cache = tmp_path / "cache"  # every script keeps its state under HXP_CACHE_DIR: it must stay absent
     env = {**os.environ, "HXP_CACHE_DIR": str(cache), "HOME": str(tmp_path / "home")}
@@ -124,7 +133,8 @@ hxp-llm model verify <dir>
 python -m hxp_enterprise_llm.no_such_module
 ```
 
-`OPENCHAT_3_5_PORT` and `OPENCHAT_3_5_NO_SUCH_KEY`.
+`OPENCHAT_3_5_PORT` and `OPENCHAT_3_5_NO_SUCH_KEY`; `scripts/setup --only-x` and `scripts/no-such-script`.
+`config/demo-cpu.yaml`, `config/*.env`, `config/no-such.yaml`.
 """
 
 
@@ -141,6 +151,8 @@ def test_the_checker_reports_planted_dead_links_and_anchors(tmp_path: Path) -> N
     assert "dead link 'environment.md'" in problems[0]
     assert "no heading with the anchor '#no-such-heading'" in problems[1]
     assert "'openchat-facts.md' is named" in problems[2]
+    assert path_problems(planted(tmp_path, PLANTED), ROOT, ["config"]) == [
+        "planted.md:17: config/no-such.yaml does not exist"]
 
 
 def test_the_checker_reports_planted_unknown_commands_options_and_modules(tmp_path: Path) -> None:
@@ -167,3 +179,11 @@ def test_the_checker_reports_planted_unknown_and_undocumented_keys(tmp_path: Pat
         "planted.md:6: 'port' is documented with default '1', the schema's is '11402'"]
     env_problems = env_name_problems(planted(tmp_path, PLANTED), ["port"], ENV_PREFIX, ENV_EXTRA)
     assert env_problems == ["planted.md:16: OPENCHAT_3_5_NO_SUCH_KEY is not a setting's variable"]
+
+
+def test_the_checker_reports_a_planted_missing_script_and_collects_script_options(tmp_path: Path) -> None:
+    doc = planted(tmp_path, PLANTED)
+    named = scripts_named([doc])
+    assert set(named) == {"scripts/setup", "scripts/no-such-script"}
+    assert script_file_problems(named, ROOT) == ["planted.md:16: scripts/no-such-script does not exist"]
+    assert script_options_named([doc]) == {"scripts/setup": {"--only-x": "planted.md:16"}}
