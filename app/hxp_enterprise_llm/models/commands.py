@@ -170,7 +170,9 @@ def _lock_target(args: argparse.Namespace) -> tuple[Path, ModelsLock, LockEntry 
                         "`scripts/fetch-demo-models`, not taken from the Hub; `scripts/fetch-demo-models "
                         "--update-lock` relocks it")
     if existing is not None:
-        return lock_path, lock, existing, (existing.name, existing.repo_id, existing.note)
+        # A note that says the entry is unlocked (as committed for OpenChat) is false once it is locked.
+        note = "" if existing.note.startswith("UNLOCKED") else existing.note
+        return lock_path, lock, existing, (existing.name, existing.repo_id, note)
     if "/" in args.name:
         return lock_path, lock, None, (args.name.rsplit("/", 1)[1], args.name, "")
     raise LockError(f"'{args.name}' is not in {lock_path}; give the Hub repo id (owner/name) to add it")

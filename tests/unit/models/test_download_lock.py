@@ -77,6 +77,8 @@ def test_download_with_a_revision_checks_the_published_hashes_and_locks_every_fi
     entry = read_lock(lock_path).find("openchat-3.5-0106")
     assert entry.revision == COMMIT  # "main" pinned as the full commit
     assert not entry.unlocked_files
+    assert before.find("openchat-3.5-0106").note.startswith("UNLOCKED")
+    assert entry.note == ""  # no longer true
     recorded = published()
     assert {f.path for f in entry.files} == set(recorded)
     for f in entry.files:
