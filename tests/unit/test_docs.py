@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,8 +40,8 @@ def schema_sections() -> dict[str, str]:
     return {key: SECTION_OF_KEY.get(key, "(no section)") for key in ModelConfigSchema.model_fields}
 
 
-def all_problems(check: object) -> list[str]:
-    return [p for path in DOCS for p in check(load(path))]  # type: ignore[operator]
+def all_problems(check: Callable[[Doc], list[str]]) -> list[str]:
+    return [p for path in DOCS for p in check(load(path))]
 
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
