@@ -6,6 +6,9 @@ against its LFS object id, a small git file's bytes against its git blob id (its
 computed and locked). A file that fails is moved out of the model directory to a sibling
 `<dir>.rejected/` (deleted if it cannot be moved): left in place, huggingface_hub would keep trusting
 its own download metadata and a re-run would never fetch it again, and vLLM could load it.
+
+(huggingface_hub 2.4's `HfApi.verify_repo_checksums` compares the same hashes, but one file at a time
+and without the lock; `verify_model_dir` hashes in parallel threads with progress, as `serve` does.)
 """
 
 from __future__ import annotations
