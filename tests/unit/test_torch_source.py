@@ -47,7 +47,8 @@ def test_without_any_source_it_falls_back_to_pytorchs_index_and_says_what_to_set
     result = _run(tmp_path)  # no configuration, no variable, no index reachable
     assert result.returncode == 1
     assert "https://download.pytorch.org/whl/cpu" in result.stderr
-    assert "HXP_TORCH_INDEX_URL" in result.stderr and "HXP_TORCH_FIND_LINKS" in result.stderr
+    assert "HXP_TORCH_INDEX_URL" in result.stderr
+    assert "HXP_TORCH_FIND_LINKS" in result.stderr
     assert result.stdout == ""
 
 
@@ -61,4 +62,5 @@ def test_a_folder_without_the_wheel_is_refused(tmp_path: Path) -> None:
 def test_help_says_which_variables_choose_the_source(tmp_path: Path) -> None:
     result = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0
-    assert "HXP_TORCH_FIND_LINKS" in result.stdout and "HXP_TORCH_INDEX_URL" in result.stdout
+    assert "HXP_TORCH_FIND_LINKS" in result.stdout
+    assert "HXP_TORCH_INDEX_URL" in result.stdout
