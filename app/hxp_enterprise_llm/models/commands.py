@@ -226,12 +226,12 @@ def _describe_change(old: LockEntry | None, new: LockEntry) -> str:
 # --- verify
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from hxp_enterprise_llm.models.serving_check import find_entry_for, resolve_lock_path
+    from hxp_enterprise_llm.models.serving_check import entry_verified_here, resolve_lock_path
 
     try:
         model_path, model_name, lock_file = _verify_targets(args)
         lock = read_lock(resolve_lock_path(lock_file))
-        entry = lock.find(args.name) if args.name else find_entry_for(lock, model_path, model_name)
+        entry = entry_verified_here(lock, model_path, model_name, args.name)
     except (LockError, ValueError) as exc:
         return _fail(str(exc), EXIT_LOCK)
     stamps = VerifiedStamps() if args.stamp else None
