@@ -19,12 +19,15 @@ from hxp_enterprise_llm.api import health as health_routes
 from hxp_enterprise_llm.api import model_routes, routes
 from hxp_enterprise_llm.api.auth import ApiKeys
 from hxp_enterprise_llm.api.errors import install_error_handlers
+from hxp_enterprise_llm.api.key_metrics import KeyMetrics
 from hxp_enterprise_llm.api.lifecycle import RequestLifecycleMiddleware
 from hxp_enterprise_llm.api.metrics import MetricsServer, ServiceMetrics, service_version
 from hxp_enterprise_llm.api.openapi import install_openapi
+from hxp_enterprise_llm.api.rate_limit_headers import RateLimitHeadersMiddleware
 from hxp_enterprise_llm.api.request_input import check_request_head
 from hxp_enterprise_llm.api.request_log import RequestLog
 from hxp_enterprise_llm.api.streaming_stats import StreamingWindow
+from hxp_enterprise_llm.api.usage_log import UsageLog
 from hxp_enterprise_llm.orchestration.interactive_orchestrator import InteractiveOrchestrator
 from hxp_enterprise_llm.orchestration.service_state import Health, ServiceState
 from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
@@ -64,8 +67,11 @@ def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_me
               on_fatal: Callable[[int, str], Any] | None = None) -> FastAPI:
     metrics = ServiceMetrics(config)
     streaming = StreamingWindow(window_seconds=300, target_latency_seconds=config.target_latency_ms / 1000)
-    orchestrator = InteractiveOrchestrator(config, service,
-                                           observers=[metrics, streaming, RequestLog(config.served_model_name)])
+    api_keys = ApiKeys(config.api_key, config.api_keys_file)
+    tenants = _tenant_observers(config, metrics, api_keys)
+    orchestrator = InteractiveOrchestrator(
+        config, service, observers=[metrics, streaming, RequestLog(config.served_model_name), *tenants.values()],
+        tracer=tenants.get("tracer"))
     metrics.track(orchestrator)
 
     def on_state(state: ServiceState, detail: str) -> None:
@@ -73,7 +79,7 @@ def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_me
             on_fatal(EXIT_ENGINE_FAILED, detail)
 
     orchestrator.health.listeners.append(on_state)
-    ctx = AppContext(config, service, orchestrator, metrics, streaming, ApiKeys(config.api_key, config.api_keys_file))
+    ctx = AppContext(config, service, orchestrator, metrics, streaming, api_keys)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -91,6 +97,9 @@ def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_me
                 with contextlib.suppress(BaseException):
                     await task
             await service.shutdown()
+            for observer in tenants.values():
+                if hasattr(observer, "shutdown"):
+                    observer.shutdown()
             if metrics_server is not None:
                 metrics_server.stop()
 
@@ -100,6 +109,7 @@ def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_me
                               "`{\"error\": {message, type, param, code}}`.")
     app.state.ctx = ctx
     install_error_handlers(app)
+    app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(RequestLifecycleMiddleware, orchestrator=orchestrator)
     app.include_router(health_routes.router)
     app.include_router(routes.router)
@@ -107,6 +117,23 @@ def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_me
     mount_web_ui(app, config)
     install_openapi(app)
     return app
+
+
+def _tenant_observers(config: ModelConfigSchema, metrics: ServiceMetrics, api_keys: ApiKeys) -> dict[str, Any]:
+    """Per-key counters, and the usage log and the tracer when configured (orchestrator observers)."""
+    key_metrics = KeyMetrics(config.served_model_name, metrics.registry)
+    key_metrics.know(api_keys.policies)
+    api_keys.listeners.append(key_metrics.know)
+    observers: dict[str, Any] = {"key_metrics": key_metrics}
+    if config.usage_log_file is not None:
+        observers["usage_log"] = UsageLog(config.usage_log_file, config.served_model_name,
+                                          config.usage_log_max_bytes, config.usage_log_backups)
+    if config.otel_traces_endpoint is not None:
+        from hxp_enterprise_llm.api.tracing import RequestTracer
+
+        observers["tracer"] = RequestTracer(config.otel_traces_endpoint, config.served_model_name,
+                                            service_version())
+    return observers
 
 
 async def _run_model(ctx: AppContext) -> None:
