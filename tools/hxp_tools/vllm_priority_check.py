@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 
-async def one_policy(model: Path, policy: Literal["fcfs", "priority"], batch: int, max_tokens: int) -> tuple[list[str], float]:
+Policy = Literal["fcfs", "priority"]
+
+
+async def one_policy(model: Path, policy: Policy, batch: int, max_tokens: int) -> tuple[list[str], float]:
     from vllm import SamplingParams
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.sampling_params import RequestOutputKind
