@@ -139,7 +139,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     from hxp_enterprise_llm.bench.cli import add_bench_commands
     from hxp_enterprise_llm.models.commands import add_model_commands
-
     from hxp_enterprise_llm.usage_report import add_usage_command
 
     add_model_commands(commands)
