@@ -17,7 +17,7 @@ Off by default; the SDK is imported only when it is on.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from hxp_enterprise_llm.schemas.outcomes import Outcome
@@ -26,8 +26,10 @@ if TYPE_CHECKING:
     from hxp_enterprise_llm.orchestration.request_record import RequestRecord
 
 
-def _wall_ns(monotonic: float) -> int:
-    return time.time_ns() - int((time.monotonic() - monotonic) * 1e9)
+def _wall_clock() -> Callable[[float], int]:
+    """Monotonic seconds -> wall-clock ns, with one offset, so that phases which meet still meet."""
+    offset = time.time_ns() - int(time.monotonic() * 1e9)
+    return lambda monotonic: offset + int(monotonic * 1e9)
 
 
 class RequestTracer:
@@ -51,10 +53,12 @@ class RequestTracer:
         from opentelemetry.trace import SpanKind, set_span_in_context
 
         parent = self._propagator.extract({"traceparent": record.traceparent}) if record.traceparent else None
-        record.trace = self._tracer.start_span(record.route, context=parent, kind=SpanKind.SERVER,
-                                               start_time=_wall_ns(record.arrived))
+        wall = _wall_clock()
+        span = self._tracer.start_span(record.route, context=parent, kind=SpanKind.SERVER,
+                                       start_time=wall(record.arrived))
+        record.trace = (span, wall)
         carrier: dict[str, str] = {}
-        self._propagator.inject(carrier, context=set_span_in_context(record.trace))
+        self._propagator.inject(carrier, context=set_span_in_context(span))
         return carrier
 
     def on_finished(self, record: RequestRecord) -> None:
@@ -62,15 +66,15 @@ class RequestTracer:
 
         if record.trace is None:  # refused before admission (a bad key, a bad body, a limit)
             self.start(record)
-        root, record.trace = record.trace, None
+        (root, wall), record.trace = record.trace, None
         context = set_span_in_context(root)
         end = record.finished if record.finished is not None else time.monotonic()
         for name, start, stop in _phases(record, end):
-            self._tracer.start_span(name, context=context, start_time=_wall_ns(start)).end(end_time=_wall_ns(stop))
+            self._tracer.start_span(name, context=context, start_time=wall(start)).end(end_time=wall(stop))
         root.set_attributes(_attributes(record, self._model))
         if record.outcome is not Outcome.OK:
             root.set_status(Status(StatusCode.ERROR, str(record.outcome)))
-        root.end(end_time=_wall_ns(end))
+        root.end(end_time=wall(end))
 
     def shutdown(self) -> None:
         """Send what is buffered (a drained service's last requests) and stop."""

@@ -56,7 +56,7 @@ class RequestRecord:
     rate_limits: dict[str, WindowState] = field(default_factory=dict)
     cached_tokens: int = 0  # prompt tokens the engine found in its prefix cache
     traceparent: str | None = None  # the client's W3C trace context, if it sent one
-    trace: Any = None  # the request's root span while tracing is on (api/tracing.py)
+    trace: Any = None  # the request's open span (and its clock) while tracing is on (api/tracing.py)
 
     def observe(self, delta: TokenDelta) -> None:
         """Fold a delta in: the one token count, TTFT and inter-token gaps, the finish reason."""
