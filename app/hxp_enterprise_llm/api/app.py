@@ -48,6 +48,7 @@ class AppContext:
     metrics: ServiceMetrics
     streaming: StreamingWindow
     api_keys: ApiKeys
+    key_metrics: KeyMetrics
 
     @property
     def health(self) -> Health:
@@ -79,7 +80,7 @@ def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_me
             on_fatal(EXIT_ENGINE_FAILED, detail)
 
     orchestrator.health.listeners.append(on_state)
-    ctx = AppContext(config, service, orchestrator, metrics, streaming, api_keys)
+    ctx = AppContext(config, service, orchestrator, metrics, streaming, api_keys, tenants["key_metrics"])
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

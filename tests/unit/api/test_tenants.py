@@ -269,3 +269,19 @@ async def test_without_keys_everyone_is_anonymous_and_unlimited(served: Served) 
     assert answer.status_code == 200
     assert not any(h.startswith("x-ratelimit") for h in answer.headers)
     assert 'openchat_key_requests_total{key="anonymous",model="openchat-3.5",outcome="ok"} 1.0' in metrics
+
+
+async def test_the_page_reads_per_key_usage_refusals_and_what_is_left(serve_app, keys_file: Path) -> None:
+    async with serve_app(api_keys_file=keys_file) as served:
+        for _ in range(11):
+            await served.chat(headers=bearer("sk-web-1"))
+        anonymous = await served.client.get("/metrics/keys")
+        rows = (await served.client.get("/metrics/keys", headers=bearer("sk-etl"))).json()["keys"]
+    assert_openai_error(anonymous, 401)  # it names the teams: a key is needed, as for the API
+    web = next(row for row in rows if row["key"] == "web")
+    assert web["requests"] == {"ok": 10, "limited": 1}
+    assert web["refusals"] == {"key_requests": 1}
+    assert web["limits"] == {"requests": {"limit": 10, "remaining": 0}}
+    assert web["priority"] == "interactive"
+    assert web["completion_tokens"] == 10 * len("Hello from the fake engine.")
+    assert {row["key"] for row in rows} == {"web", "etl", "metered", "single", "unnamed"}
