@@ -1,10 +1,10 @@
 """scripts/bench-priority: an interactive key's TTFT under a batch key's flood, with and without priority
 (a script that prints figures, not a timed test).
 
-    scripts/bench-priority [--slots 4] [--queue 64] [--flood 16] [--interactive 6] [--rounds 2]
+    scripts/bench-priority [--slots 4] [--queue 64] [--flood 16] [--interactive 6] [--rounds 2] [--batch-tokens 32]
 
 One demo service (`--concurrent-users SLOTS`, a keys file with two keys). FLOOD batch clients keep the
-slots and the queue full (closed loop, streaming, 32 tokens each); meanwhile one interactive client
+slots and the queue full (closed loop, streaming, BATCH_TOKENS tokens each); meanwhile one interactive client
 sends INTERACTIVE requests one after another (16 tokens) and its TTFT is measured. Each round runs the
 flood twice on the same service: once with the batch key's `priority=batch` ("with priority") and
 once with it rewritten to `priority=interactive` ("without": one FIFO queue for both keys); the
@@ -47,7 +47,7 @@ def body(text: str, max_tokens: int) -> dict[str, Any]:
             "logit_bias": {"0": -100, "2": -100}}  # every answer is max_tokens long
 
 
-async def one_mode(service: LiveService, flood: int, interactive: int) -> dict[str, Any]:
+async def one_mode(service: LiveService, flood: int, interactive: int, batch_tokens: int) -> dict[str, Any]:
     url = f"{service.base_url}/v1/chat/completions"
     stop = asyncio.Event()
     batch_statuses: list[int] = []
@@ -57,7 +57,7 @@ async def one_mode(service: LiveService, flood: int, interactive: int) -> dict[s
         async def batch_user(index: int) -> None:
             while not stop.is_set():
                 status, _ = await stream_ttft(client, url, "sk-batch", body(f"Batch job {index}: summarise the sea.",
-                                                                               32))
+                                                                               batch_tokens))
                 batch_statuses.append(status)
                 if status != 200:
                     await asyncio.sleep(0.5)
@@ -70,7 +70,9 @@ async def one_mode(service: LiveService, flood: int, interactive: int) -> dict[s
             if status == 200 and ttft is not None:
                 ttfts.append(ttft)
         stop.set()
-        await asyncio.gather(*flooders)
+        for flooder in flooders:  # the batch clients hang up: the service aborts their requests
+            flooder.cancel()
+        await asyncio.gather(*flooders, return_exceptions=True)
     return {"ttfts": ttfts, "batch_ok": batch_statuses.count(200), "batch_refused": len(batch_statuses)
             - batch_statuses.count(200)}
 
@@ -82,7 +84,7 @@ async def run(args: argparse.Namespace, keys: Path, service: LiveService) -> Non
         for mode, batch_priority in (("without priority", "interactive"), ("with priority", "batch")):
             keys.write_text(KEYS.format(batch_priority=batch_priority))
             await asyncio.sleep(2.5)  # the service re-reads a changed keys file within a second
-            figures = await one_mode(service, args.flood, args.interactive)
+            figures = await one_mode(service, args.flood, args.interactive, args.batch_tokens)
             print(f"round {round_number + 1}, {mode}: interactive TTFT "
                   f"{', '.join(f'{t:.2f}' for t in figures['ttfts'])} s; {load_average()}", flush=True)
             for name in ("batch_ok", "batch_refused"):
@@ -103,6 +105,7 @@ def main() -> None:
     parser.add_argument("--flood", type=int, default=16)
     parser.add_argument("--interactive", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batch-tokens", type=int, default=32)
     args = parser.parse_args()
     stop_cleanly_on_sigterm()
     keys = Path(tempfile.mkdtemp(prefix="hxp-priority-")) / "keys"
