@@ -65,7 +65,8 @@ def main() -> None:
     for sender, span in receiver.spans:
         parent = span.parent_span_id.hex()
         trace = "= client" if span.trace_id.hex() == CLIENT_TRACE else "other"
-        print(f"{span.name:<12} from {sender:<40} trace {trace}  parent {ids.get(parent, 'client span' if parent == CLIENT_SPAN else parent or '-')}")
+        parent_name = ids.get(parent, "client span" if parent == CLIENT_SPAN else parent or "-")
+        print(f"{span.name:<12} from {sender:<40} trace {trace}  parent {parent_name}")
     receiver.shutdown()
 
 
