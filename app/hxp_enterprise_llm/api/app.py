@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI
 
@@ -34,6 +34,9 @@ from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSc
 from hxp_enterprise_llm.schemas.errors import ModelNotFoundError
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
 from hxp_enterprise_llm.web import mount_web_ui
+
+if TYPE_CHECKING:
+    from hxp_enterprise_llm.api.tracing import RequestTracer
 
 EXIT_ENGINE_FAILED = 4
 
@@ -69,10 +72,10 @@ def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_me
     metrics = ServiceMetrics(config)
     streaming = StreamingWindow(window_seconds=300, target_latency_seconds=config.target_latency_ms / 1000)
     api_keys = ApiKeys(config.api_key, config.api_keys_file)
-    tenants = _tenant_observers(config, metrics, api_keys)
+    tenants = _Tenants.build(config, metrics, api_keys)
     orchestrator = InteractiveOrchestrator(
-        config, service, observers=[metrics, streaming, RequestLog(config.served_model_name), *tenants.values()],
-        tracer=tenants.get("tracer"))
+        config, service, observers=[metrics, streaming, RequestLog(config.served_model_name), *tenants.observers],
+        tracer=tenants.tracer)
     metrics.track(orchestrator)
 
     def on_state(state: ServiceState, detail: str) -> None:
@@ -80,7 +83,7 @@ def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_me
             on_fatal(EXIT_ENGINE_FAILED, detail)
 
     orchestrator.health.listeners.append(on_state)
-    ctx = AppContext(config, service, orchestrator, metrics, streaming, api_keys, tenants["key_metrics"])
+    ctx = AppContext(config, service, orchestrator, metrics, streaming, api_keys, tenants.key_metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -98,9 +101,7 @@ def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_me
                 with contextlib.suppress(BaseException):
                     await task
             await service.shutdown()
-            for observer in tenants.values():
-                if hasattr(observer, "shutdown"):
-                    observer.shutdown()
+            tenants.shutdown()
             if metrics_server is not None:
                 metrics_server.stop()
 
@@ -120,21 +121,37 @@ def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_me
     return app
 
 
-def _tenant_observers(config: ModelConfigSchema, metrics: ServiceMetrics, api_keys: ApiKeys) -> dict[str, Any]:
-    """Per-key counters, and the usage log and the tracer when configured (orchestrator observers)."""
-    key_metrics = KeyMetrics(config.served_model_name, metrics.registry)
-    key_metrics.know(api_keys.policies)
-    api_keys.listeners.append(key_metrics.know)
-    observers: dict[str, Any] = {"key_metrics": key_metrics}
-    if config.usage_log_file is not None:
-        observers["usage_log"] = UsageLog(config.usage_log_file, config.served_model_name,
-                                          config.usage_log_max_bytes, config.usage_log_backups)
-    if config.otel_traces_endpoint is not None:
-        from hxp_enterprise_llm.api.tracing import RequestTracer
+@dataclass
+class _Tenants:
+    """Per-key counters, and the usage log and the tracer when configured: orchestrator observers."""
 
-        observers["tracer"] = RequestTracer(config.otel_traces_endpoint, config.served_model_name,
-                                            service_version())
-    return observers
+    key_metrics: KeyMetrics
+    usage_log: UsageLog | None
+    tracer: RequestTracer | None
+
+    @classmethod
+    def build(cls, config: ModelConfigSchema, metrics: ServiceMetrics, api_keys: ApiKeys) -> _Tenants:
+        key_metrics = KeyMetrics(config.served_model_name, metrics.registry)
+        key_metrics.know(api_keys.policies)
+        api_keys.listeners.append(key_metrics.know)
+        usage_log = UsageLog(config.usage_log_file, config.served_model_name, config.usage_log_max_bytes,
+                             config.usage_log_backups) if config.usage_log_file is not None else None
+        tracer = None
+        if config.otel_traces_endpoint is not None:
+            from hxp_enterprise_llm.api.tracing import RequestTracer
+
+            tracer = RequestTracer(config.otel_traces_endpoint, config.served_model_name, service_version())
+        return cls(key_metrics, usage_log, tracer)
+
+    @property
+    def observers(self) -> list[Any]:
+        return [part for part in (self.key_metrics, self.usage_log, self.tracer) if part is not None]
+
+    def shutdown(self) -> None:
+        """Flush the buffered spans and close the usage log."""
+        for part in (self.usage_log, self.tracer):
+            if part is not None:
+                part.shutdown()
 
 
 async def _run_model(ctx: AppContext) -> None:
