@@ -1,8 +1,8 @@
 """OpenAI's x-ratelimit-* headers on every response to a key with limits (a 200, a stream, a 429).
 
-The figures are the ones the quota check took when it admitted or refused the request
-(`RequestRecord.rate_limits`); a key without limits, and a request refused before its key was known,
-get none.
+The figures are the ones the quota check took when it admitted or refused the request; a request of a
+limited key refused before that check (a bad body) gets the key's window as it is. A key without limits,
+and a request refused before its key was known, get none.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ class RateLimitHeadersMiddleware:
         async def send_with_limits(message: Message) -> None:
             if message["type"] == "http.response.start":
                 record = scope.get("state", {}).get("record")
-                if record is not None and record.rate_limits:
-                    message["headers"] = [*message.get("headers", []),
-                                          *((name.encode(), value.encode())
-                                            for name, value in rate_limit_headers(record.rate_limits).items())]
+                limits = scope["app"].state.ctx.orchestrator.quotas.limits_of(record) if record is not None else {}
+                message["headers"] = [*message.get("headers", []),
+                                      *((name.encode(), value.encode())
+                                        for name, value in rate_limit_headers(limits).items())]
             await send(message)
 
         await self.app(scope, receive, send_with_limits)

@@ -217,6 +217,13 @@ class Quotas:
         raise RateLimitError(_refusal_message(policy, refused), reason=refused,
                              headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
+    def limits_of(self, record: RequestRecord) -> dict[str, WindowState]:
+        """What to tell the client: the figures of its admission or refusal, else (a request refused before
+        the check, e.g. a bad body) the key's window now."""
+        if not record.rate_limits and record.key.limited:
+            record.rate_limits = self.store.state(record.key, self._clock())
+        return record.rate_limits
+
     def on_finished(self, record: RequestRecord) -> None:
         """Settle: the completion is charged; a request that never reached the engine is given back."""
         charge = record.charge

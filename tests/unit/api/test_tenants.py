@@ -149,6 +149,14 @@ async def test_tokens_per_minute_charge_the_prompt_then_the_completion_also_of_a
     assert not any(h in after.headers for h in RATE_HEADERS)  # only the limits the key has
 
 
+async def test_a_limited_keys_bad_request_carries_the_headers_too(serve_app, keys_file: Path) -> None:
+    async with serve_app(api_keys_file=keys_file) as served:
+        await served.chat(headers=bearer("sk-web-1"))
+        bad = await served.chat({"messages": "not a list"}, headers=bearer("sk-web-2"))
+    assert_openai_error(bad, 400)
+    assert (bad.headers["x-ratelimit-limit-requests"], bad.headers["x-ratelimit-remaining-requests"]) == ("10", "9")
+
+
 async def test_tokens_per_minute_refuse_before_the_engine_once_spent(serve_app, tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text("sk-t name=t tokens_per_minute=60\n")
