@@ -150,6 +150,9 @@ class VllmEngine:
         if self._config.otel_traces_endpoint is not None:
             # Our endpoint is OTLP/HTTP; vLLM's exporter would speak gRPC unless told.
             os.environ.setdefault("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
+            # vLLM's spans (its start-up and each request's llm_request) under the service's name, not
+            # "unknown_service:python3.11".
+            os.environ.setdefault("OTEL_SERVICE_NAME", "hxp-enterprise-llm")
         return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args_from_config(self._config, on_cpu)))
 
     async def _check_seed_fix(self) -> None:
