@@ -123,3 +123,21 @@ def _sample(metrics: str, name: str, key: str, extra: str = "") -> int:
         if line.startswith(wanted):
             return int(float(line.split()[-1]))
     return 0
+
+
+def test_usage_reads_the_configured_log_and_says_when_there_is_none(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("monitoring:\n  usage_log_file: " + str(tmp_path / "u.jsonl") + "\n")
+    assert cli_main(["usage", "--config", str(config)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    (tmp_path / "u.jsonl").write_text('{"ts": "2026-12-03T07:00:00.000Z", "key": "web", "outcome": "ok", '
+                                      '"prompt_tokens": 3, "completion_tokens": 4, "charged_tokens": 7}\n')
+    (tmp_path / "u.jsonl.1").write_text('{"ts": "2026-12-02T23:59:59.000Z", "key": "web", "outcome": "limited"}\n')
+    assert cli_main(["usage", "--config", str(config)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:4] == ["day", "key", "requests", "ok"]
+    assert table[1].split() == ["2026-12-02", "web", "1", "0", "1", "0", "0", "0", "0"]
+    assert table[2].split() == ["2026-12-03", "web", "1", "1", "0", "3", "0", "4", "7"]
+    assert cli_main(["usage"]) == 2  # no file, and the default config has no usage_log_file
+    assert "no usage_log_file" in capsys.readouterr().err
