@@ -293,3 +293,13 @@ async def test_the_page_reads_per_key_usage_refusals_and_what_is_left(serve_app,
     assert web["priority"] == "interactive"
     assert web["completion_tokens"] == 10 * len("Hello from the fake engine.")
     assert {row["key"] for row in rows} == {"web", "etl", "metered", "single", "unnamed"}
+
+
+async def test_the_request_log_names_the_key_never_the_key_itself(serve_app, keys_file: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="hxp_enterprise_llm.requests"):
+        async with serve_app(api_keys_file=keys_file) as served:
+            await served.chat(headers=bearer("sk-etl", "logged"))
+    [fields] = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("request_id") == "logged"]
+    assert fields["key"] == "etl"
+    assert "sk-etl" not in str(fields)
