@@ -1,4 +1,4 @@
-"""`hxp-llm`: serve, config show, model download/lock/verify/export-sha256, bench.
+"""`hxp-llm`: serve, config show, model download/lock/verify/export-sha256, bench, usage.
 
 Heavy imports (vLLM, torch, uvicorn) happen inside the commands, so `--help` answers at once.
 Exit codes: 0 ok, 2 bad configuration or usage, 3 model integrity or lock problem, 4 engine failed.
@@ -139,9 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from hxp_enterprise_llm.bench.cli import add_bench_commands
     from hxp_enterprise_llm.models.commands import add_model_commands
+    from hxp_enterprise_llm.usage_report import add_usage_command
 
     add_model_commands(commands)
     add_bench_commands(commands)
+    add_usage_command(commands, _add_config_flags, _load)
     return parser
 
 

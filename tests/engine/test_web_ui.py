@@ -160,4 +160,7 @@ def test_dashboard_shows_tokens_per_second_after_traffic(browser: Any, demo_serv
     assert browser.find_element("id", "dash-ttft").text != "–"
     assert "%" in browser.find_element("id", "dash-slo").text
     assert "updated" in browser.find_element("id", "dash-updated").text
+    # Per-key usage: no keys configured, so every request is counted under "anonymous".
+    keys_row = browser.find_element("css selector", "#dash-keys tbody tr").text
+    assert keys_row.startswith("anonymous"), keys_row
     screenshot(browser, "web-ui", "dashboard-after-traffic")

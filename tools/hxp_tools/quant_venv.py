@@ -61,13 +61,22 @@ def ensure_quant_venv(cache: Path, log: Callable[[str], None] = print, requireme
         log(f"building the quantization venv {venv} from {requirements.name} (once per key, a few minutes)")
         shutil.rmtree(venv, ignore_errors=True)
         _run([sys.executable, "-m", "venv", str(venv)])
-        _run([str(python), "-m", "pip", "install", "--quiet", "--no-input", "--no-deps", "-r", str(requirements)])
+        _run([str(python), "-m", "pip", "install", "--quiet", "--no-input", "--no-deps", *torch_source_args(),
+              "-r", str(requirements)])
         check = subprocess.run([str(python), "-m", "pip", "check"], capture_output=True, text=True)
         if check.returncode != 0:
             raise QuantVenvError(f"inconsistent quantization venv {venv}: {check.stdout.strip()}")
         (venv / COMPLETE_MARK).touch()
         log(f"quantization venv ready in {time.monotonic() - started:.0f} s")
     return python
+
+
+def torch_source_args() -> list[str]:
+    """pip's options for torch 2.13.0+cpu (not on PyPI), as scripts/setup uses them; it logs the source."""
+    result = subprocess.run([str(ROOT / "scripts" / "torch-source")], stdout=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise QuantVenvError("no source for torch 2.13.0+cpu (scripts/torch-source said why above; docs/setup.md)")
+    return result.stdout.split()
 
 
 def _run(argv: list[str]) -> None:

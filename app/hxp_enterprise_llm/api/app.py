@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI
 
@@ -19,18 +19,24 @@ from hxp_enterprise_llm.api import health as health_routes
 from hxp_enterprise_llm.api import model_routes, routes
 from hxp_enterprise_llm.api.auth import ApiKeys
 from hxp_enterprise_llm.api.errors import install_error_handlers
+from hxp_enterprise_llm.api.key_metrics import KeyMetrics
 from hxp_enterprise_llm.api.lifecycle import RequestLifecycleMiddleware
 from hxp_enterprise_llm.api.metrics import MetricsServer, ServiceMetrics, service_version
 from hxp_enterprise_llm.api.openapi import install_openapi
+from hxp_enterprise_llm.api.rate_limit_headers import RateLimitHeadersMiddleware
 from hxp_enterprise_llm.api.request_input import check_request_head
 from hxp_enterprise_llm.api.request_log import RequestLog
 from hxp_enterprise_llm.api.streaming_stats import StreamingWindow
+from hxp_enterprise_llm.api.usage_log import UsageLog
 from hxp_enterprise_llm.orchestration.interactive_orchestrator import InteractiveOrchestrator
 from hxp_enterprise_llm.orchestration.service_state import Health, ServiceState
 from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
 from hxp_enterprise_llm.schemas.errors import ModelNotFoundError
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
 from hxp_enterprise_llm.web import mount_web_ui
+
+if TYPE_CHECKING:
+    from hxp_enterprise_llm.api.tracing import RequestTracer
 
 EXIT_ENGINE_FAILED = 4
 
@@ -45,6 +51,7 @@ class AppContext:
     metrics: ServiceMetrics
     streaming: StreamingWindow
     api_keys: ApiKeys
+    key_metrics: KeyMetrics
 
     @property
     def health(self) -> Health:
@@ -64,8 +71,11 @@ def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_me
               on_fatal: Callable[[int, str], Any] | None = None) -> FastAPI:
     metrics = ServiceMetrics(config)
     streaming = StreamingWindow(window_seconds=300, target_latency_seconds=config.target_latency_ms / 1000)
-    orchestrator = InteractiveOrchestrator(config, service,
-                                           observers=[metrics, streaming, RequestLog(config.served_model_name)])
+    api_keys = ApiKeys(config.api_key, config.api_keys_file)
+    tenants = _Tenants.build(config, metrics, api_keys)
+    orchestrator = InteractiveOrchestrator(
+        config, service, observers=[metrics, streaming, RequestLog(config.served_model_name), *tenants.observers],
+        tracer=tenants.tracer)
     metrics.track(orchestrator)
 
     def on_state(state: ServiceState, detail: str) -> None:
@@ -73,7 +83,7 @@ def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_me
             on_fatal(EXIT_ENGINE_FAILED, detail)
 
     orchestrator.health.listeners.append(on_state)
-    ctx = AppContext(config, service, orchestrator, metrics, streaming, ApiKeys(config.api_key, config.api_keys_file))
+    ctx = AppContext(config, service, orchestrator, metrics, streaming, api_keys, tenants.key_metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -91,6 +101,7 @@ def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_me
                 with contextlib.suppress(BaseException):
                     await task
             await service.shutdown()
+            tenants.shutdown()
             if metrics_server is not None:
                 metrics_server.stop()
 
@@ -100,6 +111,7 @@ def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_me
                               "`{\"error\": {message, type, param, code}}`.")
     app.state.ctx = ctx
     install_error_handlers(app)
+    app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(RequestLifecycleMiddleware, orchestrator=orchestrator)
     app.include_router(health_routes.router)
     app.include_router(routes.router)
@@ -107,6 +119,39 @@ def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_me
     mount_web_ui(app, config)
     install_openapi(app)
     return app
+
+
+@dataclass
+class _Tenants:
+    """Per-key counters, and the usage log and the tracer when configured: orchestrator observers."""
+
+    key_metrics: KeyMetrics
+    usage_log: UsageLog | None
+    tracer: RequestTracer | None
+
+    @classmethod
+    def build(cls, config: ModelConfigSchema, metrics: ServiceMetrics, api_keys: ApiKeys) -> _Tenants:
+        key_metrics = KeyMetrics(config.served_model_name, metrics.registry)
+        key_metrics.know(api_keys.policies)
+        api_keys.listeners.append(key_metrics.know)
+        usage_log = UsageLog(config.usage_log_file, config.served_model_name, config.usage_log_max_bytes,
+                             config.usage_log_backups) if config.usage_log_file is not None else None
+        tracer = None
+        if config.otel_traces_endpoint is not None:
+            from hxp_enterprise_llm.api.tracing import RequestTracer
+
+            tracer = RequestTracer(config.otel_traces_endpoint, config.served_model_name, service_version())
+        return cls(key_metrics, usage_log, tracer)
+
+    @property
+    def observers(self) -> list[Any]:
+        return [part for part in (self.key_metrics, self.usage_log, self.tracer) if part is not None]
+
+    def shutdown(self) -> None:
+        """Flush the buffered spans and close the usage log."""
+        for part in (self.usage_log, self.tracer):
+            if part is not None:
+                part.shutdown()
 
 
 async def _run_model(ctx: AppContext) -> None:

@@ -1,5 +1,7 @@
 """API keys: `api_key` and the lines of `api_keys_file`, any of which opens the API routes.
 
+Each key comes with its policy (name, limits, priority: api/keys_file.py); `check` answers with it.
+
 The file is re-read on SIGHUP and whenever it changes (checked at most once a second), so a key
 rotates without a restart: add the new key, move clients over, remove the old one. Comparison is
 constant-time against every key, so the time taken does not tell how close a guess was. Keys are
@@ -11,15 +13,19 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import SecretStr
 
+from hxp_enterprise_llm.api.keys_file import KeysFileError, parse_keys
+from hxp_enterprise_llm.orchestration.quotas import OPEN_ACCESS, KeyPolicy
 from hxp_enterprise_llm.schemas.errors import AuthenticationError
 
 logger = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 1.0
+API_KEY_NAME = "api_key"  # the name `api_key`'s requests are counted under
 
 
 class ApiKeyFileError(ValueError):
@@ -30,14 +36,17 @@ class ApiKeys:
     def __init__(self, key: SecretStr | None, keys_file: Path | None) -> None:
         self._single = key.get_secret_value().encode() if key is not None else None
         self._file = keys_file
-        self._from_file: tuple[bytes, ...] = ()
+        self._from_file: dict[bytes, KeyPolicy] = {}
         self._file_stamp: tuple[float, int] | None = None
         self._checked = 0.0
+        self.listeners: list[Callable[[list[KeyPolicy]], object]] = []  # told the policies after each reload
         if keys_file is not None:
             try:
                 self._from_file, self._file_stamp = self._read()
             except OSError as exc:
                 raise ApiKeyFileError(f"api_keys_file {keys_file}: cannot read: {exc.strerror or exc}") from None
+            except KeysFileError as exc:
+                raise ApiKeyFileError(f"api_keys_file {exc}") from None
             logger.info("API keys: %d from %s%s", len(self._from_file), keys_file,
                         " plus api_key" if self._single else "")
 
@@ -45,12 +54,18 @@ class ApiKeys:
     def required(self) -> bool:
         return self._single is not None or self._file is not None
 
-    def _read(self) -> tuple[tuple[bytes, ...], tuple[float, int]]:
+    @property
+    def policies(self) -> list[KeyPolicy]:
+        """One policy per name, as the file (and `api_key`) give them now."""
+        by_name = {policy.name: policy for policy in self._from_file.values()}
+        if self._single is not None:
+            by_name.setdefault(API_KEY_NAME, KeyPolicy(API_KEY_NAME))
+        return list(by_name.values()) if self.required else [OPEN_ACCESS]
+
+    def _read(self) -> tuple[dict[bytes, KeyPolicy], tuple[float, int]]:
         assert self._file is not None
         stat = self._file.stat()
-        lines = self._file.read_text(encoding="utf-8").splitlines()
-        keys = tuple(line.strip().encode() for line in lines if line.strip() and not line.lstrip().startswith("#"))
-        return keys, (stat.st_mtime, stat.st_size)
+        return parse_keys(self._file.read_text(encoding="utf-8"), str(self._file)), (stat.st_mtime, stat.st_size)
 
     def reload(self) -> None:
         """Re-read the file; on error keep the keys in use (a broken edit must not lock everyone out)."""
@@ -62,7 +77,21 @@ class ApiKeys:
             logger.error("api_keys_file %s: cannot read (%s); keeping the %d keys in use",
                          self._file, exc.strerror or exc, len(self._from_file))
             return
+        except KeysFileError as exc:
+            self._file_stamp = self._stamp_now()  # said once: not again every second until the file changes
+            logger.error("api_keys_file %s; keeping the %d keys in use", exc, len(self._from_file))
+            return
         logger.info("API keys reloaded: %d from %s", len(self._from_file), self._file)
+        for listener in self.listeners:
+            listener(self.policies)
+
+    def _stamp_now(self) -> tuple[float, int] | None:
+        assert self._file is not None
+        try:
+            stat = self._file.stat()
+        except OSError:
+            return self._file_stamp
+        return stat.st_mtime, stat.st_size
 
     def _reload_if_changed(self) -> None:
         now = time.monotonic()
@@ -76,16 +105,20 @@ class ApiKeys:
         if (stat.st_mtime, stat.st_size) != self._file_stamp:
             self.reload()
 
-    def check(self, authorization: str) -> None:
-        """Pass, or raise a 401 in the OpenAI shape."""
+    def check(self, authorization: str) -> KeyPolicy:
+        """The key's policy, or raise a 401 in the OpenAI shape."""
         if not self.required:
-            return
+            return OPEN_ACCESS
         self._reload_if_changed()
         scheme, _, token = authorization.partition(" ")
         offered = token.strip().encode()
-        candidates = ((self._single,) if self._single is not None else ()) + self._from_file
-        matched = False
-        for key in candidates:  # no early exit: every key is compared, whatever matches
-            matched |= hmac.compare_digest(offered, key)
-        if scheme.lower() != "bearer" or not matched:
+        candidates = list(self._from_file.items())
+        if self._single is not None:
+            candidates.append((self._single, KeyPolicy(API_KEY_NAME)))
+        matched: KeyPolicy | None = None
+        for key, policy in candidates:  # no early exit: every key is compared, whatever matches
+            if hmac.compare_digest(offered, key):
+                matched = policy
+        if scheme.lower() != "bearer" or matched is None:
             raise AuthenticationError("Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.")
+        return matched

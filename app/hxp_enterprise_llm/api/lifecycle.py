@@ -28,6 +28,7 @@ def open_record(request: Request, route: str) -> RequestRecord:
     """The route's first step: the record this request's figures, outcome and log line come from."""
     client = f"{request.client.host}:{request.client.port}" if request.client else ""
     record = request.app.state.ctx.orchestrator.open(request.state.request_id, route, client)
+    record.traceparent = request.headers.get("traceparent")
     request.state.record = record
     return record
 

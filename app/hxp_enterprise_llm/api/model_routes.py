@@ -98,3 +98,14 @@ async def version(request: Request) -> VersionResponse:
 async def streaming_metrics(request: Request) -> dict[str, Any]:
     ctx = _ctx(request)
     return ctx.streaming.snapshot(active_streams=ctx.orchestrator.active_streams)
+
+
+@router.get("/metrics/keys")
+async def key_usage(request: Request) -> dict[str, Any]:
+    """Per key name: requests by outcome, tokens, refusals by reason, limits and what is left of them.
+
+    Needs a key when keys are configured (it names the teams); any valid key sees every name.
+    """
+    ctx = _ctx(request)
+    check_api_key(request)
+    return {"keys": ctx.key_metrics.snapshot(ctx.api_keys.policies, ctx.orchestrator.quotas.store)}

@@ -11,6 +11,7 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from hxp_enterprise_llm.api.errors import validation_error
+from hxp_enterprise_llm.orchestration.quotas import KeyPolicy
 from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
 from hxp_enterprise_llm.schemas.errors import (
     BodyTimeoutError,
@@ -43,8 +44,10 @@ def check_request_head(request: Request) -> None:
                                    f"({limit})")
 
 
-def check_api_key(request: Request) -> None:
-    request.app.state.ctx.api_keys.check(request.headers.get("authorization", ""))
+def check_api_key(request: Request) -> KeyPolicy:
+    """The key's policy (its name, limits and priority), or a 401."""
+    policy: KeyPolicy = request.app.state.ctx.api_keys.check(request.headers.get("authorization", ""))
+    return policy
 
 
 async def read_body(request: Request, config: ModelConfigSchema) -> bytes:

@@ -142,6 +142,7 @@ class RequestLog:
             "ttft_ms": ms(record.ttft),
             "latency_ms": ms(record.e2e),
             "client": record.client,
+            "key": record.key.name,  # the key's name from the keys file, never the key
             "end_user": record.end_user,
         }})
 

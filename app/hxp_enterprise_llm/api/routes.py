@@ -70,7 +70,7 @@ def _ctx(request: Request) -> AppContext:
 async def chat_completions(request: Request) -> Response:
     ctx = _ctx(request)
     record = open_record(request, "chat")
-    check_api_key(request)
+    record.key = check_api_key(request)
     chat = parse_body(ChatCompletionRequest, await read_body(request, ctx.config))
     check_messages(chat.messages, ctx.config)
     model = _check_common(ctx, record, chat, chat.model)
@@ -98,7 +98,7 @@ async def chat_completions(request: Request) -> Response:
 async def completions(request: Request) -> Response:
     ctx = _ctx(request)
     record = open_record(request, "completion")
-    check_api_key(request)
+    record.key = check_api_key(request)
     body = parse_body(CompletionRequest, await read_body(request, ctx.config))
     model = _check_common(ctx, record, body, body.model)
     sampling = _sampling(body) | {"max_tokens": body.max_tokens, "logprobs": body.logprobs,

@@ -1,8 +1,9 @@
 """`hxp-llm model ...`: download, lock, verify, export-sha256.
 
 Each subcommand parser carries `func(args) -> exit code`. Exit codes: 0 success, 1 the model
-files do not match the lock (or the download failed), 2 a lock or usage problem (missing entry,
-unlocked entry, bad revision), 3 the Hub's metadata is inconsistent. Errors are one line on stderr.
+files do not match the lock or the Hub's published hashes (or the download failed), 2 a lock or
+usage problem (missing entry, unlocked entry, bad revision), 3 the Hub's metadata is inconsistent
+(with its bytes, or with models.lock). Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hxp_enterprise_llm.models.lockfile import LockEntry, LockError, ModelsLock, read_lock, write_lock
 from hxp_enterprise_llm.models.stamps import VerifiedStamps
@@ -22,6 +24,9 @@ from hxp_enterprise_llm.models.verify import (
     refuse_unlocked,
     verify_model_dir,
 )
+
+if TYPE_CHECKING:
+    from hxp_enterprise_llm.models.download import DownloadMismatch
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +72,21 @@ def _report_integrity_error(exc: ModelIntegrityError, model_dir: Path) -> int:
 # --- download
 
 def cmd_download(args: argparse.Namespace) -> int:
+    _quiet_http_logs()
+    if args.revision:
+        return _download_and_lock(args)
     from hxp_enterprise_llm.models.hub import download_model
 
-    _quiet_http_logs()
     try:
         entry = read_lock(_lock_path(args)).find(args.name)
-    except LockError as exc:
-        return _fail(f"{exc}; lock it first: `hxp-llm model lock {args.name} --revision <commit>`", EXIT_LOCK)
-    try:
         refuse_unlocked(entry)  # before fetching 14 GB that could not be verified
+    except UnlockedModelError as exc:
+        return _fail(f"{exc}; or download and lock in one step: `hxp-llm model download {args.name} "
+                     f"--revision {entry.revision}`", EXIT_LOCK)
     except LockError as exc:
-        return _fail(str(exc), EXIT_LOCK)
-    if args.revision and args.revision != entry.revision:
-        return _fail(f"models.lock pins {entry.repo_id} at {entry.revision}, not {args.revision}; to move, "
-                     f"run `hxp-llm model lock {entry.name} --revision {args.revision}` first", EXIT_LOCK)
-    dest = Path(args.dest) if args.dest else _models_root(args) / entry.name
+        return _fail(f"{exc}; download and lock it: `hxp-llm model download {args.name} --revision <commit>`",
+                     EXIT_LOCK)
+    dest = _dest(args, entry.name)
     print(f"downloading {entry.repo_id}@{entry.revision} ({len(entry.files)} files) into {dest}",
           file=sys.stderr)
     try:
@@ -89,10 +94,88 @@ def cmd_download(args: argparse.Namespace) -> int:
     except LockError as exc:
         return _fail(str(exc), EXIT_LOCK)
     except Exception as exc:  # huggingface_hub raises many types; all mean "download failed, re-run resumes"
-        return _fail(f"download of {entry.repo_id}@{entry.revision} into {dest} failed: "
-                     f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; files already "
-                     "complete are kept, re-run the same command to continue", EXIT_MISMATCH)
-    return _verify_and_print(dest, entry, workers=None)
+        return _download_failed(exc, entry.repo_id, entry.revision, dest)
+    from hxp_enterprise_llm.models.download import DownloadMismatch, reject_mismatched_files
+
+    try:
+        report = verify_model_dir(dest, entry, raise_on_problem=False)
+        reject_mismatched_files(report, "models.lock's sha256")
+    except DownloadMismatch as exc:
+        return _report_rejected(exc)
+    except ModelIntegrityError as exc:
+        return _report_integrity_error(exc, dest)
+    print(f"ok: {report.summary()}")
+    return 0
+
+
+def _dest(args: argparse.Namespace, name: str) -> Path:
+    return Path(args.dest) if args.dest else _models_root(args) / name
+
+
+def _download_failed(exc: Exception, repo_id: str, revision: str, dest: Path) -> int:
+    return _fail(f"download of {repo_id}@{revision} into {dest} failed: "
+                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; files already "
+                 "complete are kept, re-run the same command to continue", EXIT_MISMATCH)
+
+
+def _report_rejected(exc: DownloadMismatch) -> int:
+    for rejected in exc.rejected:
+        print(f"error: {rejected.describe(exc.model_dir)}", file=sys.stderr)
+    return EXIT_MISMATCH
+
+
+def _download_and_lock(args: argparse.Namespace) -> int:
+    """`download NAME --revision R`: every file checked against the Hub's published hashes, then locked."""
+    from hxp_enterprise_llm.models.download import DownloadMismatch, fetch_and_lock
+    from hxp_enterprise_llm.models.hub import HubMetadataError
+
+    try:
+        lock_path, lock, existing, (name, repo_id, note) = _lock_target(args)
+    except LockError as exc:
+        return _fail(str(exc), EXIT_LOCK)
+    dest = _dest(args, name)
+    print(f"downloading {repo_id}@{args.revision} into {dest}; each file is checked against the Hub's "
+          "published sha256 (LFS) or git blob id before models.lock is written", file=sys.stderr)
+    try:
+        entry = fetch_and_lock(name, repo_id, args.revision, dest, note=note, previous=existing,
+                               endpoint=args.endpoint, max_workers=args.max_workers)
+    except HubMetadataError as exc:
+        return _fail(str(exc), EXIT_HUB)
+    except DownloadMismatch as exc:
+        return _report_rejected(exc)
+    except ModelIntegrityError as exc:
+        return _report_integrity_error(exc, dest)
+    except LockError as exc:
+        return _fail(str(exc), EXIT_LOCK)
+    except Exception as exc:  # as in cmd_download: the transfer failed, a re-run resumes
+        return _download_failed(exc, repo_id, args.revision, dest)
+    changed = _describe_change(existing, entry)
+    lock.upsert(entry)
+    write_lock(lock, lock_path)
+    print(f"ok: {dest} holds {entry.repo_id}@{entry.revision}: {len(entry.files)} files, "
+          f"{sum(f.size or 0 for f in entry.files) / 1e9:.2f} GB, each equal to the Hub's published hash; "
+          f"locked {entry.name} in {lock_path} ({changed})")
+    return 0
+
+
+def _lock_target(args: argparse.Namespace) -> tuple[Path, ModelsLock, LockEntry | None, tuple[str, str, str]]:
+    """The lock file, its content, the entry NAME names (if any) and the (name, repo_id, note) to write."""
+    lock_path = _lock_path_or_new(args.lock)
+    lock = read_lock(lock_path) if lock_path.exists() else ModelsLock()
+    # A name first; a repo id never picks a model built here from it (openchat-3.5-tiny shares OpenChat's).
+    existing = (next((e for e in lock.models if e.name == args.name), None)
+                or next((e for e in lock.models if e.repo_id == args.name and not _is_built(e)), None))
+    if existing is not None and _is_built(existing):
+        raise LockError(f"models.lock entry '{existing.name}' is built locally ({existing.revision}) by "
+                        "`scripts/fetch-demo-models`, not taken from the Hub; `scripts/fetch-demo-models "
+                        "--update-lock` relocks it")
+    if existing is not None:
+        # A note that says the entry is unlocked (as committed for OpenChat) is false once it is locked.
+        note = "" if existing.note.startswith("UNLOCKED") else existing.note
+        return lock_path, lock, existing, (existing.name, existing.repo_id, note)
+    if "/" in args.name:
+        return lock_path, lock, None, (args.name.rsplit("/", 1)[1], args.name, "")
+    raise LockError(f"'{args.name}' is not in {lock_path}; give the Hub repo id (owner/name) to add it")
 
 
 # --- lock
@@ -101,19 +184,10 @@ def cmd_lock(args: argparse.Namespace) -> int:
     from hxp_enterprise_llm.models.hub import HubMetadataError, lock_entry_from_hub
 
     _quiet_http_logs()
-    lock_path = _lock_path_or_new(args.lock)
     try:
-        lock = read_lock(lock_path) if lock_path.exists() else ModelsLock()
+        lock_path, lock, existing, (name, repo_id, note) = _lock_target(args)
     except LockError as exc:
         return _fail(str(exc), EXIT_LOCK)
-    existing = next((e for e in lock.models if e.matches(args.name)), None)
-    if existing is not None:
-        name, repo_id, note = existing.name, existing.repo_id, existing.note
-    elif "/" in args.name:
-        repo_id, name, note = args.name, args.name.rsplit("/", 1)[1], ""
-    else:
-        return _fail(f"'{args.name}' is not in {lock_path}; give the Hub repo id (owner/name) to add it",
-                     EXIT_LOCK)
     try:
         entry = lock_entry_from_hub(name, repo_id, args.revision, note=note, endpoint=args.endpoint)
     except HubMetadataError as exc:
@@ -125,6 +199,10 @@ def cmd_lock(args: argparse.Namespace) -> int:
           f"{sum(f.size or 0 for f in entry.files) / 1e9:.2f} GB, all hashed from the Hub's metadata "
           f"({changed}); wrote {lock_path}")
     return 0
+
+
+def _is_built(entry: LockEntry) -> bool:
+    return entry.revision.startswith("built:")
 
 
 def _lock_path_or_new(path: Path) -> Path:
@@ -148,12 +226,12 @@ def _describe_change(old: LockEntry | None, new: LockEntry) -> str:
 # --- verify
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from hxp_enterprise_llm.models.serving_check import find_entry_for, resolve_lock_path
+    from hxp_enterprise_llm.models.serving_check import entry_verified_here, resolve_lock_path
 
     try:
         model_path, model_name, lock_file = _verify_targets(args)
         lock = read_lock(resolve_lock_path(lock_file))
-        entry = lock.find(args.name) if args.name else find_entry_for(lock, model_path, model_name)
+        entry = entry_verified_here(lock, model_path, model_name, args.name)
     except (LockError, ValueError) as exc:
         return _fail(str(exc), EXIT_LOCK)
     stamps = VerifiedStamps() if args.stamp else None
@@ -205,9 +283,15 @@ def add_model_commands(subparsers: argparse._SubParsersAction) -> argparse.Argum
     commands = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
     lock_help = "lock file (default: models.lock in the current directory)"
 
-    download = commands.add_parser("download", help="download a locked model from the Hub and verify it")
-    download.add_argument("name", metavar="NAME", help="lock entry name or Hub repo id")
-    download.add_argument("--revision", help="must equal the revision pinned in models.lock")
+    download = commands.add_parser(
+        "download", help="download a model from the Hub, verify it, and with --revision lock it",
+        description="Without --revision: fetch the files models.lock pins and verify them against the lock. "
+                    "With --revision R: fetch every file of R, check each against the Hub's published sha256 "
+                    "(LFS) or git blob id, and only then write the entry (commit, sizes, sha256) to the lock. "
+                    "A file that fails is moved to DEST.rejected/ and the command exits 1.")
+    download.add_argument("name", metavar="NAME", help="lock entry name, or Hub repo id (owner/name)")
+    download.add_argument("--revision",
+                          help="commit (40 hex) or branch/tag to download and lock (pinned as its commit)")
     download.add_argument("--dest", help="target directory (default: MODELS_ROOT/NAME)")
     download.add_argument("--models-root", help=f"default ${MODELS_ROOT_ENV} or {DEFAULT_MODELS_ROOT}")
     download.add_argument("--max-workers", type=int, default=4, help="parallel file downloads")

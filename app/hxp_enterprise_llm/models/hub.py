@@ -14,6 +14,7 @@ import glob
 import logging
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,39 +41,79 @@ def resolve_revision(api: Any, repo_id: str, revision: str) -> str:
     return str(sha)
 
 
-def _locked_file_from_hub(api: Any, repo_id: str, commit: str, repo_file: Any, scratch: Path) -> LockedFile:
+@dataclass(frozen=True)
+class PublishedFile:
+    """One file of a commit as the Hub lists it: its LFS sha256 (large files) or its git blob id."""
+
+    path: str
+    size: int
+    blob_id: str
+    lfs_sha256: str | None  # None: a small file kept in git, known by its blob id only
+
+    def locked(self) -> LockedFile:
+        """What the lock may take from the metadata alone: the sha256 of an LFS file ("" otherwise)."""
+        return LockedFile(path=self.path, size=self.size, sha256=self.lfs_sha256 or "")
+
+
+class PublishedHashMismatch(Exception):
+    """Bytes served for a file are not the ones the Hub's metadata describes."""
+
+    def __init__(self, path: str, what: str, expected: str, actual: str) -> None:
+        super().__init__(f"'{path}': {what} expected {expected}, actual {actual}")
+        self.path, self.what, self.expected, self.actual = path, what, expected, actual
+
+
+def published_files(api: Any, repo_id: str, commit: str) -> list[PublishedFile]:
+    """Every file of repo_id at commit, from the Hub's tree listing (the call snapshot_download makes too)."""
+    from huggingface_hub.hf_api import RepoFile
+
+    files = []
+    for f in api.list_repo_tree(repo_id, recursive=True, revision=commit):
+        if not isinstance(f, RepoFile):
+            continue
+        sha256 = f.lfs.sha256 if f.lfs is not None else None
+        if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise HubMetadataError(f"the Hub's LFS sha256 for '{f.path}' is malformed: {sha256!r}")
+        size = int(f.lfs.size) if f.lfs is not None else int(f.size)
+        files.append(PublishedFile(path=f.path, size=size, blob_id=f.blob_id, lfs_sha256=sha256))
+    if not files:
+        raise HubMetadataError(f"{repo_id}@{commit} lists no files")
+    return sorted(files, key=lambda f: f.path)
+
+
+def lock_small_file(published: PublishedFile, data: bytes) -> LockedFile:
+    """A git-stored file's sha256, once its bytes are proven to be the Hub's (blob id and size)."""
+    actual_blob = git_blob_sha1(data)
+    if actual_blob != published.blob_id:
+        raise PublishedHashMismatch(published.path, "git blob id", published.blob_id, actual_blob)
+    if len(data) != published.size:
+        raise PublishedHashMismatch(published.path, "size", f"{published.size} bytes", f"{len(data)} bytes")
+    return LockedFile(path=published.path, size=len(data), sha256=sha256_bytes(data))
+
+
+def _locked_file_from_hub(api: Any, repo_id: str, commit: str, published: PublishedFile,
+                          scratch: Path) -> LockedFile:
     from huggingface_hub import hf_hub_download
 
-    if repo_file.lfs is not None:
-        sha256, size = repo_file.lfs.sha256, int(repo_file.lfs.size)
-        if not re.fullmatch(r"[0-9a-f]{64}", sha256 or ""):
-            raise HubMetadataError(f"the Hub's LFS sha256 for '{repo_file.path}' is malformed: {sha256!r}")
-        return LockedFile(path=repo_file.path, size=size, sha256=sha256)
-    local = hf_hub_download(repo_id, repo_file.path, revision=commit, cache_dir=scratch,
+    if published.lfs_sha256 is not None:
+        return published.locked()
+    local = hf_hub_download(repo_id, published.path, revision=commit, cache_dir=scratch,
                             endpoint=api.endpoint, token=api.token)
-    data = Path(local).read_bytes()
-    actual_blob = git_blob_sha1(data)
-    if actual_blob != repo_file.blob_id:
-        raise HubMetadataError(f"file '{repo_file.path}' of {repo_id}@{commit} does not match the Hub's git "
-                               f"blob id: expected {repo_file.blob_id}, actual {actual_blob}; not locking it")
-    if len(data) != repo_file.size:
-        raise HubMetadataError(f"file '{repo_file.path}' of {repo_id}@{commit}: expected {repo_file.size} "
-                               f"bytes per the Hub, actual {len(data)}")
-    return LockedFile(path=repo_file.path, size=len(data), sha256=sha256_bytes(data))
+    try:
+        return lock_small_file(published, Path(local).read_bytes())
+    except PublishedHashMismatch as exc:
+        raise HubMetadataError(f"file '{exc.path}' of {repo_id}@{commit} does not match the Hub's {exc.what}: "
+                               f"expected {exc.expected}, actual {exc.actual}; not locking it") from None
 
 
 def lock_entry_from_hub(name: str, repo_id: str, revision: str, *, note: str = "",
                         endpoint: str | None = None, token: str | bool | None = None) -> LockEntry:
     """Every file of repo_id at revision, hashed from the Hub's metadata (see the module docstring)."""
     from huggingface_hub import HfApi
-    from huggingface_hub.hf_api import RepoFile
 
     api = HfApi(endpoint=endpoint, token=token)
     commit = resolve_revision(api, repo_id, revision)
-    repo_files = [f for f in api.list_repo_tree(repo_id, recursive=True, revision=commit)
-                  if isinstance(f, RepoFile)]
-    if not repo_files:
-        raise HubMetadataError(f"{repo_id}@{commit} lists no files")
+    repo_files = published_files(api, repo_id, commit)
     with tempfile.TemporaryDirectory(prefix="hxp-llm-lock-") as scratch:
         files = [_locked_file_from_hub(api, repo_id, commit, f, Path(scratch)) for f in repo_files]
     return LockEntry(name=name, repo_id=repo_id, revision=commit,

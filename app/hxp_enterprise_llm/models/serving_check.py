@@ -2,7 +2,9 @@
 
 The lock file is `config.models_lock`; a relative path is taken from the current directory (the
 image sets an absolute one, /app/models.lock). The lock entry is the one named like the model
-directory (`/opt/models/<name>`), else the one whose name or repo id is `config.model_name`.
+directory (`/opt/models/<name>`), else the one whose name or repo id is `config.model_name`. Files
+the entry lists as host-built are checked against this machine's own build, recorded in
+`models.host.lock` in the models root (the model directory's parent), when it records one.
 """
 
 from __future__ import annotations
@@ -11,7 +13,14 @@ import logging
 from pathlib import Path
 from typing import Protocol
 
-from hxp_enterprise_llm.models.lockfile import LockEntry, LockError, ModelsLock, read_lock
+from hxp_enterprise_llm.models.lockfile import (
+    LockEntry,
+    LockError,
+    ModelsLock,
+    read_host_lock,
+    read_lock,
+    with_host_builds,
+)
 from hxp_enterprise_llm.models.progress import HashProgress
 from hxp_enterprise_llm.models.stamps import VerifiedStamps
 from hxp_enterprise_llm.models.verify import verify_model_dir
@@ -50,6 +59,12 @@ def find_entry_for(lock: ModelsLock, model_path: Path, model_name: str) -> LockE
                     f"'{model_name}' (entries: {known}); lock it with `hxp-llm model lock`")
 
 
+def entry_verified_here(lock: ModelsLock, model_path: Path, model_name: str, name: str | None = None) -> LockEntry:
+    """The lock entry for the model directory, host-built files as this machine built them."""
+    entry = lock.find(name) if name else find_entry_for(lock, model_path, model_name)
+    return with_host_builds(entry, read_host_lock(model_path.parent))
+
+
 def verify_model_for_serving(config: _ModelSettings, *,
                              stamps: VerifiedStamps | None = None) -> LockEntry | None:
     """Verify config.model_path per config.model_verification; None when verification is off.
@@ -62,7 +77,7 @@ def verify_model_for_serving(config: _ModelSettings, *,
                     config.model_path)
         return None
     lock_path = resolve_lock_path(config.models_lock)
-    entry = find_entry_for(read_lock(lock_path), config.model_path, config.model_name)
+    entry = entry_verified_here(read_lock(lock_path), config.model_path, config.model_name)
     use_stamps = config.model_verification == "stamp"
     report = verify_model_dir(config.model_path, entry, progress=HashProgress(log_line=log.info),
                               stamps=(stamps or VerifiedStamps()) if use_stamps else None)

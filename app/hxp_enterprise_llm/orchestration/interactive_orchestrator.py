@@ -1,7 +1,11 @@
 """Admission, queueing, deadlines, cancellation, drain and the model's life, for interactive requests.
 
 - One gate for every request: loading, draining or failed refuse with 503 before any work.
-- At most `concurrent_users` requests generate; up to `max_queue_size` more wait in FIFO order.
+- A key's own limits (orchestration/quotas.py) are checked once the prompt is tokenized: 429
+  `rate_limit_exceeded` before the request waits or reaches the engine.
+- At most `concurrent_users` requests generate; up to `max_queue_size` more wait, interactive keys'
+  requests before batch keys' and each class in arrival order. A full queue makes room for an
+  interactive request by refusing the newest waiting batch request.
 - A full queue is refused at once with 429 + Retry-After (the caller has not sent a byte yet, so
   a streaming client gets a plain HTTP error, never an error inside a 200 stream).
 - A request that waits `queue_timeout_seconds` without a slot gets 503 (the server, not the client,
@@ -15,13 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from hxp_enterprise_llm.orchestration.admission import Displaced, PrioritySlots
 from hxp_enterprise_llm.orchestration.generation import Generation
+from hxp_enterprise_llm.orchestration.quotas import Quotas
 from hxp_enterprise_llm.orchestration.request_record import RequestRecord
 from hxp_enterprise_llm.orchestration.service_state import Health, ServiceState
 from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
@@ -46,6 +53,11 @@ class RequestObserver(Protocol):
     def on_finished(self, record: RequestRecord) -> None: ...
 
 
+class RequestTracer(Protocol):
+    def start(self, record: RequestRecord) -> Mapping[str, str]:
+        """Open the request's trace; the W3C headers the engine's own spans join."""
+
+
 class Slot:
     """A held admission slot; `release` is idempotent so every exit path may call it."""
 
@@ -60,12 +72,16 @@ class Slot:
 
 class InteractiveOrchestrator:
     def __init__(self, config: ModelConfigSchema, service: OpenChat35Service,
-                 observers: list[RequestObserver] | None = None, health: Health | None = None) -> None:
+                 observers: list[RequestObserver] | None = None, health: Health | None = None,
+                 quotas: Quotas | None = None, tracer: RequestTracer | None = None) -> None:
         self._config = config
         self.service = service
         self.health = health or Health()
-        self._observers = list(observers or [])
-        self._slots = asyncio.Semaphore(config.concurrent_users)
+        self.quotas = quotas or Quotas()
+        self.tracer = tracer
+        # The quotas settle first: a key's next request must see this one's completion charged.
+        self._observers = [self.quotas, *(observers or [])]
+        self._slots = PrioritySlots(config.concurrent_users)
         self.running = 0
         self.waiting = 0
         self._open: set[RequestRecord] = set()
@@ -91,27 +107,36 @@ class InteractiveOrchestrator:
     async def admit(self, record: RequestRecord, prepare: Callable[[], GenerationRequest]) -> GenerationRequest:
         """Gate, prepare (tokenize, check the context: 400s), then wait for a slot; raises when refused."""
         self._check_accepting()
-        generation_request = prepare()
-        if self._slots.locked() and self.waiting >= self._config.max_queue_size:
-            raise QueueFullError(
-                f"all {self._config.concurrent_users} slots are busy and {self.waiting} requests are waiting "
-                f"(max_queue_size={self._config.max_queue_size}); retry after the Retry-After delay",
-                headers={"Retry-After": str(self.retry_after_seconds())})
+        rank = record.key.priority.rank
+        generation_request = dataclasses.replace(prepare(), priority=rank)
+        self.quotas.charge(record, len(generation_request.prompt_token_ids))
+        if self.tracer is not None:
+            generation_request = dataclasses.replace(generation_request, trace_headers=self.tracer.start(record))
+        if self._slots.locked() and self.waiting >= self._config.max_queue_size and not self._slots.displace(rank):
+            raise self._queue_full()
         self.waiting += 1
         self._idle.clear()
         try:
-            await asyncio.wait_for(self._slots.acquire(), self._config.queue_timeout_seconds)
+            await asyncio.wait_for(self._slots.acquire(rank), self._config.queue_timeout_seconds)
             self.running += 1
         except TimeoutError:
             raise QueueTimeoutError(
                 f"no slot became free within queue_timeout_seconds={self._config.queue_timeout_seconds:g}",
                 headers={"Retry-After": str(self.retry_after_seconds())}) from None
+        except Displaced:
+            raise self._queue_full(" (this request gave its place to an interactive one)") from None
         finally:
             self.waiting -= 1
             self._set_idle_if_empty()
         record.slot = Slot(self)
         record.admitted = time.monotonic()
         return generation_request
+
+    def _queue_full(self, why: str = "") -> QueueFullError:
+        return QueueFullError(
+            f"all {self._config.concurrent_users} slots are busy and {self.waiting} requests are waiting "
+            f"(max_queue_size={self._config.max_queue_size}){why}; retry after the Retry-After delay",
+            headers={"Retry-After": str(self.retry_after_seconds())})
 
     def _check_accepting(self) -> None:
         state, detail = self.health.state, self.health.detail

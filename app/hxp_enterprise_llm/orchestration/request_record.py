@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from hxp_enterprise_llm.orchestration.quotas import OPEN_ACCESS, Charge, KeyPolicy, WindowState
 from hxp_enterprise_llm.schemas.errors import ServiceError
 from hxp_enterprise_llm.schemas.outcomes import FinishReason, Outcome
 
@@ -49,6 +50,13 @@ class RequestRecord:
     frames: int = 0  # SSE content frames sent
     inter_token_gaps: list[float] = field(default_factory=list)
     slot: Releasable | None = None  # the admission slot while the request holds one
+    # --- the key's side (orchestration/quotas.py): who is paying, what was charged, what the client is told
+    key: KeyPolicy = OPEN_ACCESS
+    charge: Charge | None = None
+    rate_limits: dict[str, WindowState] = field(default_factory=dict)
+    cached_tokens: int = 0  # prompt tokens the engine found in its prefix cache
+    traceparent: str | None = None  # the client's W3C trace context, if it sent one
+    trace: Any = None  # the request's open span (and its clock) while tracing is on (api/tracing.py)
 
     def observe(self, delta: TokenDelta) -> None:
         """Fold a delta in: the one token count, TTFT and inter-token gaps, the finish reason."""
@@ -64,6 +72,7 @@ class RequestRecord:
             self.last_token = now
         self.prompt_tokens = delta.prompt_tokens
         self.completion_tokens = delta.completion_tokens
+        self.cached_tokens = max(self.cached_tokens, delta.cached_tokens)
         if delta.finish_reason is not None:
             self.finish_reasons[delta.index] = delta.finish_reason
 

@@ -120,6 +120,21 @@ class QueueFullError(ServiceError):
     rejection_reason = "queue_full"
 
 
+class RateLimitError(ServiceError):
+    """The key's own limit (requests or tokens per minute, concurrent requests): OpenAI's 429, whose
+    `type` says which limit ("requests", "tokens"), before any work is done."""
+
+    status_code = 429
+    error_type = "requests"
+    default_code = "rate_limit_exceeded"
+    outcome = Outcome.LIMITED
+
+    def __init__(self, message: str, *, reason: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message, headers=headers)
+        self.error_type = "tokens" if reason == "tokens" else "requests"
+        self.rejection_reason = f"key_{reason}"  # key_requests, key_tokens, key_concurrency
+
+
 class QueueTimeoutError(ServiceError):
     """Waited in the queue longer than queue_timeout_seconds without getting a slot."""
 

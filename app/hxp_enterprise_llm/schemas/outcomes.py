@@ -9,6 +9,7 @@ class Outcome(enum.StrEnum):
     OK = "ok"  # answered in full: finish reason stop or length
     INVALID = "invalid"  # the client's request was refused: bad body, unknown model, too large, bad key
     REJECTED = "rejected"  # admission refused it: queue full, queue timeout, not ready, draining
+    LIMITED = "limited"  # the key's own limits refused it (requests, tokens per minute, concurrency)
     TIMEOUT = "timeout"  # connection_timeout_seconds passed before the answer ended
     DISCONNECTED = "disconnected"  # the client left before the answer ended
     ABORTED = "aborted"  # the service stopped the generation (drain deadline)
@@ -17,7 +18,7 @@ class Outcome(enum.StrEnum):
     @property
     def counts_for_slo(self) -> bool:
         """The latency SLO is the service's promise: a client's own mistake or departure does not count."""
-        return self not in (Outcome.INVALID, Outcome.DISCONNECTED)
+        return self not in (Outcome.INVALID, Outcome.DISCONNECTED, Outcome.LIMITED)
 
 
 class FinishReason(enum.StrEnum):

@@ -1,6 +1,7 @@
 """A local HTTP server speaking the part of the Hugging Face Hub API that huggingface_hub 2.x calls.
 
-Endpoints (as read in huggingface_hub's hf_api.py and file_download.py):
+Endpoints (as read in huggingface_hub's hf_api.py and file_download.py; a repo made with
+`FakeRepo.from_recording` answers the first two with the recorded JSON, verbatim):
   GET  /api/models/{repo}/revision/{rev}     repo_info: {"id", "sha"}           (branch -> commit)
   GET  /api/models/{repo}/tree/{rev}         list_repo_tree: [{"type", "path", "size", "oid", "lfs"}]
   HEAD /{repo}/resolve/{rev}/{path}          metadata: X-Repo-Commit, ETag, Content-Length
@@ -21,6 +22,8 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 
@@ -35,8 +38,22 @@ class FakeRepo:
     files: dict[str, bytes]
     lfs: set[str] = field(default_factory=set)
     branches: dict[str, str] = field(default_factory=dict)
+    recorded: dict[str, Any] | None = None  # {"revision": repo_info's answer, "tree": list_repo_tree's}
+
+    @classmethod
+    def from_recording(cls, path: Path, files: dict[str, bytes]) -> FakeRepo:
+        """Metadata from a JSON recording of the Hub's answers; `files` are the bytes to serve."""
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        info = recorded["revision"]
+        return cls(repo_id=info["id"], commit=info["sha"], files=files, branches={"main": info["sha"]},
+                   lfs={e["path"] for e in recorded["tree"] if "lfs" in e}, recorded=recorded)
+
+    def info(self) -> dict[str, object]:
+        return self.recorded["revision"] if self.recorded else {"id": self.repo_id, "sha": self.commit}
 
     def tree(self) -> list[dict[str, object]]:
+        if self.recorded:
+            return list(self.recorded["tree"])
         entries: list[dict[str, object]] = []
         for path, data in sorted(self.files.items()):
             entry: dict[str, object] = {"type": "file", "path": path, "size": len(data)}
@@ -52,6 +69,9 @@ class FakeRepo:
         return entries
 
     def etag(self, path: str) -> str:
+        if self.recorded:  # the Hub's ETag: the LFS sha256, else the git blob id
+            entry = next(e for e in self.recorded["tree"] if e["path"] == path)
+            return str(entry["lfs"]["oid"] if "lfs" in entry else entry["oid"])
         data = self.files[path]
         return hashlib.sha256(data).hexdigest() if path in self.lfs else git_blob_id(data)
 
@@ -120,7 +140,7 @@ class FakeHub:
                     commit = self._commit(rev)
                     if commit is None:
                         return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
-                    body = {"id": repo.repo_id, "sha": commit} if kind == "revision" else repo.tree()
+                    body = repo.info() if kind == "revision" else repo.tree()
                     return self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"},
                                       head=head)
                 resolve = re.fullmatch(r"/(.+?/.+?)/resolve/([^/]+)/(.+)", path)

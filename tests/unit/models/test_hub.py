@@ -128,7 +128,7 @@ def test_only_locked_files_are_downloaded(hub: FakeHub, locked: LockEntry, tmp_p
     assert verify_model_dir(dest, locked, progress=None).ok
 
 
-def test_download_command_rejects_a_wrong_hash_and_keeps_the_file(
+def test_download_command_rejects_a_wrong_hash_and_moves_the_file_out(
         hub: FakeHub, locked: LockEntry, tmp_path: Path) -> None:
     """The whole CLI in a subprocess, the Hub found through HF_ENDPOINT as an operator would set it."""
     lock_path = tmp_path / "models.lock"
@@ -139,17 +139,27 @@ def test_download_command_rejects_a_wrong_hash_and_keeps_the_file(
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"),
            "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1"}
     env.pop("HF_TOKEN", None)
+    command = [sys.executable, "-m", "hxp_enterprise_llm.models.commands", "model", "download", "tiny-chat",
+               "--lock", str(lock_path), "--models-root", str(tmp_path / "models")]
 
-    result = subprocess.run(
-        [sys.executable, "-m", "hxp_enterprise_llm.models.commands", "model", "download", "tiny-chat",
-         "--lock", str(lock_path), "--models-root", str(tmp_path / "models")],
-        env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
     assert result.returncode == 1, result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
-    assert f"model file '{WEIGHTS}'" in last_line
+    assert f"downloaded file '{WEIGHTS}'" in last_line
     assert f"expected {hashlib.sha256(WEIGHTS_BYTES).hexdigest()}" in last_line
     assert f"actual {hashlib.sha256(bytes(tampered)).hexdigest()}" in last_line
-    assert (tmp_path / "models" / "tiny-chat" / WEIGHTS).exists()  # named, not deleted
-    with pytest.raises(ModelIntegrityError):
-        verify_model_dir(tmp_path / "models" / "tiny-chat", locked, progress=None)
+    model_dir = tmp_path / "models" / "tiny-chat"
+    rejected = tmp_path / "models" / "tiny-chat.rejected" / WEIGHTS
+    assert f"moved to {rejected}" in last_line
+    assert not (model_dir / WEIGHTS).exists()  # out of the directory vLLM loads
+    assert rejected.read_bytes() == bytes(tampered)  # kept for inspection
+    with pytest.raises(ModelIntegrityError, match="missing"):
+        verify_model_dir(model_dir, locked, progress=None)
+
+    # Once the right bytes are served, the same command fetches the file again (huggingface_hub's own
+    # metadata would have kept the bad file in place) and passes.
+    del hub.serve_instead[WEIGHTS]
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert verify_model_dir(model_dir, locked, progress=None).ok

@@ -32,7 +32,7 @@ YAML_SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "performance": (
         "max_num_batched_tokens", "max_num_seqs", "enable_chunked_prefill", "target_latency_ms",
-        "target_throughput_rps", "default_temperature", "default_top_p", "max_n",
+        "target_throughput_rps", "default_temperature", "default_top_p", "max_n", "scheduling_policy",
     ),
     "realtime": (
         "streaming_enabled", "concurrent_users", "response_chunk_size", "low_latency_mode",
@@ -43,6 +43,7 @@ YAML_SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "monitoring": (
         "metrics_port", "metrics_host", "health_check_interval", "metrics_collection_interval",
+        "usage_log_file", "usage_log_max_bytes", "usage_log_backups", "otel_traces_endpoint",
     ),
 }
 SECTION_OF_KEY = {key: section for section, keys in YAML_SECTIONS.items() for key in keys}
@@ -145,6 +146,17 @@ class ModelConfigSchema(BaseModel):
     max_request_body_bytes: int = Field(1_048_576, ge=1024, le=1 << 30)
     drain_timeout_seconds: float = Field(30, ge=0, le=3600)
     web_ui_enabled: bool = Field(True, description="serve the chat and dashboard page at /ui")
+    # --- tenants: usage accounting and traces (docs/operations.md)
+    scheduling_policy: Literal["fcfs", "priority"] = Field(
+        "fcfs", description="vLLM's own scheduler: fcfs, or priority (requests of interactive keys before batch "
+        "keys' inside the engine too, when more than max_num_seqs are admitted)")
+    usage_log_file: Path | None = Field(None, description="JSON-lines usage log, one line per finished request "
+                                        "(key name, tokens, outcome, timings) for billing; None = off")
+    usage_log_max_bytes: int = Field(100 * 1024 * 1024, ge=4096, le=1 << 40, description="the usage log "
+                                     "rotates at this size")
+    usage_log_backups: int = Field(10, ge=1, le=10_000, description="rotated usage logs kept (.1 newest)")
+    otel_traces_endpoint: str | None = Field(None, description="OTLP/HTTP traces URL (e.g. http://collector:4318"
+                                             "/v1/traces): one trace per request; None = tracing off")
 
     @field_validator("model_aliases", mode="before")
     @classmethod
@@ -152,6 +164,14 @@ class ModelConfigSchema(BaseModel):
         # "a,b" from an env file or flag; a YAML list arrives as a list already.
         if isinstance(value, str):
             return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @field_validator("otel_traces_endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL (OTLP over HTTP), e.g. "
+                             "http://collector:4318/v1/traces")
         return value
 
     @model_validator(mode="after")

@@ -57,6 +57,10 @@ class GenerationRequest:
     # The model's habit of starting an answer with a space ("Hi" as " Hi"): the service drops it
     # from chat answers, as OpenChat's reference server does; a raw completion keeps every byte.
     strip_leading_space: bool = False
+    # Lower runs first when the engine schedules by priority (vLLM's convention); 0 for everyone otherwise.
+    priority: int = 0
+    # W3C trace context for the engine's own spans (vLLM's trace_headers), when tracing is on.
+    trace_headers: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class TokenDelta:
     index: int = 0  # which choice (0 .. n-1)
     logprobs: tuple[TokenLogprob, ...] | None = None  # one per token in token_ids, when asked for
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # first delta only, when asked for
+    cached_tokens: int = 0  # prompt tokens found in the engine's prefix cache (vLLM's num_cached_tokens)
 
 
 class Tokenizer(Protocol):

@@ -59,7 +59,11 @@ def engine_args_from_config(config: ModelConfigSchema, on_cpu: bool = False) -> 
         "worker_extension_cls": SEED_FIX_EXTENSION,
         # A progress bar is not a log line: it would bypass the JSON log format.
         "use_tqdm_on_load": False,
+        "scheduling_policy": config.scheduling_policy,
     }
+    if config.otel_traces_endpoint is not None:
+        # vLLM's own `llm_request` span joins each request's trace (GenerationRequest.trace_headers).
+        args["otlp_traces_endpoint"] = config.otel_traces_endpoint
     if on_cpu:
         # On CPU, vLLM reads gpu_memory_utilization as a share of *host* RAM that must be free at
         # start (wrong inside a memory-limited container); an explicit KV cache size replaces that.
@@ -143,6 +147,12 @@ class VllmEngine:
             logger.info("vLLM CPU threads bound to cores %s (cpu_cores=%g)",
                         os.environ.get("VLLM_CPU_OMP_THREADS_BIND"), self._config.cpu_cores)
             warn_if_over_budget(self._config)
+        if self._config.otel_traces_endpoint is not None:
+            # Our endpoint is OTLP/HTTP; vLLM's exporter would speak gRPC unless told.
+            os.environ.setdefault("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
+            # vLLM's spans (its start-up and each request's llm_request) under the service's name, not
+            # "unknown_service:python3.11".
+            os.environ.setdefault("OTEL_SERVICE_NAME", "hxp-enterprise-llm")
         return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args_from_config(self._config, on_cpu)))
 
     async def _check_seed_fix(self) -> None:
@@ -178,7 +188,9 @@ class VllmEngine:
         first = True
         try:
             async for output in self._llm.generate(
-                    {"prompt_token_ids": list(request.prompt_token_ids)}, params, request.request_id):
+                    {"prompt_token_ids": list(request.prompt_token_ids)}, params, request.request_id,
+                    priority=request.priority if self._config.scheduling_policy == "priority" else 0,
+                    trace_headers=request.trace_headers):
                 prompt_logprobs = _prompt_logprobs(output.prompt_logprobs, options.prompt_logprobs or 0) \
                     if first and options.prompt_logprobs is not None else None
                 first = False
@@ -194,6 +206,7 @@ class VllmEngine:
                         index=completion.index,
                         logprobs=_logprobs(completion.token_ids, completion.logprobs, options.logprobs),
                         prompt_logprobs=prompt_logprobs,
+                        cached_tokens=output.num_cached_tokens or 0,
                     )
                     prompt_logprobs = None
         except asyncio.CancelledError:

@@ -49,7 +49,43 @@
     spark("spark-ttft", series.ttft);
   }
 
+  const sum = (counts) => Object.values(counts || {}).reduce((a, b) => a + b, 0);
+
+  function cell(row, text, className) {
+    const td = row.insertCell();
+    td.textContent = text;
+    if (className) td.className = className;
+  }
+
+  // Per key name (/metrics/keys, the counters Prometheus scrapes): usage since start, refusals, quota left.
+  function showKeys(body) {
+    const tbody = $("dash-keys").tBodies[0];
+    tbody.replaceChildren();
+    for (const k of body.keys) {
+      const row = tbody.insertRow();
+      const refused = Object.entries(k.refusals).map(([reason, n]) => `${reason} ${n}`).join(", ");
+      const left = Object.entries(k.limits || {}).map(([kind, s]) => `${s.remaining}/${s.limit} ${kind}`).join(", ");
+      cell(row, k.key);
+      cell(row, k.priority || "–");
+      cell(row, `${sum(k.requests)} (${k.requests.ok || 0})`);
+      cell(row, `${k.prompt_tokens} / ${k.cached_tokens} / ${k.completion_tokens}`);
+      cell(row, refused || "0", refused ? "refused" : "");
+      cell(row, left || "no limit");
+    }
+    $("dash-keys-note").textContent = "";
+  }
+
+  function refreshKeys() {
+    HXP.api("/metrics/keys").then((r) => {
+      if (!r.ok) throw new Error(`HTTP ${r.status}`);
+      return r.json();
+    }).then(showKeys).catch((error) => {
+      $("dash-keys-note").textContent = `per-key usage unavailable: ${error.message}`;
+    });
+  }
+
   async function refresh() {
+    refreshKeys();
     try {
       const [health, streaming] = await Promise.all([
         HXP.api("/health").then((r) => r.json()),
