@@ -41,6 +41,7 @@ class RequestRecord:
     last_token: float | None = None
     finished: float | None = None
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, served from the prefix cache
     completion_tokens: int = 0
     finish_reasons: dict[int, FinishReason] = field(default_factory=dict)  # per choice, as each ends
     error: ServiceError | None = None
@@ -63,6 +64,7 @@ class RequestRecord:
                 self.inter_token_gaps.extend([(now - self.last_token) / new_tokens] * new_tokens)
             self.last_token = now
         self.prompt_tokens = delta.prompt_tokens
+        self.cached_tokens = delta.cached_tokens
         self.completion_tokens = delta.completion_tokens
         if delta.finish_reason is not None:
             self.finish_reasons[delta.index] = delta.finish_reason

@@ -318,9 +318,9 @@ class CompletionStreamer(ResponseStreamer):
 
 
 def _usage(last: Delta | None) -> UsageInfo:
-    prompt = last.prompt_tokens if last is not None else 0
-    completion = last.completion_tokens if last is not None else 0
-    return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    if last is None:
+        return UsageInfo.of(0, 0, 0)
+    return UsageInfo.of(last.prompt_tokens, last.completion_tokens, getattr(last, "cached_tokens", 0))
 
 
 def _split_complete(text: str) -> tuple[str, str]:
