@@ -57,7 +57,10 @@ def single_replica(args: argparse.Namespace, load: LoadOptions, options: Convers
                         ("prefix cache off", "--no-enable-prefix-caching")):
         port, metrics_port = args.port, args.port + 1
         argv = [str(ROOT / ".venv/bin/hxp-llm"), "serve", "--config", args.config, "--host", "127.0.0.1",
-                "--port", str(port), "--metrics-port", str(metrics_port), flag]
+                "--port", str(port), "--metrics-port", str(metrics_port), flag,
+                # A benchmark measures slow answers rather than cutting them off: on a loaded machine the
+                # uncached turns' prefills can take longer than the service's interactive deadlines.
+                "--connection-timeout-seconds", str(args.timeout), "--queue-timeout-seconds", str(args.timeout)]
         server = ManagedServer(f"hxp-llm serve ({label})", argv, f"http://127.0.0.1:{port}/health",
                                args.logs / f"{flag.strip('-')}.log", cwd=ROOT)
         with server:

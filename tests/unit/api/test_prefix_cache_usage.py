@@ -79,3 +79,27 @@ async def test_the_dashboard_window_reports_the_hit_rate_of_streams(served: Serv
 def test_prefix_caching_is_passed_to_vllm_explicitly() -> None:
     assert engine_args_from_config(ModelConfigSchema())["enable_prefix_caching"] is True
     assert engine_args_from_config(ModelConfigSchema(enable_prefix_caching=False))["enable_prefix_caching"] is False
+
+
+async def test_a_conversation_that_outgrows_the_context_is_refused_naming_both_lengths(serve_app) -> None:
+    """Never truncated silently: the turn that no longer fits is a 400 with the limit and the prompt's
+    length, and the client's remedy (docs/api.md) works: drop the oldest turns, keep the system prompt."""
+    async with serve_app(max_model_len=512) as served:
+        history: list[dict[str, str]] = []
+        for number in range(1, 50):
+            history.append({"role": "user", "content": f"Question {number}: " + "tell me more " * 4})
+            body = turn(history, max_tokens=20)
+            response = await served.chat(body)
+            if response.status_code != 200:
+                break
+            history.append({"role": "assistant", "content": response.json()["choices"][0]["message"]["content"]})
+        error = response.json()["error"]
+        assert response.status_code == 400
+        assert error["code"] == "context_length_exceeded"
+        assert number > 2  # earlier turns were answered
+        prompt_tokens = len(served.engine.get_tokenizer().apply_chat_template(
+            [{"role": "system", "content": SYSTEM}, *history]))
+        assert "maximum context length is 512 tokens" in error["message"]
+        assert f"{prompt_tokens} in the messages" in error["message"]
+        trimmed = turn(history[4:], max_tokens=20)  # the two oldest exchanges dropped
+        assert (await served.chat(trimmed)).status_code == 200
