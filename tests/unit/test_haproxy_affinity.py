@@ -94,13 +94,21 @@ def balancer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, li
                                stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{api_port}"
     try:
-        until(lambda: len({served_by(url, {}) for _ in range(9)}) == 3, "every replica in the pool")
+        until(lambda: pool_size(url) == 3, "every replica in the pool")
         yield url, replicas
     finally:
         process.terminate()
         process.wait(timeout=10)
         for replica in replicas:
             replica.server.shutdown()
+
+
+def pool_size(url: str) -> int:
+    """Replicas seen answering 9 keyless requests; 0 while HAProxy is not listening yet."""
+    try:
+        return len({served_by(url, {}) for _ in range(9)})
+    except httpx.TransportError:
+        return 0
 
 
 def served_by(url: str, headers: dict[str, str]) -> str:
