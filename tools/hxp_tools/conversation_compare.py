@@ -82,7 +82,12 @@ def two_replicas(args: argparse.Namespace, load: LoadOptions, options: Conversat
                                                    ("2 replicas, least connections", 2, None),
                                                    ("1 replica", 1, "X-Session-ID")]
         for salt, (label, pool, header) in enumerate(runs, start=1):
-            set_pool(stack, pool, args.start_timeout)
+            set_pool(stack, pool, args.start_timeout)  # backend replicas (keyless requests)
+            # Keyed requests use backend sessions: the same servers, put in the same states (set_pool's rule).
+            names = sorted((row["svname"] for row in stack.servers() if row["addr"] and row["svname"] != "BACKEND"),
+                           key=lambda name: int(name.removeprefix("replica")))
+            for index, name in enumerate(names):
+                stack.runtime_api(f"set server sessions/{name} state {'ready' if index < pool else 'maint'}")
             run_options = replace(options, session_header=header, seed=options.seed + salt)
             figures.append(measure(label, stack.api_url, load, run_options, slos))
     return figures
