@@ -52,8 +52,15 @@ class ScriptedReply:
     hold_after: int | None = None  # after this many tokens, wait until finish() or abort()
 
 
+PREFIX_CACHE_BLOCK = 16  # tokens per cached block, as vLLM's default block size
+
+
 class FakeEngine:
-    """Implements the Engine protocol; each token takes `token_delay` seconds."""
+    """Implements the Engine protocol; each token takes `token_delay` seconds.
+
+    Its prefix cache behaves as vLLM's does: a prompt reuses the whole blocks it shares with an
+    earlier prompt, never its last token (that one is always computed to produce the first output).
+    """
 
     description = "fake"
     version = "fake 1"
@@ -76,6 +83,8 @@ class FakeEngine:
         self._on_death: Callable[[str], object] | None = None
         self._script: deque[ScriptedReply] = deque()
         self._tokenizer = CharTokenizer()
+        self.prefix_caching = True
+        self._seen_prompts: list[tuple[int, ...]] = []
 
     def enqueue(self, *tokens: str, finish_reason: str = "stop", hold_after: int | None = None) -> None:
         """The next request answers with these tokens (one string per token), pausing after `hold_after`."""
@@ -121,6 +130,7 @@ class FakeEngine:
         finish_now = self._finish_events.setdefault(request.request_id, asyncio.Event())
         self._running.add(request.request_id)
         prompt_tokens = len(request.prompt_token_ids)
+        cached = self._cached_prefix(tuple(request.prompt_token_ids))
         options = request.sampling
         choices = range(options.n)
         prompt_logprobs = self._prompt_logprobs(request) if options.prompt_logprobs is not None else None
@@ -143,18 +153,27 @@ class FakeEngine:
                     token_id = ord(text[0]) + 3 if text else 0
                     yield TokenDelta(text, (token_id,), prompt_tokens, done + 1, finish if last else None,
                                      index=choice, logprobs=_fake_logprobs(token_id, text, options.logprobs),
-                                     prompt_logprobs=prompt_logprobs)
+                                     prompt_logprobs=prompt_logprobs, cached_tokens=cached)
                     prompt_logprobs = None
                 if abort.is_set():
                     return
             if not tokens:
                 for choice in choices:
-                    yield TokenDelta("", (), prompt_tokens, 0, finish, index=choice, prompt_logprobs=prompt_logprobs)
+                    yield TokenDelta("", (), prompt_tokens, 0, finish, index=choice, prompt_logprobs=prompt_logprobs,
+                                     cached_tokens=cached)
                     prompt_logprobs = None
         finally:
             self._running.discard(request.request_id)
             self._abort_events.pop(request.request_id, None)
             self._finish_events.pop(request.request_id, None)
+
+    def _cached_prefix(self, prompt: tuple[int, ...]) -> int:
+        """Tokens of this prompt an earlier one already computed, in whole blocks; remembers this one."""
+        if not self.prefix_caching:
+            return 0
+        shared = max((_common_prefix(prompt, seen) for seen in self._seen_prompts), default=0)
+        self._seen_prompts.append(prompt)
+        return min(shared, len(prompt) - 1) // PREFIX_CACHE_BLOCK * PREFIX_CACHE_BLOCK
 
     def _prompt_logprobs(self, request: GenerationRequest) -> tuple[TokenLogprob | None, ...]:
         ids = list(request.prompt_token_ids)
@@ -185,6 +204,13 @@ class FakeEngine:
 
     async def shutdown(self) -> None:
         self.started = False
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    for index, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return index
+    return min(len(a), len(b))
 
 
 async def _first_of(*events: asyncio.Event) -> None:

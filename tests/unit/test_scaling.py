@@ -132,6 +132,30 @@ def test_balancing_is_least_outstanding_requests(haproxy):
     assert directive(haproxy["backend replicas"], "balance") == ["leastconn"]
 
 
+def test_a_session_key_picks_a_replica_by_bounded_load_consistent_hashing(haproxy):
+    frontend, sessions = haproxy["frontend openai"], haproxy["backend sessions"]
+    keys = [words for words in frontend if words[:2] == ["http-request", "set-var(txn.session_key)"]]
+    # X-Session-ID first, then the API key; without either, backend replicas (least connections).
+    assert [words[2] for words in keys] == ["req.hdr(X-Session-ID)", "req.hdr(Authorization)"]
+    assert directive(frontend, "use_backend") == ["sessions", "if", "{", "var(txn.session_key)", "-m", "found", "}"]
+    assert directive(sessions, "balance") == ["hash", "var(txn.session_key)"]
+    # Consistent: a replica leaving (drain, failure) moves only its own sessions. Bounded load:
+    # a hot session spills to the next replica on the ring instead of overloading one.
+    assert directive(sessions, "hash-type") == ["consistent"]
+    assert 125 <= int(directive(sessions, "hash-balance-factor")[0]) <= 200
+
+
+def test_both_backends_serve_the_same_replicas_alike(haproxy):
+    """The session backend differs only in how it picks a replica and in its share of maxconn."""
+    def same_part(section: list[list[str]]) -> list[list[str]]:
+        kept = [w for w in section if w[0] not in ("balance", "hash-type", "hash-balance-factor", "default-server")]
+        options = server_options(directive(section, "default-server"))
+        options.pop("maxconn")
+        return [*kept, sorted(options.items())]
+
+    assert same_part(haproxy["backend sessions"]) == same_part(haproxy["backend replicas"])
+
+
 def test_active_check_takes_a_draining_replica_out_at_once(haproxy):
     backend = haproxy["backend replicas"]
     assert ["option", "httpchk"] in backend
@@ -165,8 +189,11 @@ def test_only_requests_that_never_started_are_retried(haproxy):
 def test_a_replica_never_has_to_refuse_with_429(haproxy, replica):
     # HAProxy 2.6 cannot retry a 429, so it must never see one: it holds back what a replica's
     # slots and queue could not take, and queues the rest itself.
-    options = server_options(directive(haproxy["backend replicas"], "default-server"))
-    assert int(options["maxconn"]) == replica.concurrent_users + replica.max_queue_size
+    # The two backends reach the same replicas: their shares add up to what one replica takes.
+    shares = [int(server_options(directive(haproxy[backend], "default-server"))["maxconn"])
+              for backend in ("backend replicas", "backend sessions")]
+    assert all(share > 0 for share in shares)
+    assert sum(shares) == replica.concurrent_users + replica.max_queue_size
     assert duration(directive(haproxy["defaults"], "timeout", "queue")[0]) == replica.queue_timeout_seconds
 
 

@@ -71,6 +71,8 @@ class ServiceMetrics:
         self.queue_wait = Histogram("openchat_queue_wait_seconds", "Arrival to getting a slot",
                                     m, buckets=QUEUE_BUCKETS, registry=r)
         self.prompt_tokens = Counter("openchat_prompt_tokens", "Prompt tokens processed", m, registry=r)
+        self.cached_tokens = Counter("openchat_prompt_tokens_cached", "Prompt tokens served from the prefix "
+                                     "cache (of openchat_prompt_tokens)", m, registry=r)
         self.completion_tokens = Counter("openchat_completion_tokens", "Tokens generated", m, registry=r)
         self.disconnects = Counter("openchat_client_disconnects", "Clients gone before their answer ended",
                                    m, registry=r)
@@ -144,6 +146,7 @@ class ServiceMetrics:
         for gap in record.inter_token_gaps:
             self.itl.labels(model).observe(gap)
         self.prompt_tokens.labels(model).inc(record.prompt_tokens)
+        self.cached_tokens.labels(model).inc(record.cached_tokens)
         self.completion_tokens.labels(model).inc(record.completion_tokens)
         self.stream_chunks.labels(model).inc(record.frames)
         if record.outcome is Outcome.DISCONNECTED:

@@ -210,8 +210,7 @@ async def _collect(generation: Generation, answer: _Answer) -> None:
 
 
 def _usage(record: RequestRecord) -> UsageInfo:
-    return UsageInfo(prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens,
-                     total_tokens=record.prompt_tokens + record.completion_tokens)
+    return UsageInfo.of(record.prompt_tokens, record.completion_tokens, record.cached_tokens)
 
 
 def _chat_body(answer: _Answer, record: RequestRecord) -> dict[str, Any]:

@@ -46,6 +46,8 @@ class StreamingWindow:
         gaps = [g for r in records for g in r.inter_token_gaps]
         e2es = [r.e2e for r in records if r.outcome is Outcome.OK and r.e2e is not None]
         counted = [r for r in records if r.counts_for_slo()]
+        prompt_tokens = sum(r.prompt_tokens for r in records)
+        cached_tokens = sum(r.cached_tokens for r in records)
         met = [r for r in counted if r.met_slo(self.target_latency_seconds)]
         return {
             "window_seconds": self.window_seconds,
@@ -60,4 +62,8 @@ class StreamingWindow:
             "slo": {"target_latency_ms": self.target_latency_seconds * 1000,
                     "requests": len(counted), "met": len(met),
                     "attainment": round(len(met) / len(counted), 4) if counted else None},
+            # The share of prompt tokens the prefix cache spared: near 0 for one-off prompts, high for
+            # conversations that return to the replica holding their earlier turns.
+            "prompt_cache": {"prompt_tokens": prompt_tokens, "cached_tokens": cached_tokens,
+                             "hit_rate": round(cached_tokens / prompt_tokens, 4) if prompt_tokens else None},
         }

@@ -83,6 +83,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                       help="extra request fields merged into every body")
     load.add_argument("--warmup", type=int, default=1, help="requests sent first and not counted")
     load.add_argument("--timeout", type=float, default=300.0, help="per-request timeout in seconds")
+    talk = parser.add_argument_group("conversation workload (instead of single prompts)")
+    talk.add_argument("--conversations", type=_positive_int, metavar="USERS",
+                      help="USERS users at once, each holding a multi-turn chat over one shared system prompt; "
+                           "reports TTFT and cached prompt tokens per turn (-n and --prompt do not apply)")
+    talk.add_argument("--turns", type=_positive_int, default=6, help="turns per conversation (default: %(default)s)")
+    talk.add_argument("--system-prompt-tokens", type=_positive_int, default=2000,
+                      help="size of the shared system prompt (default: %(default)s)")
+    talk.add_argument("--think-time", type=float, default=1.0, metavar="S",
+                      help="mean seconds between a user's turns (default: %(default)s)")
+    talk.add_argument("--session-header", default="X-Session-ID", metavar="NAME",
+                      help="header carrying each conversation's id, for session-affine balancers; '' sends none "
+                           "(default: %(default)s)")
     gate = parser.add_argument_group("verdict")
     gate.add_argument("--slo", action="append", type=_slo, default=[], metavar="METRIC:MS",
                       help="per-request objective, repeatable: ttft, tpot or e2el in ms (e.g. e2el:1000)")
@@ -129,6 +141,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
     from hxp_enterprise_llm.bench.runner import run_load
 
     options = options_from_args(args)
+    if args.conversations is not None:
+        return run_conversation_command(args, options)
     if args.plot is not None:
         from hxp_enterprise_llm.bench.plot import PlotUnavailable, require_matplotlib
 
@@ -154,6 +168,31 @@ def run_bench_command(args: argparse.Namespace) -> int:
         write_plot(args.plot, run, summary)
         if not args.quiet:
             print(f"plot: {args.plot}")
+    return result.exit_code
+
+
+def run_conversation_command(args: argparse.Namespace, load: LoadOptions) -> int:
+    from hxp_enterprise_llm.bench.conversation import (
+        ConversationOptions,
+        render_conversation_table,
+        run_conversations,
+        summarize_conversations,
+        write_conversation_json,
+    )
+
+    options = ConversationOptions(users=args.conversations, turns=args.turns,
+                                  system_prompt_tokens=args.system_prompt_tokens, think_time_s=args.think_time,
+                                  session_header=args.session_header or None, seed=args.seed)
+    try:
+        run = asyncio.run(run_conversations(load, options))
+    except Exception as exc:
+        print(f"bench: could not run against {load.base_url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERRORS
+    summary = summarize_conversations(run, args.slo)
+    result = verdict(summary.overall, args.min_goodput_ratio, args.max_errors)
+    print(result.message if args.quiet else f"{render_conversation_table(run, summary)}\n{result.message}")
+    if args.json:
+        write_conversation_json(args.json, run, summary)
     return result.exit_code
 
 

@@ -23,11 +23,14 @@ class RequestSpec:
     stream: bool = True
     temperature: float | None = 0.0
     extra_body: dict[str, Any] = field(default_factory=dict)
+    # A conversation's whole history (then `prompt` is unused) and its session header, if any.
+    messages: tuple[dict[str, str], ...] = ()
+    headers: dict[str, str] = field(default_factory=dict)
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [{"role": "user", "content": self.prompt}],
+            "messages": list(self.messages) or [{"role": "user", "content": self.prompt}],
             "max_tokens": self.max_tokens,
             "stream": self.stream,
         }
@@ -55,6 +58,7 @@ class RequestResult:
     e2e: float = 0.0
     content_times: list[float] = field(default_factory=list)
     prompt_tokens: int = 0
+    cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens; None: not reported
     output_tokens: int = 0
     text: str = ""
     sent_at: float = 0.0
@@ -122,7 +126,7 @@ async def send_chat_request(client: httpx.AsyncClient, spec: RequestSpec,
     start = time.perf_counter()
     result.sent_at = start - (start if run_started is None else run_started)
     try:
-        async with client.stream("POST", CHAT_PATH, json=spec.body()) as response:
+        async with client.stream("POST", CHAT_PATH, json=spec.body(), headers=spec.headers or None) as response:
             result.status = response.status_code
             if response.status_code >= 400:
                 body = (await response.aread()).decode("utf-8", "replace")
@@ -174,14 +178,18 @@ def _apply_event(data: str, result: RequestResult, elapsed: float) -> bool:
             result.text += content
     usage = event.get("usage")
     if usage:
-        result.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        result.output_tokens = int(usage.get("completion_tokens") or 0)
+        _apply_usage(usage, result)
     return False
+
+
+def _apply_usage(usage: dict[str, Any], result: RequestResult) -> None:
+    result.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+    result.output_tokens = int(usage.get("completion_tokens") or 0)
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+    result.cached_tokens = int(cached) if cached is not None else None
 
 
 def _read_json(payload: dict[str, Any], result: RequestResult) -> None:
     result.text = payload["choices"][0]["message"].get("content") or ""
-    usage = payload.get("usage") or {}
-    result.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-    result.output_tokens = int(usage.get("completion_tokens") or 0)
+    _apply_usage(payload.get("usage") or {}, result)
     result.ok = True

@@ -42,6 +42,7 @@ class RequestRecord:
     last_token: float | None = None
     finished: float | None = None
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, served from the prefix cache
     completion_tokens: int = 0
     finish_reasons: dict[int, FinishReason] = field(default_factory=dict)  # per choice, as each ends
     error: ServiceError | None = None
@@ -54,7 +55,6 @@ class RequestRecord:
     key: KeyPolicy = OPEN_ACCESS
     charge: Charge | None = None
     rate_limits: dict[str, WindowState] = field(default_factory=dict)
-    cached_tokens: int = 0  # prompt tokens the engine found in its prefix cache
     traceparent: str | None = None  # the client's W3C trace context, if it sent one
     trace: Any = None  # the request's open span (and its clock) while tracing is on (api/tracing.py)
 
@@ -72,6 +72,7 @@ class RequestRecord:
             self.last_token = now
         self.prompt_tokens = delta.prompt_tokens
         self.completion_tokens = delta.completion_tokens
+        # Known once prefill has run; a later delta never reports fewer.
         self.cached_tokens = max(self.cached_tokens, delta.cached_tokens)
         if delta.finish_reason is not None:
             self.finish_reasons[delta.index] = delta.finish_reason

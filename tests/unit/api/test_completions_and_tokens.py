@@ -35,7 +35,8 @@ async def test_text_prompt_gets_bos_and_a_legacy_completion_body(served: Served)
     assert body["choices"][0]["text"] == " world"  # a raw completion keeps its leading space
     assert body["choices"][0]["finish_reason"] == "stop"
     assert served.engine.requests[-1].prompt_token_ids == TOKENS.encode("Hello", add_special_tokens=True)
-    assert body["usage"] == {"prompt_tokens": 6, "completion_tokens": 6, "total_tokens": 12}
+    assert body["usage"] == {"prompt_tokens": 6, "completion_tokens": 6, "total_tokens": 12,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
 
 
 async def test_token_id_prompt_is_sent_as_is(served: Served) -> None:

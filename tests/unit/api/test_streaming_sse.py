@@ -62,7 +62,8 @@ async def test_usage_frame_only_with_include_usage(served: Served) -> None:
     assert usage_chunk["id"] == with_usage[0]["id"]
     usage = usage_chunk["usage"]
     prompt_tokens = len(served.engine.requests[0].prompt_token_ids)
-    assert usage == {"prompt_tokens": prompt_tokens, "completion_tokens": 6, "total_tokens": prompt_tokens + 6}
+    assert usage == {"prompt_tokens": prompt_tokens, "completion_tokens": 6, "total_tokens": prompt_tokens + 6,
+                     "prompt_tokens_details": {"cached_tokens": 0}}
     assert with_usage[-2]["choices"][0]["finish_reason"] == "stop"
     assert all(c["choices"] for c in without)
     assert all(c.get("usage") is None for c in without)
@@ -136,7 +137,7 @@ async def test_non_streaming_answer_has_openai_shape(served: Served) -> None:
     assert body["choices"][0]["finish_reason"] == "stop"
     prompt_tokens = len(served.engine.requests[0].prompt_token_ids)
     assert body["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": 8,
-                             "total_tokens": prompt_tokens + 8}
+                             "total_tokens": prompt_tokens + 8, "prompt_tokens_details": {"cached_tokens": 0}}
 
 
 async def test_sampling_parameters_reach_the_engine(served: Served) -> None:

@@ -31,8 +31,9 @@ YAML_SECTIONS: dict[str, tuple[str, ...]] = {
         "enforce_eager", "kv_cache_space_gb", "model_load_timeout_seconds",
     ),
     "performance": (
-        "max_num_batched_tokens", "max_num_seqs", "enable_chunked_prefill", "target_latency_ms",
-        "target_throughput_rps", "default_temperature", "default_top_p", "max_n", "scheduling_policy",
+        "max_num_batched_tokens", "max_num_seqs", "enable_chunked_prefill", "enable_prefix_caching",
+        "target_latency_ms", "target_throughput_rps", "default_temperature", "default_top_p", "max_n",
+        "scheduling_policy",
     ),
     "realtime": (
         "streaming_enabled", "concurrent_users", "response_chunk_size", "low_latency_mode",
@@ -139,6 +140,9 @@ class ModelConfigSchema(BaseModel):
     kv_cache_space_gb: float = Field(4, gt=0, le=4096, description="KV cache size on CPU hosts")
     model_load_timeout_seconds: float = Field(600, gt=0, le=86_400, description="give up loading after this")
     enable_chunked_prefill: bool = True
+    enable_prefix_caching: bool = Field(True, description="vLLM reuses the KV cache of a prompt prefix it has "
+                                        "seen (a conversation's earlier turns, a shared system prompt); usage "
+                                        "reports the reused tokens as prompt_tokens_details.cached_tokens")
     max_queue_size: int = Field(100, ge=0, le=1_000_000, description="requests waiting for a slot")
     queue_timeout_seconds: float = Field(10, gt=0, le=86_400)
     stream_flush_interval_ms: float = Field(50, gt=0, le=60_000, description="low-latency partial chunk flush")

@@ -85,7 +85,7 @@ class TokenDelta:
     index: int = 0  # which choice (0 .. n-1)
     logprobs: tuple[TokenLogprob, ...] | None = None  # one per token in token_ids, when asked for
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # first delta only, when asked for
-    cached_tokens: int = 0  # prompt tokens found in the engine's prefix cache (vLLM's num_cached_tokens)
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache (vLLM's num_cached_tokens)
 
 
 class Tokenizer(Protocol):

@@ -48,6 +48,8 @@ def engine_args_from_config(config: ModelConfigSchema, on_cpu: bool = False) -> 
         "max_num_seqs": config.max_num_seqs,
         "max_num_batched_tokens": config.max_num_batched_tokens,
         "enable_chunked_prefill": config.enable_chunked_prefill,
+        # Explicit, not vLLM's default: the setting must mean the same on every wheel and version.
+        "enable_prefix_caching": config.enable_prefix_caching,
         "gpu_memory_utilization": config.gpu_memory_utilization,
         "tensor_parallel_size": config.tensor_parallel_size,
         "enforce_eager": config.enforce_eager,
@@ -185,6 +187,7 @@ class VllmEngine:
         params = _sampling_params(options)
         prompt_tokens = len(request.prompt_token_ids)
         completion_tokens = 0
+        cached_tokens = 0
         first = True
         try:
             async for output in self._llm.generate(
@@ -194,6 +197,8 @@ class VllmEngine:
                 prompt_logprobs = _prompt_logprobs(output.prompt_logprobs, options.prompt_logprobs or 0) \
                     if first and options.prompt_logprobs is not None else None
                 first = False
+                # Known once prefill has run (0 before, and with prefix caching off).
+                cached_tokens = output.num_cached_tokens or cached_tokens
                 for completion in output.outputs:
                     completion_tokens += len(completion.token_ids)
                     yield TokenDelta(
@@ -201,12 +206,12 @@ class VllmEngine:
                         token_ids=tuple(completion.token_ids),
                         prompt_tokens=prompt_tokens,
                         completion_tokens=completion_tokens,
+                        cached_tokens=cached_tokens,
                         finish_reason=_finish_reason(completion.finish_reason)
                         if completion.finish_reason is not None or output.finished else None,
                         index=completion.index,
                         logprobs=_logprobs(completion.token_ids, completion.logprobs, options.logprobs),
                         prompt_logprobs=prompt_logprobs,
-                        cached_tokens=output.num_cached_tokens or 0,
                     )
                     prompt_logprobs = None
         except asyncio.CancelledError:

@@ -53,6 +53,8 @@ class Delta(Protocol):
     @property
     def completion_tokens(self) -> int: ...
     @property
+    def cached_tokens(self) -> int: ...
+    @property
     def finish_reason(self) -> str | None: ...
     @property
     def index(self) -> int: ...
@@ -318,9 +320,9 @@ class CompletionStreamer(ResponseStreamer):
 
 
 def _usage(last: Delta | None) -> UsageInfo:
-    prompt = last.prompt_tokens if last is not None else 0
-    completion = last.completion_tokens if last is not None else 0
-    return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    if last is None:
+        return UsageInfo.of(0, 0, 0)
+    return UsageInfo.of(last.prompt_tokens, last.completion_tokens, last.cached_tokens)
 
 
 def _split_complete(text: str) -> tuple[str, str]:

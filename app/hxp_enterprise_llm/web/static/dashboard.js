@@ -41,6 +41,9 @@
     const slo = m.slo;
     $("dash-slo").textContent = slo.attainment === null ? "–" : `${(slo.attainment * 100).toFixed(1)} %`;
     $("dash-slo-detail").textContent = `${slo.met} of ${slo.requests} within ${HXP.formatMs(slo.target_latency_ms)}`;
+    const cache = m.prompt_cache;
+    $("dash-cache").textContent = cache.hit_rate === null ? "–" : `${(cache.hit_rate * 100).toFixed(1)} %`;
+    $("dash-cache-detail").textContent = `${cache.cached_tokens} of ${cache.prompt_tokens} prompt tokens cached`;
     $("dash-window").textContent = `Streams finished in the last ${Math.round(m.window_seconds / 60)} min: `
       + `${m.streams_completed} (${m.streams_completed_total} since start), ${m.chunks_per_second.toFixed(1)} frames/s.`;
     remember("tokens", m.tokens_per_second);
