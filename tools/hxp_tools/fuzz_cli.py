@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from hxp_tools.fuzz import print_report, run
-from hxp_tools.live import free_port, stop_cleanly_on_sigterm
-from hxp_tools.servers import ManagedServer
+from hxp_tools.live import stop_cleanly_on_sigterm
+from hxp_tools.servers import ManagedServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 # The fuzzer judges answers, not speed: on a shared 2-core machine a small request batched beside

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -19,18 +18,12 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from hxp_tools.servers import ManagedServer
+from hxp_tools.servers import ManagedServer, free_port
 
 
 def stop_cleanly_on_sigterm() -> None:
     """SIGTERM raises SystemExit, so `finally` blocks run and the server started here is stopped."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -108,14 +101,6 @@ async def stream_once(client: httpx.AsyncClient, url: str, body: dict[str, Any])
         result.error = f"{type(exc).__name__}: {exc}"
     result.e2e = time.perf_counter() - started
     return result
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def load_average() -> str:

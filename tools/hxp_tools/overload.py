@@ -21,15 +21,8 @@ from typing import Any
 
 import httpx
 
-from hxp_tools.live import (
-    LiveService,
-    WireResult,
-    demo_service,
-    load_average,
-    percentile,
-    stop_cleanly_on_sigterm,
-    stream_once,
-)
+from hxp_enterprise_llm.percentiles import percentile
+from hxp_tools.live import LiveService, WireResult, demo_service, load_average, stop_cleanly_on_sigterm, stream_once
 
 
 def body(index: int, max_tokens: int) -> dict[str, Any]:
