@@ -95,7 +95,7 @@ def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_me
                 metrics_server.stop()
 
     app = FastAPI(title="HXP Enterprise LLM: OpenChat-3.5", version=service_version(), lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None, dependencies=[Depends(check_request_head)],
+                  docs_url=None, redoc_url=None, dependencies=[Depends(check_request_head)],
                   description="OpenAI-compatible API for OpenChat-3.5 on vLLM's engine. Errors are always "
                               "`{\"error\": {message, type, param, code}}`.")
     app.state.ctx = ctx
