@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -18,6 +17,7 @@ from fastapi import Depends, FastAPI
 from hxp_enterprise_llm.api import health as health_routes
 from hxp_enterprise_llm.api import model_routes, routes
 from hxp_enterprise_llm.api.auth import ApiKeys
+from hxp_enterprise_llm.api.context import AppContext
 from hxp_enterprise_llm.api.errors import install_error_handlers
 from hxp_enterprise_llm.api.lifecycle import RequestLifecycleMiddleware
 from hxp_enterprise_llm.api.metrics import MetricsServer, ServiceMetrics, service_version
@@ -26,38 +26,12 @@ from hxp_enterprise_llm.api.request_input import check_request_head
 from hxp_enterprise_llm.api.request_log import RequestLog
 from hxp_enterprise_llm.api.streaming_stats import StreamingWindow
 from hxp_enterprise_llm.orchestration.interactive_orchestrator import InteractiveOrchestrator
-from hxp_enterprise_llm.orchestration.service_state import Health, ServiceState
+from hxp_enterprise_llm.orchestration.service_state import ServiceState
 from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
-from hxp_enterprise_llm.schemas.errors import ModelNotFoundError
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
 from hxp_enterprise_llm.web import mount_web_ui
 
 EXIT_ENGINE_FAILED = 4
-
-
-@dataclass
-class AppContext:
-    """Everything the routes share, on `app.state.ctx` (no module globals)."""
-
-    config: ModelConfigSchema
-    service: OpenChat35Service
-    orchestrator: InteractiveOrchestrator
-    metrics: ServiceMetrics
-    streaming: StreamingWindow
-    api_keys: ApiKeys
-
-    @property
-    def health(self) -> Health:
-        return self.orchestrator.health
-
-    def served_model(self, requested: str | None) -> str:
-        """The model a request names (the served one when it names none), refused unless this service serves it."""
-        served = self.config.served_model_name
-        chosen = served if requested is None else requested
-        if chosen not in (served, self.config.model_name, *self.config.model_aliases):
-            raise ModelNotFoundError(f"The model '{chosen}' does not exist; this service serves '{served}'",
-                                     param="model")
-        return chosen
 
 
 def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_metrics: bool = True,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from fake_hub import FakeHub, FakeRepo, git_blob_id
 
-from hxp_enterprise_llm.models.commands import main
+from hxp_enterprise_llm.cli_model import main
 from hxp_enterprise_llm.models.hub import HubMetadataError, download_model, lock_entry_from_hub
 from hxp_enterprise_llm.models.lockfile import LockEntry, ModelsLock, read_lock, write_lock
 from hxp_enterprise_llm.models.verify import ModelIntegrityError, verify_model_dir
@@ -141,7 +141,7 @@ def test_download_command_rejects_a_wrong_hash_and_keeps_the_file(
     env.pop("HF_TOKEN", None)
 
     result = subprocess.run(
-        [sys.executable, "-m", "hxp_enterprise_llm.models.commands", "model", "download", "tiny-chat",
+        [sys.executable, "-m", "hxp_enterprise_llm.cli_model", "model", "download", "tiny-chat",
          "--lock", str(lock_path), "--models-root", str(tmp_path / "models")],
         env=env, capture_output=True, text=True, timeout=120)
 
