@@ -40,9 +40,8 @@ from typing import Any
 import httpx
 import schemathesis
 
-from hxp_tools.live import demo_service, stop_cleanly_on_sigterm
+from hxp_tools.live import MODEL, demo_service, stop_cleanly_on_sigterm
 
-MODEL = "openchat-3.5"
 LONG_WORDS = 2000
 SEEDS = [0, 1, -1, 2**31 - 1, 2**32, 2**63 - 1]
 REPO = Path(__file__).resolve().parents[2]
