@@ -40,6 +40,7 @@ class Engine:
     enable_chunked_prefill: bool
     kv_cache_space_gb: float
     target_latency_ms: float
+    cpu_cores: float
 
     @classmethod
     def from_config(cls, config_file: Path, model_dir: Path | None) -> Engine:
@@ -49,7 +50,8 @@ class Engine:
         path = model_dir or config.model_path
         return cls(path if path.is_absolute() else ROOT / path, config.served_model_name, config.dtype,
                    config.enforce_eager, config.max_model_len, config.max_num_seqs, config.max_num_batched_tokens,
-                   config.enable_chunked_prefill, config.kv_cache_space_gb, config.target_latency_ms)
+                   config.enable_chunked_prefill, config.kv_cache_space_gb, config.target_latency_ms,
+                   config.cpu_cores)
 
     def vllm_serve_flags(self) -> list[str]:
         return ["--served-model-name", self.served_model_name, "--dtype", self.dtype,
@@ -70,8 +72,13 @@ def our_server(args: argparse.Namespace, engine: Engine) -> ManagedServer:
 def peer_server(args: argparse.Namespace, engine: Engine) -> ManagedServer:
     argv = [str(ROOT / ".venv/bin/vllm"), "serve", str(engine.model_path), "--host", "127.0.0.1",
             "--port", str(args.peer_port), *engine.vllm_serve_flags()]
+    from hxp_enterprise_llm.services.core.cpu_budget import cpu_thread_binding
+
+    # The same compute threads as ours: our engine binds them from cpu_cores (VLLM_CPU_OMP_THREADS_BIND).
+    env = {"VLLM_CPU_KVCACHE_SPACE": f"{engine.kv_cache_space_gb:g}",
+           **cpu_thread_binding(engine.cpu_cores, os.environ)}
     return ManagedServer("vllm serve", argv, f"http://127.0.0.1:{args.peer_port}/health",
-                         args.out / "vllm-serve.log", env={"VLLM_CPU_KVCACHE_SPACE": f"{engine.kv_cache_space_gb:g}"})
+                         args.out / "vllm-serve.log", env=env)
 
 
 def bench_command(args: argparse.Namespace, engine: Engine, base_url: str, rate: float, result: Path) -> list[str]:
