@@ -57,7 +57,6 @@ class Case:
     description: str
     body: bytes
     content_type: str = "application/json"
-    stream: bool = False
 
     def curl(self, base_url: str) -> str:
         header = shlex.quote("content-type: " + self.content_type)
@@ -125,8 +124,7 @@ def _seeded(rng: random.Random) -> Case:
                 max_tokens=rng.choice([4, 16, 32]))
     if rng.random() < 0.5:
         body["messages"][-1]["content"] = "story " * rng.randrange(50, 1500)
-    return Case("seeded", f"seed={body['seed']} temperature={body['temperature']}", encode(body),
-                stream=body.get("stream") is True)
+    return Case("seeded", f"seed={body['seed']} temperature={body['temperature']}", encode(body))
 
 
 def _slow(rng: random.Random) -> Case:
@@ -135,7 +133,7 @@ def _slow(rng: random.Random) -> Case:
 
 def _vanishing(rng: random.Random) -> Case:
     body = {**valid_body(rng), "stream": True, "max_tokens": 32}
-    return Case("vanishing", "client leaves after the first frame", encode(body), stream=True)
+    return Case("vanishing", "client leaves after the first frame", encode(body))
 
 
 GENERATORS: list[tuple[float, Callable[[random.Random], Case]]] = [
