@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -104,7 +105,7 @@ def sweep(name: str, base_url: str, args: argparse.Namespace, engine: Engine,
     """One `vllm bench serve` per rate against `base_url` (and `server` still alive before each)."""
     rows = []
     for rate in args.rates:
-        result_file = args.out / f"{name.replace(' ', '-')}-{rate:g}rps.json"
+        result_file = args.out / f"{re.sub(r'[^A-Za-z0-9.]+', '-', name).strip('-')}-{rate:g}rps.json"
         command = bench_command(args, engine, base_url, rate, result_file)
         print(f"$ {' '.join(command)}", flush=True)
         if server is not None:
