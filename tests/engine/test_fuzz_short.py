@@ -10,15 +10,14 @@ import asyncio
 
 import httpx
 
-from hxp_tools.fuzz import print_report, run
-from hxp_tools.fuzz_cli import run_schemathesis
+from hxp_tools.fuzz import print_report, run, run_schemathesis
 from support.server_process import ServerProcess
 
 SEED = 11402
 CASES = 300
 
 
-def test_mutation_fuzzer_finds_no_5xx_and_the_engine_survives(demo_server: ServerProcess) -> None:
+def test_own_cases_find_no_5xx_and_the_engine_survives(demo_server: ServerProcess) -> None:
     report = asyncio.run(run(demo_server.base_url, CASES, SEED, concurrency=8, background=1, progress=False))
     print_report(report, demo_server.base_url, 0)
     assert len(report.outcomes) == CASES

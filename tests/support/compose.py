@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from support.server_process import free_port
+from hxp_tools.servers import ServerFailed, free_port, poll_health
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = "openchat-3.5-cpu"
@@ -61,15 +58,7 @@ class ComposeProject:
 
     def wait_healthy(self, timeout: float = 300) -> float:
         """Seconds until GET /health answered 200."""
-        started = time.monotonic()
-        last = "no answer"
-        while time.monotonic() - started < timeout:
-            try:
-                response = httpx.get(f"{self.api_url}/health", timeout=5)
-                if response.status_code == 200:
-                    return time.monotonic() - started
-                last = f"{response.status_code} {response.text[:200]}"
-            except httpx.HTTPError as exc:
-                last = repr(exc)
-            time.sleep(1)
-        raise TimeoutError(f"compose service not healthy in {timeout} s (last: {last}):\n{self.logs()[-3000:]}")
+        try:
+            return poll_health(f"{self.api_url}/health", timeout_s=timeout, still_running=lambda: None)
+        except ServerFailed as exc:
+            raise TimeoutError(f"compose service: {exc}:\n{self.logs()[-3000:]}") from None

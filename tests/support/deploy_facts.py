@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from hxp_enterprise_llm.models.commands import DEFAULT_MODELS_ROOT
+from hxp_enterprise_llm.cli_model import DEFAULT_MODELS_ROOT
 from support.compose_files import compose_defaults, read_env_file
 from support.kustomize import containers, one, render
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -12,19 +11,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hxp_tools.servers import ManagedServer, poll_health
+from hxp_tools.servers import ManagedServer, free_port, poll_health
 
 REPO = Path(__file__).resolve().parents[2]
 # Where scripts/setup builds the demo models; HXP_MODELS_DIR moves them (the one place tests read it).
 MODELS_DIR = Path(os.environ.get("HXP_MODELS_DIR") or REPO / "models")
 DEMO_MODEL = MODELS_DIR / "smollm2-135m-instruct"
 TINY_OPENCHAT = MODELS_DIR / "openchat-3.5-tiny"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ServerProcess:

@@ -8,6 +8,7 @@ import pytest
 
 from hxp_enterprise_llm.schemas.configuration.model_schemas import YAML_SECTIONS, ConfigError
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
+from support.compose_files import read_env_file
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config"
 
@@ -185,11 +186,7 @@ def test_shipped_yaml_has_the_spec_sections_and_defaults() -> None:
 
 
 def test_shipped_env_file_sets_every_spec_key_to_its_default() -> None:
-    env = {}
-    for line in (REPO_CONFIG / "openchat-3.5.env").read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, _, value = line.partition("=")
-            env[name] = value
+    env = read_env_file(REPO_CONFIG / "openchat-3.5.env")
     assert set(env) == {OpenChat35Config.env_name(key) for key in SPEC_DEFAULTS}
     loaded = load(env=env)
     for key, value in SPEC_DEFAULTS.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
+from support.compose_files import read_env_file
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,7 +24,6 @@ def test_aliases_from_yaml_list_and_cli_override() -> None:
 
 
 def test_container_demo_env_file_answers_to_the_production_names() -> None:
-    lines = (REPO / "config" / "container-cpu.env").read_text().splitlines()
-    environ = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    environ = read_env_file(REPO / "config" / "container-cpu.env")
     loaded = OpenChat35Config.load(environ=environ)
     assert loaded.config.model_aliases == ("openchat/openchat-3.5-0106", "openchat-3.5-0106")

@@ -55,6 +55,8 @@ from hxp_enterprise_llm.models.lockfile import (
     write_lock,
 )
 from hxp_tools import quantized_models
+from hxp_tools.quant_venv import cache_dir
+from hxp_tools.quantized_models import describe_files
 
 # Bump when a code change alters the bytes a recipe produces; it is part of every recipe hash.
 RECIPE_CODE_VERSION = 1
@@ -67,10 +69,6 @@ OPENCHAT_TOKENIZER_SHA256 = "dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d9
 
 class DemoModelError(RuntimeError):
     """A demo model could not be built, or its bytes differ from models.lock."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("HXP_CACHE_DIR") or Path.home() / ".cache" / "hxp-llm")
 
 
 def log(message: str) -> None:
@@ -371,11 +369,6 @@ RECIPES.update({r.name: r for r in (
 
 
 # --------------------------------------------------------------------------- cache, install, lock
-
-def describe_files(directory: Path) -> list[LockedFile]:
-    return [LockedFile(path=str(p.relative_to(directory)), size=p.stat().st_size, sha256=sha256_file(p))
-            for p in sorted(directory.rglob("*")) if p.is_file()]
-
 
 def cached_build(recipe: Recipe, rebuild: bool = False) -> Path:
     """The recipe's output directory in the cache, built first if missing (atomically: a crash leaves none)."""

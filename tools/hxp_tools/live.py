@@ -1,36 +1,28 @@
-"""Shared by the load scripts (overload, soak, fuzz): the demo service on free loopback ports, its gauges,
-and one streaming request seen from the wire (status, Retry-After, bytes before a refusal)."""
+"""Shared by the load scripts (overload, soak, fuzz): the demo service on free loopback ports and its gauges.
+Their requests go through `hxp-llm bench`'s client (hxp_enterprise_llm.bench.client)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
-import socket
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from hxp_tools.servers import ManagedServer
+from hxp_tools.servers import ManagedServer, free_port
+
+MODEL = "openchat-3.5"  # the demo config's served name
 
 
 def stop_cleanly_on_sigterm() -> None:
     """SIGTERM raises SystemExit, so `finally` blocks run and the server started here is stopped."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -67,55 +59,6 @@ def demo_service(extra_args: Sequence[str] = (), config: str = "config/demo-cpu.
         yield LiveService(base_url, f"http://127.0.0.1:{metrics_port}/metrics", server)
     finally:
         server.stop()
-
-
-@dataclass
-class WireResult:
-    """One streaming chat request as the client saw it."""
-
-    status: int | None = None
-    retry_after: str | None = None
-    content_type: str = ""
-    stream_bytes_before_refusal: int = 0  # SSE bytes received on a refused request (must be 0)
-    ttft: float | None = None
-    e2e: float = 0.0
-    done: bool = False
-    stream_error: str | None = None  # the code of an error frame inside a started stream
-    error: str | None = None  # transport failure: a dropped connection
-
-
-async def stream_once(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> WireResult:
-    result = WireResult()
-    started = time.perf_counter()
-    try:
-        async with client.stream("POST", url, json={**body, "stream": True}) as response:
-            result.status = response.status_code
-            result.retry_after = response.headers.get("retry-after")
-            result.content_type = response.headers.get("content-type", "")
-            if response.status_code != 200:
-                raw = await response.aread()
-                if result.content_type.startswith("text/event-stream") or raw.startswith(b"data:"):
-                    result.stream_bytes_before_refusal = len(raw)
-            else:
-                async for line in response.aiter_lines():
-                    if line.startswith("data: ") and result.ttft is None and '"content"' in line:
-                        result.ttft = time.perf_counter() - started
-                    if line.startswith('data: {"error"'):
-                        result.stream_error = json.loads(line.removeprefix("data: "))["error"].get("code")
-                    if line == "data: [DONE]":
-                        result.done = True
-    except httpx.HTTPError as exc:
-        result.error = f"{type(exc).__name__}: {exc}"
-    result.e2e = time.perf_counter() - started
-    return result
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def load_average() -> str:

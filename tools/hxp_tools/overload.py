@@ -17,40 +17,32 @@ import asyncio
 import collections
 import sys
 import time
-from typing import Any
 
 import httpx
 
-from hxp_tools.live import (
-    LiveService,
-    WireResult,
-    demo_service,
-    load_average,
-    percentile,
-    stop_cleanly_on_sigterm,
-    stream_once,
-)
+from hxp_enterprise_llm.bench.client import RequestResult, RequestSpec, send_chat_request
+from hxp_enterprise_llm.percentiles import percentile
+from hxp_tools.live import MODEL, LiveService, demo_service, load_average, stop_cleanly_on_sigterm
 
 
-def body(index: int, max_tokens: int) -> dict[str, Any]:
-    return {"model": "openchat-3.5", "max_tokens": max_tokens, "temperature": 0.7,
-            "messages": [{"role": "user", "content": f"Client {index}: describe the sea in one paragraph."}],
-            "logit_bias": {"0": -100, "2": -100}}  # every admitted answer is max_tokens long
+def request(index: int, max_tokens: int) -> RequestSpec:
+    # logit_bias bans the end tokens: every admitted answer is max_tokens long.
+    return RequestSpec(MODEL, f"Client {index}: describe the sea in one paragraph.", max_tokens, temperature=0.7,
+                       extra_body={"logit_bias": {"0": -100, "2": -100}})
 
 
-async def closed_loop(service: LiveService, clients: int, seconds: float, max_tokens: int) -> list[WireResult]:
-    url = f"{service.base_url}/v1/chat/completions"
-    results: list[WireResult] = []
+async def closed_loop(service: LiveService, clients: int, seconds: float, max_tokens: int) -> list[RequestResult]:
+    results: list[RequestResult] = []
     deadline = time.monotonic() + seconds
     # A new connection per request, as from many distinct clients. (With a shared keep-alive pool,
     # httpx may send on a connection that uvicorn is closing after its 5 s idle timeout: a client-side
     # ReadError that says nothing about the service.)
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=0)
-    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=service.base_url, timeout=300, limits=limits) as client:
 
         async def user(index: int) -> None:
             while time.monotonic() < deadline:
-                result = await stream_once(client, url, body(index, max_tokens))
+                result = await send_chat_request(client, request(index, max_tokens))
                 results.append(result)
                 if result.status in (429, 503):
                     await asyncio.sleep(min(float(result.retry_after or 1), 1.0))
@@ -59,9 +51,9 @@ async def closed_loop(service: LiveService, clients: int, seconds: float, max_to
     return results
 
 
-def summarize(label: str, results: list[WireResult]) -> dict[str, float]:
-    admitted = [r for r in results if r.status == 200 and r.done and r.stream_error is None]
-    cut = [r.stream_error for r in results if r.status == 200 and r.stream_error is not None]
+def summarize(label: str, results: list[RequestResult]) -> dict[str, float]:
+    admitted = [r for r in results if r.status == 200 and r.ok]
+    cut = [r.error for r in results if r.status == 200 and not r.ok]
     ttfts = [r.ttft for r in admitted if r.ttft is not None]
     e2es = [r.e2e for r in admitted]
     figures = {"admitted": len(admitted), "ttft_p50": percentile(ttfts, 50), "ttft_p95": percentile(ttfts, 95),
@@ -98,12 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     statuses = collections.Counter(str(r.status) if r.status is not None else "dropped" for r in results)
     refusals = [r for r in results if r.status in (429, 503)]
     other_5xx = [r for r in results if r.status is not None and r.status >= 500 and r.status != 503]
-    dropped = [r for r in results if r.error is not None]
+    dropped = [r for r in results if r.status is None]
     loaded = summarize(f"overload ({args.factor:g}x capacity)", results)
     print(f"overload: answers by status {dict(sorted(statuses.items()))}")
     print(f"overload: refusals {len(refusals)}, with Retry-After {sum(1 for r in refusals if r.retry_after)}, "
-          f"with stream bytes before the refusal {sum(1 for r in refusals if r.stream_bytes_before_refusal)}, "
-          f"as JSON {sum(1 for r in refusals if r.content_type.startswith('application/json'))}")
+          f"as a stream instead of before it {sum(1 for r in refusals if r.refused_as_stream)}")
     print(f"overload: 5xx other than 503 {len(other_5xx)}, dropped connections {len(dropped)}"
           + (f" (e.g. {dropped[0].error})" if dropped else ""))
     ratio = loaded["e2e_p50"] / baseline["e2e_p50"] if baseline["e2e_p50"] else float("nan")
@@ -113,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({(rss_after - rss_before) / rss_before * 100:+.1f}%); gauges after: {gauges}")
     print(f"overload: {load_average()}")
     ok = (not other_5xx and not dropped and loaded["admitted"] > 0 and all(r.retry_after for r in refusals)
-          and not any(r.stream_bytes_before_refusal for r in refusals))
+          and not any(r.refused_as_stream for r in refusals))
     print(f"overload: {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import httpx
 
-from hxp_tools.live import LiveService, demo_service, load_average, percentile, stop_cleanly_on_sigterm
+from hxp_enterprise_llm.percentiles import percentile
+from hxp_tools.live import LiveService, demo_service, load_average, stop_cleanly_on_sigterm
 
 KEYS = "sk-interactive name=web priority=interactive\nsk-batch name=etl priority={batch_priority}\n"
 

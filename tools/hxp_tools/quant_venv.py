@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,11 @@ COMPLETE_MARK = ".hxp-complete"
 
 class QuantVenvError(RuntimeError):
     """The quantization venv could not be built."""
+
+
+def cache_dir() -> Path:
+    """The build cache of the demo models and this venv (HXP_CACHE_DIR, as scripts/setup reads it)."""
+    return Path(os.environ.get("HXP_CACHE_DIR") or Path.home() / ".cache" / "hxp-llm")
 
 
 def pinned_versions(requirements: Path = REQUIREMENTS) -> dict[str, str]:

@@ -23,7 +23,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hxp_tools.quant_venv import ROOT, QuantVenvError, ensure_quant_venv, pinned_versions
+from hxp_enterprise_llm.models.hashing import sha256_file
+from hxp_enterprise_llm.models.lockfile import LockedFile
+from hxp_tools.quant_venv import ROOT, QuantVenvError, cache_dir, ensure_quant_venv, pinned_versions
 from hxp_tools.quantize import PROMPT_FORMATS, SCHEMES
 
 TOOLS_DIR = ROOT / "tools"
@@ -80,9 +82,17 @@ def quantize(src: Path, out: Path, params: dict[str, Any], cache: Path, log: Cal
                                 f"lines:\n" + "\n".join(tail))
 
 
+def describe_files(directory: Path) -> list[LockedFile]:
+    """Every file under `directory` as a lock entry records it."""
+    return [LockedFile(path=str(p.relative_to(directory)), size=p.stat().st_size, sha256=sha256_file(p))
+            for p in sorted(directory.rglob("*")) if p.is_file()]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from hxp_enterprise_llm.models.lockfile import LockEntry, ModelsLock, read_lock, with_files, write_lock
-    from hxp_tools.demo_models import cache_dir, describe_files, log
+
+    def log(message: str) -> None:
+        print(f"[quantize-model] {message}", flush=True)
 
     parser = argparse.ArgumentParser(prog="python -m hxp_tools.quantized_models",
                                      description="Quantize a model directory with llm-compressor (own venv).")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -15,6 +16,15 @@ from types import TracebackType
 import httpx
 
 from hxp_enterprise_llm.bench.runner import LoadOptions, LoadRun, run_load
+
+ROOT = Path(__file__).resolve().parents[2]  # tools/hxp_tools/servers.py -> the checkout
+
+
+def free_port() -> int:
+    """A free loopback port (the one such helper, shared by tools and tests)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class ServerFailed(RuntimeError):
@@ -140,3 +150,21 @@ class ManagedServer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def machine_description() -> str:
+    """CPU, cores, memory and load: figures from a shared 2-core machine mean little without them."""
+    import platform
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        mem_kb = 0
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"{cpu}, {os.cpu_count()} cores, {mem_kb / 2**20:.0f} GiB RAM, {platform.system()} "
+            f"{platform.release()}, Python {platform.python_version()}; load average {load}")

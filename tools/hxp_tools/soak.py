@@ -20,7 +20,8 @@ import time
 
 import httpx
 
-from hxp_tools.live import LiveService, demo_service, load_average, stop_cleanly_on_sigterm, stream_once
+from hxp_enterprise_llm.bench.client import RequestSpec, send_chat_request
+from hxp_tools.live import MODEL, LiveService, demo_service, load_average, stop_cleanly_on_sigterm
 
 SAMPLE_SECONDS = 10.0
 
@@ -29,21 +30,20 @@ Samples = list[tuple[float, float]]  # (seconds since the start, RSS bytes)
 
 
 async def soak(service: LiveService, users: int, seconds: float) -> tuple[Samples, collections.Counter[str]]:
-    url = f"{service.base_url}/v1/chat/completions"
     samples: list[tuple[float, float]] = []
     counts: collections.Counter[str] = collections.Counter()
     started = time.monotonic()
     deadline = started + seconds
     limits = httpx.Limits(max_connections=users + 4, max_keepalive_connections=users + 4)
-    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=service.base_url, timeout=300, limits=limits) as client:
 
         async def user(index: int) -> None:
             turn = 0
             while time.monotonic() < deadline:
-                body = {"model": "openchat-3.5", "max_tokens": 48 + (turn % 4) * 16, "temperature": 0.8,
-                        "messages": [{"role": "user", "content": f"User {index}, turn {turn}: tell me a fact."}]}
-                result = await stream_once(client, url, body)
-                counts[str(result.status) if result.error is None else "dropped"] += 1
+                spec = RequestSpec(MODEL, f"User {index}, turn {turn}: tell me a fact.", 48 + (turn % 4) * 16,
+                                   temperature=0.8)
+                result = await send_chat_request(client, spec)
+                counts[str(result.status) if result.status is not None else "dropped"] += 1
                 turn += 1
 
         async def sampler() -> None:

@@ -28,9 +28,8 @@ from pathlib import Path
 
 from hxp_enterprise_llm.bench.runner import LoadOptions
 from hxp_enterprise_llm.bench.stats import summarize
-from hxp_tools.peer_compare import machine_description
 from hxp_tools.quality_gate import ask_all, load_questions
-from hxp_tools.servers import ManagedServer, ServerFailed
+from hxp_tools.servers import ManagedServer, ServerFailed, machine_description
 
 ROOT = Path(__file__).resolve().parents[2]
 

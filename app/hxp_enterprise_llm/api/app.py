@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI
 from hxp_enterprise_llm.api import health as health_routes
 from hxp_enterprise_llm.api import model_routes, routes
 from hxp_enterprise_llm.api.auth import ApiKeys
+from hxp_enterprise_llm.api.context import AppContext
 from hxp_enterprise_llm.api.errors import install_error_handlers
 from hxp_enterprise_llm.api.key_metrics import KeyMetrics
 from hxp_enterprise_llm.api.lifecycle import RequestLifecycleMiddleware
@@ -29,9 +30,8 @@ from hxp_enterprise_llm.api.request_log import RequestLog
 from hxp_enterprise_llm.api.streaming_stats import StreamingWindow
 from hxp_enterprise_llm.api.usage_log import UsageLog
 from hxp_enterprise_llm.orchestration.interactive_orchestrator import InteractiveOrchestrator
-from hxp_enterprise_llm.orchestration.service_state import Health, ServiceState
+from hxp_enterprise_llm.orchestration.service_state import ServiceState
 from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
-from hxp_enterprise_llm.schemas.errors import ModelNotFoundError
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
 from hxp_enterprise_llm.web import mount_web_ui
 
@@ -39,32 +39,6 @@ if TYPE_CHECKING:
     from hxp_enterprise_llm.api.tracing import RequestTracer
 
 EXIT_ENGINE_FAILED = 4
-
-
-@dataclass
-class AppContext:
-    """Everything the routes share, on `app.state.ctx` (no module globals)."""
-
-    config: ModelConfigSchema
-    service: OpenChat35Service
-    orchestrator: InteractiveOrchestrator
-    metrics: ServiceMetrics
-    streaming: StreamingWindow
-    api_keys: ApiKeys
-    key_metrics: KeyMetrics
-
-    @property
-    def health(self) -> Health:
-        return self.orchestrator.health
-
-    def served_model(self, requested: str | None) -> str:
-        """The model a request names (the served one when it names none), refused unless this service serves it."""
-        served = self.config.served_model_name
-        chosen = served if requested is None else requested
-        if chosen not in (served, self.config.model_name, *self.config.model_aliases):
-            raise ModelNotFoundError(f"The model '{chosen}' does not exist; this service serves '{served}'",
-                                     param="model")
-        return chosen
 
 
 def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_metrics: bool = True,
@@ -106,7 +80,7 @@ def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_me
                 metrics_server.stop()
 
     app = FastAPI(title="HXP Enterprise LLM: OpenChat-3.5", version=service_version(), lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None, dependencies=[Depends(check_request_head)],
+                  docs_url=None, redoc_url=None, dependencies=[Depends(check_request_head)],
                   description="OpenAI-compatible API for OpenChat-3.5 on vLLM's engine. Errors are always "
                               "`{\"error\": {message, type, param, code}}`.")
     app.state.ctx = ctx

@@ -22,7 +22,7 @@ from hxp_enterprise_llm.schemas.openai import (
 )
 
 if TYPE_CHECKING:
-    from hxp_enterprise_llm.api.app import AppContext
+    from hxp_enterprise_llm.api.context import AppContext
 
 router = APIRouter()
 

@@ -54,7 +54,7 @@ from hxp_enterprise_llm.services.streaming.response_streamer import (
 )
 
 if TYPE_CHECKING:
-    from hxp_enterprise_llm.api.app import AppContext
+    from hxp_enterprise_llm.api.context import AppContext
 
 router = APIRouter()
 

@@ -62,6 +62,8 @@ class RequestResult:
     output_tokens: int = 0
     text: str = ""
     sent_at: float = 0.0
+    retry_after: str | None = None  # a refusal's Retry-After header
+    refused_as_stream: bool = False  # a refusal that came as SSE bytes (a service must refuse before streaming)
 
     @property
     def finished_at(self) -> float:
@@ -129,7 +131,11 @@ async def send_chat_request(client: httpx.AsyncClient, spec: RequestSpec,
         async with client.stream("POST", CHAT_PATH, json=spec.body(), headers=spec.headers or None) as response:
             result.status = response.status_code
             if response.status_code >= 400:
-                body = (await response.aread()).decode("utf-8", "replace")
+                raw = await response.aread()
+                result.retry_after = response.headers.get("retry-after")
+                result.refused_as_stream = (response.headers.get("content-type", "").startswith("text/event-stream")
+                                            or raw.startswith(b"data:"))
+                body = raw.decode("utf-8", "replace")
                 result.error = f"HTTP {response.status_code}: {body[:300]}"
             elif spec.stream:
                 await _read_stream(response, result, start)

@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from hxp_enterprise_llm.api.app import AppContext, build_app
+from hxp_enterprise_llm.api.app import build_app
+from hxp_enterprise_llm.api.context import AppContext
 from hxp_enterprise_llm.bench.client import SSEDecoder
 from hxp_enterprise_llm.orchestration.service_state import ServiceState
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config

@@ -151,7 +151,19 @@ async def test_request_schemas_are_in_openapi(served: Served) -> None:
     body = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"]["$ref"] == "#/components/schemas/ChatCompletionRequest"
     assert "CompletionRequest" in schema["components"]["schemas"]
-    assert (await served.client.get("/docs")).status_code == 200
+    docs = await served.client.get("/docs")
+    assert docs.status_code == 200
+
+
+async def test_docs_page_works_offline(served: Served) -> None:
+    # FastAPI's default /docs loads Swagger UI from a CDN: blank on an air-gapped host.
+    page = (await served.client.get("/docs")).text
+    assert "cdn." not in page
+    for asset in ("/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css"):
+        assert asset in page
+        answer = await served.client.get(asset)
+        assert answer.status_code == 200
+        assert len(answer.content) > 10_000
 
 
 async def test_end_user_id_is_logged_with_the_request(served: Served, caplog: pytest.LogCaptureFixture) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from model_fixtures import LockedModel
 
-from hxp_enterprise_llm.models.commands import main
+from hxp_enterprise_llm.cli_model import main
 
 
 def test_export_sha256_is_accepted_by_real_sha256sum(locked_model: LockedModel, tmp_path: Path) -> None:

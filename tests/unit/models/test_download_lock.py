@@ -21,7 +21,7 @@ import mistral_common
 import pytest
 from fake_hub import FakeHub, FakeRepo
 
-from hxp_enterprise_llm.models.commands import main
+from hxp_enterprise_llm.cli_model import main
 from hxp_enterprise_llm.models.lockfile import read_lock
 from hxp_enterprise_llm.models.verify import verify_model_dir
 
@@ -61,7 +61,7 @@ def run_cli(hub: FakeHub, tmp_path: Path, *args: str) -> subprocess.CompletedPro
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"),
            "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1"}
     env.pop("HF_TOKEN", None)
-    return subprocess.run([sys.executable, "-m", "hxp_enterprise_llm.models.commands", "model", "download",
+    return subprocess.run([sys.executable, "-m", "hxp_enterprise_llm.cli_model", "model", "download",
                            *args], env=env, capture_output=True, text=True, timeout=120)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from fake_hub import FakeHub, FakeRepo, git_blob_id
 
-from hxp_enterprise_llm.models.commands import main
+from hxp_enterprise_llm.cli_model import main
 from hxp_enterprise_llm.models.hub import HubMetadataError, download_model, lock_entry_from_hub
 from hxp_enterprise_llm.models.lockfile import LockEntry, ModelsLock, read_lock, write_lock
 from hxp_enterprise_llm.models.verify import ModelIntegrityError, verify_model_dir
@@ -139,7 +139,7 @@ def test_download_command_rejects_a_wrong_hash_and_moves_the_file_out(
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"),
            "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1"}
     env.pop("HF_TOKEN", None)
-    command = [sys.executable, "-m", "hxp_enterprise_llm.models.commands", "model", "download", "tiny-chat",
+    command = [sys.executable, "-m", "hxp_enterprise_llm.cli_model", "model", "download", "tiny-chat",
                "--lock", str(lock_path), "--models-root", str(tmp_path / "models")]
 
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)

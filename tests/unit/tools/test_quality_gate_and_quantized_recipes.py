@@ -12,6 +12,7 @@ import pytest
 from hxp_enterprise_llm.models.lockfile import read_lock
 from hxp_tools import demo_models, memory_budget, quant_venv, quantized_models
 from hxp_tools.quality_gate import Answer, Question, Score, load_questions
+from support.compose_files import read_env_file
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -133,11 +134,6 @@ def test_a_budget_that_does_not_fit_says_so() -> None:
     assert "DOES NOT FIT" in budget.table()
 
 
-def _env_file(path: Path) -> dict[str, str]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
-
-
 @pytest.mark.parametrize(("yaml_file", "env_file"), [
     ("openchat-3.5-cpu.yaml", "openchat-3.5-cpu.env"),  # host (YAML) and container (env) settings agree
     ("demo-cpu-int4.yaml", "container-cpu-int4.env"),
@@ -146,7 +142,7 @@ def test_yaml_and_env_file_give_the_same_engine_settings(yaml_file: str, env_fil
     from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
 
     from_yaml = OpenChat35Config.load(REPO / "config" / yaml_file, environ={}).config
-    env = _env_file(REPO / "config" / env_file)
+    env = read_env_file(REPO / "config" / env_file)
     from_env = OpenChat35Config.load(environ=env).config
     keys = ["dtype", "enforce_eager", "max_model_len", "kv_cache_space_gb", "max_num_seqs", "max_num_batched_tokens",
             "concurrent_users", "max_queue_size", "model_name"]

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from hxp_enterprise_llm.schemas.outcomes import FinishReason
-
-if TYPE_CHECKING:
-    from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
 
 
 class EngineError(RuntimeError):
@@ -120,9 +117,3 @@ class Engine(Protocol):
     def get_tokenizer(self) -> Tokenizer:
         """The model's tokenizer, once started."""
 
-
-def create_engine(config: ModelConfigSchema) -> Engine:
-    """The vLLM engine for this config; vLLM is imported here, not at module import."""
-    from hxp_enterprise_llm.services.core.vllm_engine import VllmEngine
-
-    return VllmEngine(config)

@@ -257,12 +257,19 @@ class ResponseStreamer:
         """The spec's convenience form: SSE frames for a prompt (a string or chat messages).
 
         `config` is a chat service (an `OpenChat35Service`, started or not), or a service config
-        (an `OpenChat35Config`), whose `service()` makes one for this stream (the model loads, and
+        (an `OpenChat35Config`), for which a service is made for this stream (the model loads, and
         is released when the stream ends). The streamer's own settings are not changed: the frames
         follow the service's chunking settings.
         """
-        owned = hasattr(config, "service") and callable(config.service)
-        source = config.service() if owned else config
+        from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
+
+        owned = isinstance(config, ModelConfigSchema)
+        if owned:  # the spec's convenience form: the one place the streamer reaches up to the chat service
+            from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
+
+            source = OpenChat35Service(config)
+        else:
+            source = config
         if source is None:
             raise TypeError("stream_response needs a service or a service config, e.g. OpenChat35Config()")
         try:

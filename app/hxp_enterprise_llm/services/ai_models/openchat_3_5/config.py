@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -13,9 +13,6 @@ from hxp_enterprise_llm.schemas.configuration.model_schemas import (
     ModelConfigSchema,
     load_config,
 )
-
-if TYPE_CHECKING:
-    from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
 
 
 class OpenChat35Config(BaseSettings, ModelConfigSchema):
@@ -45,9 +42,3 @@ class OpenChat35Config(BaseSettings, ModelConfigSchema):
     ) -> LoadedConfig:
         """defaults < YAML `config_file` < environment < `cli_overrides`, validated once."""
         return load_config(cls, config_file, cli_overrides, environ)
-
-    def service(self) -> OpenChat35Service:
-        """A service on the vLLM engine for these settings (not started: `await service.start()`)."""
-        from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
-
-        return OpenChat35Service(self)

@@ -29,8 +29,8 @@ from hxp_enterprise_llm.services.core.engine import (
     GenerationRequest,
     SamplingOptions,
     TokenDelta,
-    create_engine,
 )
+from hxp_enterprise_llm.services.core.engine_factory import create_engine
 from hxp_enterprise_llm.services.core.generation_defaults import SamplingDefault, effective_defaults
 
 

@@ -329,7 +329,7 @@ def add_model_commands(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m hxp_enterprise_llm.models.commands model ...`, the same commands without cli.py."""
+    """`python -m hxp_enterprise_llm.cli_model model ...`, the same commands without cli.py."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="hxp-llm")
     add_model_commands(parser.add_subparsers(dest="command", required=True))

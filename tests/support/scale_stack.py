@@ -1,6 +1,5 @@
 """The compose `scale` profile as a throwaway stack: its own project name and free host ports, HAProxy's
-view of the replicas from its stats CSV, and `down` at the end. Used by tests/container/test_scale.py
-and scripts/bench-scale."""
+view of the replicas from its stats CSV, and `down` at the end. Used by tests/container/test_scale.py."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import csv
 import io
 import json
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +16,9 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]  # tools/hxp_tools/scale_stack.py -> the checkout
+from hxp_tools.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]  # tests/support/scale_stack.py -> the checkout
 REPLICA_SERVICE = "openchat-3.5-replica"
 LB_SERVICE = "openchat-3.5-lb"
 BACKEND = "replicas"
@@ -26,12 +26,6 @@ BACKEND = "replicas"
 
 class StackFailed(RuntimeError):
     """The stack did not come up as asked; the message ends with the compose log tail."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ScaleStack:
