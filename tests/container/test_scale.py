@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from support.figures import record_figure
-from support.scale_stack import ScaleStack, StackFailed, container_address
+from hxp_tools.scale_stack import ScaleStack, StackFailed, container_address
 
 from .conftest import DEMO_MODEL, HEALTHY_WITHIN_SECONDS, IMAGE, REPO_ROOT, missing_prerequisite
 

@@ -36,8 +36,7 @@ from hxp_enterprise_llm.bench.conversation import (
 )
 from hxp_enterprise_llm.bench.runner import LoadOptions
 from hxp_enterprise_llm.bench.stats import Slo
-from hxp_tools.peer_compare import machine_description
-from hxp_tools.servers import ManagedServer, ServerFailed
+from hxp_tools.servers import ManagedServer, ServerFailed, machine_description
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,8 +70,7 @@ def single_replica(args: argparse.Namespace, load: LoadOptions, options: Convers
 
 def two_replicas(args: argparse.Namespace, load: LoadOptions, options: ConversationOptions,
                  slos: list[Slo]) -> list[dict[str, Any]]:
-    from hxp_tools.scale_compare import set_pool
-    from hxp_tools.scale_stack import ScaleStack
+    from hxp_tools.scale_stack import ScaleStack, set_pool
 
     figures = []
     with ScaleStack(f"hxp-bench-conv-{os.getpid()}", replicas=2, service_image=args.image, lb_image=args.lb_image,

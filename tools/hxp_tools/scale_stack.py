@@ -18,7 +18,7 @@ import httpx
 
 from hxp_tools.servers import free_port
 
-ROOT = Path(__file__).resolve().parents[2]  # tests/support/scale_stack.py -> the checkout
+ROOT = Path(__file__).resolve().parents[2]  # tools/hxp_tools/scale_stack.py -> the checkout
 REPLICA_SERVICE = "openchat-3.5-replica"
 LB_SERVICE = "openchat-3.5-lb"
 BACKEND = "replicas"
@@ -114,3 +114,13 @@ class ScaleStack:
 def container_address(container: dict[str, Any], port: int = 11402) -> str:
     """`ip:port` of a container on its (first) compose network, as HAProxy's stats show it."""
     return next(f"{n['IPAddress']}:{port}" for n in container["NetworkSettings"]["Networks"].values())
+
+
+def set_pool(stack: ScaleStack, replicas: int, timeout: float) -> None:
+    """Leave the first `replicas` servers in the pool and put the others in maintenance."""
+    servers = sorted((row["svname"] for row in stack.servers() if row["addr"] and row["svname"] != "BACKEND"),
+                     key=lambda name: int(name.removeprefix("replica")))
+    for index, name in enumerate(servers):
+        state = "ready" if index < replicas else "maint"
+        stack.runtime_api(f"set server replicas/{name} state {state}")
+    stack.wait_pool(replicas, timeout)
