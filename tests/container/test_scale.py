@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
-from support.figures import record_figure
 from hxp_tools.scale_stack import ScaleStack, StackFailed, container_address
+from support.figures import record_figure
 
 from .conftest import DEMO_MODEL, HEALTHY_WITHIN_SECONDS, IMAGE, REPO_ROOT, missing_prerequisite
 

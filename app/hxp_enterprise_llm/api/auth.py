@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from hxp_enterprise_llm.api.keys_file import KeysFileError, parse_keys
-from hxp_enterprise_llm.orchestration.quotas import OPEN_ACCESS, KeyPolicy
+from hxp_enterprise_llm.orchestration.key_policy import OPEN_ACCESS, KeyPolicy
 from hxp_enterprise_llm.schemas.errors import AuthenticationError
 
 logger = logging.getLogger(__name__)

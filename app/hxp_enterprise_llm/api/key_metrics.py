@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 if TYPE_CHECKING:
-    from hxp_enterprise_llm.orchestration.quotas import KeyPolicy, QuotaStore
+    from hxp_enterprise_llm.orchestration.key_policy import KeyPolicy
+    from hxp_enterprise_llm.orchestration.quotas import QuotaStore
     from hxp_enterprise_llm.orchestration.request_record import RequestRecord
 
 

@@ -16,7 +16,7 @@ import re
 from dataclasses import fields
 from typing import Any
 
-from hxp_enterprise_llm.orchestration.quotas import ANONYMOUS, KeyPolicy, Priority
+from hxp_enterprise_llm.orchestration.key_policy import ANONYMOUS, KeyPolicy, Priority
 
 UNNAMED = "unnamed"  # keys of the one-key-per-line format
 COMMENT = re.compile(r"\s#")  # a comment after a key needs a space before it: '#' may be part of a key

@@ -11,7 +11,7 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from hxp_enterprise_llm.api.errors import validation_error
-from hxp_enterprise_llm.orchestration.quotas import KeyPolicy
+from hxp_enterprise_llm.orchestration.key_policy import KeyPolicy
 from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
 from hxp_enterprise_llm.schemas.errors import (
     BodyTimeoutError,

@@ -13,7 +13,6 @@ per replica (docs/operations.md says why that is acceptable and how a shared sto
 
 from __future__ import annotations
 
-import enum
 import math
 import time
 from collections import deque
@@ -21,54 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from hxp_enterprise_llm.orchestration.key_policy import Charge, KeyPolicy, WindowState
 from hxp_enterprise_llm.schemas.errors import RateLimitError
 
 if TYPE_CHECKING:
     from hxp_enterprise_llm.orchestration.request_record import RequestRecord
 
 WINDOW_SECONDS = 60.0
-ANONYMOUS = "anonymous"
-
-
-class Priority(enum.StrEnum):
-    """Admission order when requests wait for a slot: every interactive request before any batch one."""
-
-    INTERACTIVE = "interactive"
-    BATCH = "batch"
-
-    @property
-    def rank(self) -> int:
-        """Lower is served first (also vLLM's convention for its `priority` argument)."""
-        return 0 if self is Priority.INTERACTIVE else 1
-
-
-@dataclass(frozen=True)
-class KeyPolicy:
-    """What a key may do; None means no limit."""
-
-    name: str
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
-    concurrent_requests: int | None = None
-    priority: Priority = Priority.INTERACTIVE
-
-    @property
-    def limited(self) -> bool:
-        return self.requests_per_minute is not None or self.tokens_per_minute is not None
-
-
-OPEN_ACCESS = KeyPolicy(ANONYMOUS)  # the service without keys
-
-
-@dataclass(frozen=True)
-class WindowState:
-    """One limit as the client is told it (OpenAI's x-ratelimit-* headers)."""
-
-    limit: int
-    remaining: int
-    reset_seconds: float  # until the window holds nothing of this key's: the limit is whole again
-
-
 class QuotaStore(Protocol):
     """Where the counts live. One process: `LocalQuotaStore`. Shared limits across replicas: an
     implementation of these five calls over a shared store (Redis, e.g. with a sorted set per name and
@@ -179,16 +137,6 @@ def _tokens_reset(entries: deque[tuple[float, int]], excess: int, now: float) ->
         if freed >= excess:
             return max(0.0, taken_at + WINDOW_SECONDS - now)
     return max(0.0, entries[-1][0] + WINDOW_SECONDS - now)
-
-
-@dataclass
-class Charge:
-    """What a request took from its key's quota; settled once when the request ends."""
-
-    policy: KeyPolicy
-    prompt_tokens: int
-    taken_at: float
-    settled: bool = False
 
 
 class Quotas:

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from hxp_enterprise_llm.orchestration.quotas import OPEN_ACCESS, Charge, KeyPolicy, WindowState
+from hxp_enterprise_llm.orchestration.key_policy import OPEN_ACCESS, Charge, KeyPolicy, WindowState
 from hxp_enterprise_llm.schemas.errors import ServiceError
 from hxp_enterprise_llm.schemas.outcomes import FinishReason, Outcome
 

@@ -17,7 +17,8 @@ from api_harness import RawExchange, Served, assert_openai_error, chat_body, eve
 from hxp_enterprise_llm.api.auth import ApiKeyFileError, ApiKeys
 from hxp_enterprise_llm.api.keys_file import KeysFileError, parse_keys
 from hxp_enterprise_llm.api.metrics import render_metrics
-from hxp_enterprise_llm.orchestration.quotas import KeyPolicy, LocalQuotaStore, Priority, format_duration
+from hxp_enterprise_llm.orchestration.key_policy import KeyPolicy, Priority
+from hxp_enterprise_llm.orchestration.quotas import LocalQuotaStore, format_duration
 from support.fake_engine import FakeEngine
 
 pytestmark = pytest.mark.anyio
