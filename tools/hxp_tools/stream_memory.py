@@ -1,0 +1,108 @@
+"""scripts/stream-memory: does the server's memory stay flat over many short streams nobody watches?
+
+    scripts/stream-memory [--streams 20000] [--baseline-after 1000] [--users 8] [--max-tokens 2] [--base-url URL]
+
+Sends STREAMS short streaming chats (max_tokens 1-2) from USERS clients and never reads
+`/metrics/streaming`, so nothing but the service itself may free what a finished stream left behind.
+RSS is read after the first BASELINE streams and at the end: the API process's own (from /proc, when
+this script started the service; vLLM's engine core is a separate process) and the service's
+`openchat_process_resident_memory_bytes` (the API process plus the engine core). PASS when the API
+process grew less than --max-growth-percent (5). A benchmark that prints figures, not a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from hxp_tools.live import LiveService, demo_service, load_average, stop_cleanly_on_sigterm, stream_once
+
+
+def own_rss_bytes(pid: int | None) -> float:
+    """VmRSS of one process (NaN without a pid: a service this script did not start)."""
+    if pid is None:
+        return float("nan")
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return float(line.split()[1]) * 1024
+    return float("nan")
+
+
+async def send_streams(service: LiveService, count: int, users: int, max_tokens: int,
+                       counts: collections.Counter[str]) -> None:
+    url = f"{service.base_url}/v1/chat/completions"
+    remaining = iter(range(count))
+    limits = httpx.Limits(max_connections=users, max_keepalive_connections=users)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+
+        async def user() -> None:
+            for index in remaining:
+                body = {"model": "openchat-3.5", "max_tokens": 1 + index % max_tokens, "temperature": 0.8,
+                        "messages": [{"role": "user", "content": f"Say one word ({index})."}]}
+                result = await stream_once(client, url, body)
+                counts[str(result.status) if result.error is None else "dropped"] += 1
+
+        await asyncio.gather(*(user() for _ in range(users)))
+
+
+def measure(service: LiveService, pid: int | None, label: str, sent: int, started: float) -> tuple[float, float]:
+    own, total = own_rss_bytes(pid), service.rss_bytes()
+    print(f"stream-memory: after {sent:6d} streams ({time.monotonic() - started:5.0f} s): API process RSS "
+          f"{own / 2**20:7.1f} MiB, with the engine core {total / 2**20:7.1f} MiB ({label}); {load_average()}",
+          flush=True)
+    return own, total
+
+
+def run(service: LiveService, pid: int | None, args: argparse.Namespace) -> bool:
+    counts: collections.Counter[str] = collections.Counter()
+    started = time.monotonic()
+    asyncio.run(send_streams(service, args.baseline_after, args.users, args.max_tokens, counts))
+    base_own, base_total = measure(service, pid, "baseline", args.baseline_after, started)
+    step = max(args.baseline_after, (args.streams - args.baseline_after) // 4)
+    sent = args.baseline_after
+    while sent < args.streams:
+        batch = min(step, args.streams - sent)
+        asyncio.run(send_streams(service, batch, args.users, args.max_tokens, counts))
+        sent += batch
+        end_own, end_total = measure(service, pid, "progress" if sent < args.streams else "end", sent, started)
+    base, end = (base_own, end_own) if pid is not None else (base_total, end_total)
+    growth = (end - base) / base * 100
+    print(f"stream-memory: answers by status {dict(sorted(counts.items()))}")
+    print(f"stream-memory: {'API process' if pid is not None else 'service'} RSS {base / 2**20:.1f} MiB after "
+          f"{args.baseline_after} streams, {end / 2**20:.1f} MiB after {args.streams}: {growth:+.2f}% "
+          f"(limit {args.max_growth_percent:g}%); with the engine core {base_total / 2**20:.1f} -> "
+          f"{end_total / 2**20:.1f} MiB")
+    ok = growth < args.max_growth_percent and set(counts) == {"200"}
+    print(f"stream-memory: {'PASS' if ok else 'FAIL'}")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/stream-memory", description=__doc__.split("\n")[0])
+    parser.add_argument("--streams", type=int, default=20_000)
+    parser.add_argument("--baseline-after", type=int, default=1_000)
+    parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=2, choices=(1, 2))
+    parser.add_argument("--max-growth-percent", type=float, default=5.0)
+    parser.add_argument("--base-url", help="a running service (its metrics URL via --metrics-url)")
+    parser.add_argument("--metrics-url", default="http://127.0.0.1:11403/metrics")
+    args = parser.parse_args(argv)
+    stop_cleanly_on_sigterm()
+    print(f"stream-memory: {args.streams} streams of max_tokens <= {args.max_tokens} from {args.users} clients, "
+          f"nobody polling /metrics/streaming; {load_average()}", flush=True)
+    if args.base_url:
+        return 0 if run(LiveService(args.base_url.rstrip("/"), args.metrics_url), None, args) else 1
+    with demo_service() as service:
+        assert service.server is not None
+        assert service.server.process is not None
+        return 0 if run(service, service.server.process.pid, args) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
