@@ -28,10 +28,17 @@ class CharTokenizer:
     bos_token_id = 1
     eos_token_id = 2
 
+    def __init__(self) -> None:
+        self.encoded_chars = 0  # characters tokenized so far: shows whether a request reached the tokenizer
+        self.failure: Exception | None = None  # raised by every encode while set: a tokenizer bug
+
     def __len__(self) -> int:
         return 0x110000 + 3
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if self.failure is not None:
+            raise self.failure
+        self.encoded_chars += len(text)
         ids = [ord(ch) + 3 for ch in text]
         return [self.bos_token_id, *ids] if add_special_tokens else ids
 

@@ -4,20 +4,28 @@ Routes open a record (`open_record`) and everything below marks it; this middlew
 the app has finished with the request, however that happened: a full answer, a refusal, an error
 frame, a client gone mid-stream, or a client gone before any byte (status 499). The status is the
 one the client was sent, read from the response itself.
+
+An unexpected exception (a bug) is answered here, inside the frame, so it is counted as the 500 it
+is, logged with its request id, and the client gets the OpenAI error body.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import TYPE_CHECKING
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hxp_enterprise_llm.orchestration.request_record import RequestRecord
+from hxp_enterprise_llm.schemas.errors import InternalError
 
 if TYPE_CHECKING:
     from hxp_enterprise_llm.orchestration.interactive_orchestrator import InteractiveOrchestrator
+
+logger = logging.getLogger(__name__)
 
 
 def request_id_of(scope: Scope) -> str:
@@ -64,6 +72,14 @@ class RequestLifecycleMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            logger.exception("unhandled error on %s %s, request %s", scope["method"], scope["path"], request_id)
+            error = InternalError(f"internal error; see the service log for request {request_id}")
+            if state.get("record") is not None:
+                state["record"].fail(error)
+            if sent_status is not None:
+                raise  # the response has started: the server can only close the connection
+            await JSONResponse(error.body(), status_code=error.status_code)(scope, receive, send_with_id)
         finally:
             record = state.get("record")
             if record is not None:
