@@ -130,6 +130,7 @@ class InteractiveOrchestrator:
             self._set_idle_if_empty()
         record.slot = Slot(self)
         record.admitted = time.monotonic()
+        record.engine_request_id = generation_request.request_id
         return generation_request
 
     def _queue_full(self, why: str = "") -> QueueFullError:
