@@ -1,6 +1,9 @@
 """Admission, queueing, deadlines, cancellation, drain and the model's life, for interactive requests.
 
 - One gate for every request: loading, draining or failed refuse with 503 before any work.
+- Cheap refusals come first: a full queue is refused before the prompt is tokenized, and tokenizing
+  runs on the tokenizer's own thread (one at a time), so a huge prompt never stalls the event loop
+  and every stream on it. A request holds its queue place while its prompt is tokenized.
 - A key's own limits (orchestration/quotas.py) are checked once the prompt is tokenized: 429
   `rate_limit_exceeded` before the request waits or reaches the engine.
 - At most `concurrent_users` requests generate; up to `max_queue_size` more wait, interactive keys'
@@ -24,7 +27,8 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar
 
 from hxp_enterprise_llm.orchestration.admission import Displaced, PrioritySlots
 from hxp_enterprise_llm.orchestration.generation import Generation
@@ -44,6 +48,7 @@ from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat3
 from hxp_enterprise_llm.services.core.engine import GenerationRequest
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # After the drain deadline, how long stopped requests get to send their last frames before the exit.
 STOPPED_REQUESTS_GRACE_SECONDS = 5.0
@@ -89,6 +94,9 @@ class InteractiveOrchestrator:
         self._idle = asyncio.Event()
         self._idle.set()
         self._recent_e2e = 1.0  # seconds, exponentially averaged, for Retry-After
+        # One thread: Hugging Face tokenizers are not safe to call from several threads at once (vLLM
+        # also tokenizes on a single worker).
+        self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hxp-tokenizer")
 
     def add_observer(self, observer: RequestObserver) -> None:
         self._observers.append(observer)
@@ -105,26 +113,26 @@ class InteractiveOrchestrator:
         return record
 
     async def admit(self, record: RequestRecord, prepare: Callable[[], GenerationRequest]) -> GenerationRequest:
-        """Gate, prepare (tokenize, check the context: 400s), then wait for a slot; raises when refused."""
-        self._check_accepting()
+        """Gate and queue room, prepare off the event loop (tokenize, check the context: 400s), the key's
+        quota, then wait for a slot. Raises when refused."""
         rank = record.key.priority.rank
-        generation_request = dataclasses.replace(prepare(), priority=rank)
-        self.quotas.charge(record, len(generation_request.prompt_token_ids))
-        if self.tracer is not None:
-            generation_request = dataclasses.replace(generation_request, trace_headers=self.tracer.start(record))
-        if self._slots.locked() and self.waiting >= self._config.max_queue_size and not self._slots.displace(rank):
-            raise self._queue_full()
+        self.check_room(rank)
         self.waiting += 1
         self._idle.clear()
         try:
-            await asyncio.wait_for(self._slots.acquire(rank), self._config.queue_timeout_seconds)
+            generation_request = dataclasses.replace(await self.tokenize(prepare), priority=rank)
+            self.quotas.charge(record, len(generation_request.prompt_token_ids))
+            if self.tracer is not None:
+                generation_request = dataclasses.replace(generation_request, trace_headers=self.tracer.start(record))
+            try:
+                await asyncio.wait_for(self._slots.acquire(rank), self._config.queue_timeout_seconds)
+            except TimeoutError:
+                raise QueueTimeoutError(
+                    f"no slot became free within queue_timeout_seconds={self._config.queue_timeout_seconds:g}",
+                    headers={"Retry-After": str(self.retry_after_seconds())}) from None
+            except Displaced:
+                raise self._queue_full(" (this request gave its place to an interactive one)") from None
             self.running += 1
-        except TimeoutError:
-            raise QueueTimeoutError(
-                f"no slot became free within queue_timeout_seconds={self._config.queue_timeout_seconds:g}",
-                headers={"Retry-After": str(self.retry_after_seconds())}) from None
-        except Displaced:
-            raise self._queue_full(" (this request gave its place to an interactive one)") from None
         finally:
             self.waiting -= 1
             self._set_idle_if_empty()
@@ -133,11 +141,26 @@ class InteractiveOrchestrator:
         record.engine_request_id = generation_request.request_id
         return generation_request
 
+    def check_room(self, rank: int | None = None) -> None:
+        """The cheap refusals, before any work: not ready (503), or every slot and queue place taken (429;
+        a request of `rank` may take the place of a worse-ranked waiting one)."""
+        self._check_accepting()
+        if self._slots.locked() and self.waiting >= self._config.max_queue_size \
+                and (rank is None or not self._slots.displace(rank)):
+            raise self._queue_full()
+
     def _queue_full(self, why: str = "") -> QueueFullError:
         return QueueFullError(
             f"all {self._config.concurrent_users} slots are busy and {self.waiting} requests are waiting "
             f"(max_queue_size={self._config.max_queue_size}){why}; retry after the Retry-After delay",
             headers={"Retry-After": str(self.retry_after_seconds())})
+
+    async def tokenize(self, work: Callable[[], T]) -> T:
+        """Tokenizer work (building a prompt, /tokenize, /detokenize) off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, work)
+
+    def shutdown(self) -> None:
+        self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
 
     def _check_accepting(self) -> None:
         state, detail = self.health.state, self.health.detail
