@@ -175,10 +175,18 @@ class InteractiveOrchestrator:
         raise ServiceUnavailableError(f"the model is not ready: {state.value} ({detail})",
                                       headers={"Retry-After": "5"})
 
+    @property
+    def timeout_seconds(self) -> float:
+        return self._config.connection_timeout_seconds
+
+    def deadline(self, record: RequestRecord) -> float:
+        """When the request must be over (time.monotonic()): its last token, and every send to its client."""
+        return record.arrived + self._config.connection_timeout_seconds
+
     def generate(self, record: RequestRecord, request: GenerationRequest) -> Generation:
         """The admitted request's deltas; the caller must `aclose()` it."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._config.connection_timeout_seconds - (time.monotonic() - record.arrived)
+        deadline = loop.time() + self.deadline(record) - time.monotonic()
         return Generation(
             self.service.stream(request), record, deadline=deadline,
             timeout_seconds=self._config.connection_timeout_seconds,
