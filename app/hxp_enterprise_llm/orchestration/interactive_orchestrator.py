@@ -3,7 +3,7 @@
 - One gate for every request: loading, draining or failed refuse with 503 before any work.
 - Cheap refusals come first: a full queue is refused before the prompt is tokenized, and tokenizing
   runs on the tokenizer's own thread (one at a time), so a huge prompt never stalls the event loop
-  and every stream on it. A request holds its queue place while its prompt is tokenized.
+  and every stream on it. A request holds a queue place while its prompt is tokenized (`preparing`).
 - A key's own limits (orchestration/quotas.py) are checked once the prompt is tokenized: 429
   `rate_limit_exceeded` before the request waits or reaches the engine.
 - At most `concurrent_users` requests generate; up to `max_queue_size` more wait, interactive keys'
@@ -88,7 +88,8 @@ class InteractiveOrchestrator:
         self._observers = [self.quotas, *(observers or [])]
         self._slots = PrioritySlots(config.concurrent_users)
         self.running = 0
-        self.waiting = 0
+        self.waiting = 0  # for a slot
+        self.preparing = 0  # prompts being tokenized; each holds a queue place, so a burst cannot overfill it
         self._open: set[RequestRecord] = set()
         self._generations: set[Generation] = set()
         self._idle = asyncio.Event()
@@ -117,22 +118,27 @@ class InteractiveOrchestrator:
         quota, then wait for a slot. Raises when refused."""
         rank = record.key.priority.rank
         self.check_room(rank)
-        self.waiting += 1
+        self.preparing += 1
         self._idle.clear()
         try:
             generation_request = dataclasses.replace(await self.tokenize(prepare), priority=rank)
             self.quotas.charge(record, len(generation_request.prompt_token_ids))
             if self.tracer is not None:
                 generation_request = dataclasses.replace(generation_request, trace_headers=self.tracer.start(record))
-            try:
-                await asyncio.wait_for(self._slots.acquire(rank), self._config.queue_timeout_seconds)
-            except TimeoutError:
-                raise QueueTimeoutError(
-                    f"no slot became free within queue_timeout_seconds={self._config.queue_timeout_seconds:g}",
-                    headers={"Retry-After": str(self.retry_after_seconds())}) from None
-            except Displaced:
-                raise self._queue_full(" (this request gave its place to an interactive one)") from None
+        finally:
+            self.preparing -= 1
+            self._set_idle_if_empty()
+        self.waiting += 1  # no await since the prompt was ready: the queue place passes on unbroken
+        self._idle.clear()
+        try:
+            await asyncio.wait_for(self._slots.acquire(rank), self._config.queue_timeout_seconds)
             self.running += 1
+        except TimeoutError:
+            raise QueueTimeoutError(
+                f"no slot became free within queue_timeout_seconds={self._config.queue_timeout_seconds:g}",
+                headers={"Retry-After": str(self.retry_after_seconds())}) from None
+        except Displaced:
+            raise self._queue_full(" (this request gave its place to an interactive one)") from None
         finally:
             self.waiting -= 1
             self._set_idle_if_empty()
@@ -145,7 +151,7 @@ class InteractiveOrchestrator:
         """The cheap refusals, before any work: not ready (503), or every slot and queue place taken (429;
         a request of `rank` may take the place of a worse-ranked waiting one)."""
         self._check_accepting()
-        if self._slots.locked() and self.waiting >= self._config.max_queue_size \
+        if self._slots.locked() and self.waiting + self.preparing >= self._config.max_queue_size \
                 and (rank is None or not self._slots.displace(rank)):
             raise self._queue_full()
 
@@ -220,7 +226,7 @@ class InteractiveOrchestrator:
 
     def _set_idle_if_empty(self) -> None:
         # Idle means nothing running *and* nothing queued: a queued request takes a freed slot.
-        if self.running == 0 and self.waiting == 0:
+        if self.running == 0 and self.waiting == 0 and self.preparing == 0:
             self._idle.set()
         else:
             self._idle.clear()

@@ -185,7 +185,6 @@ async def test_drain_waits_for_queued_requests_too(serve_app) -> None:
         for exchange in exchanges:
             exchange.gate.clear()
             exchange.start()
-        # (A request holds its queue place while its prompt is tokenized: wait for the first to run.)
         await eventually(lambda: served.ctx.orchestrator.running == 1 and served.ctx.orchestrator.waiting == 1,
                          "first request running, second queued")
         drain = asyncio.create_task(served.ctx.orchestrator.drain(timeout=30))
