@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import threading
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
 from hxp_enterprise_llm.api.app import EXIT_ENGINE_FAILED, build_app
 from hxp_enterprise_llm.api.context import AppContext
+from hxp_enterprise_llm.orchestration.interactive_orchestrator import STOPPED_REQUESTS_GRACE_SECONDS
 from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
 
@@ -99,17 +102,26 @@ class DrainingServer(uvicorn.Server):
         os._exit(self.exit_code)
 
 
+def server_config(app: FastAPI, config: ModelConfigSchema) -> uvicorn.Config:
+    return uvicorn.Config(app, host=config.host, port=config.port, log_config=None, access_log=False, lifespan="on",
+                          workers=config.workers,
+                          # Bounds what the h11 parser buffers, when it is the one in use; the 431 every
+                          # client sees comes from check_request_head.
+                          h11_max_incomplete_event_size=config.max_header_bytes,
+                          timeout_keep_alive=int(config.keep_alive_seconds),
+                          proxy_headers=True, forwarded_allow_ips=config.forwarded_allow_ips,
+                          # uvicorn's own wait for open connections, after our drain: every request has
+                          # ended by then, but a client that stopped reading keeps its connection (the
+                          # kernel still holds bytes for it) and would hold the exit forever. Bounded, the
+                          # whole stop stays within drain_timeout_seconds + 10 s (compose, quadlet and
+                          # Kubernetes allow 45 s for the default 30).
+                          timeout_graceful_shutdown=math.ceil(STOPPED_REQUESTS_GRACE_SECONDS))
+
+
 def run_server(config: ModelConfigSchema, service: OpenChat35Service) -> int:
     servers: list[DrainingServer] = []
     app = build_app(config, service, on_fatal=lambda code, detail: servers[0].fatal(code, detail))
-    server = DrainingServer(uvicorn.Config(app, host=config.host, port=config.port, log_config=None,
-                                           access_log=False, lifespan="on", workers=config.workers,
-                                           # Bounds what the h11 parser buffers, when it is the one in use;
-                                           # the 431 every client sees comes from check_request_head.
-                                           h11_max_incomplete_event_size=config.max_header_bytes,
-                                           timeout_keep_alive=int(config.keep_alive_seconds),
-                                           proxy_headers=True, forwarded_allow_ips=config.forwarded_allow_ips),
-                            config.drain_timeout_seconds)
+    server = DrainingServer(server_config(app, config), config.drain_timeout_seconds)
     server.ctx = app.state.ctx
     servers.append(server)
     server.run()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -28,10 +29,28 @@ class CharTokenizer:
     bos_token_id = 1
     eos_token_id = 2
 
+    def __init__(self) -> None:
+        self.encoded_chars = 0  # characters tokenized so far: shows whether a request reached the tokenizer
+        self.failure: Exception | None = None  # raised by every encode while set: a tokenizer bug
+        # While `hold` is set to an unset Event, encode waits for it (at most 10 s): a slow, huge prompt.
+        self.hold: threading.Event | None = None
+        self.entered = threading.Event()  # set once an encode has started
+        self.inside = 0  # encodes running now
+
     def __len__(self) -> int:
         return 0x110000 + 3
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if self.failure is not None:
+            raise self.failure
+        self.encoded_chars += len(text)
+        self.inside += 1
+        self.entered.set()
+        try:
+            if self.hold is not None:
+                self.hold.wait(timeout=10)
+        finally:
+            self.inside -= 1
         ids = [ord(ch) + 3 for ch in text]
         return [self.bos_token_id, *ids] if add_special_tokens else ids
 

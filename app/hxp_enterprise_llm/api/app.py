@@ -74,6 +74,7 @@ def build_app(config: ModelConfigSchema, service: OpenChat35Service, *, serve_me
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
+            orchestrator.shutdown()
             await service.shutdown()
             tenants.shutdown()
             if metrics_server is not None:

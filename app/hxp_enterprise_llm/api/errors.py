@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -12,14 +10,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hxp_enterprise_llm.api.lifecycle import record_of, request_id_of
 from hxp_enterprise_llm.schemas.errors import (
-    InternalError,
     InvalidRequestError,
     MethodNotAllowedError,
     NotFoundError,
     ServiceError,
 )
-
-logger = logging.getLogger(__name__)
 
 
 def validation_error(exc: ValidationError) -> InvalidRequestError:
@@ -78,12 +73,6 @@ def install_error_handlers(app: FastAPI) -> None:
             error.status_code = exc.status_code
         error.headers.update(exc.headers or {})  # e.g. Allow on a 405
         return error_response(request, error)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(request, InternalError(
-            f"internal error; see the service log for request {request_id_of(request.scope)}"))
 
 
 def error_response(request: Request, error: ServiceError) -> JSONResponse:

@@ -8,9 +8,7 @@ from fastapi import APIRouter, Request
 
 from hxp_enterprise_llm.api.metrics import service_version
 from hxp_enterprise_llm.api.openapi import request_body
-from hxp_enterprise_llm.api.request_input import check_api_key, parse_body, read_body
-from hxp_enterprise_llm.orchestration.service_state import ServiceState
-from hxp_enterprise_llm.schemas.errors import ServiceUnavailableError
+from hxp_enterprise_llm.api.request_input import check_api_key, check_messages, parse_body, read_body
 from hxp_enterprise_llm.schemas.openai import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -29,13 +27,6 @@ router = APIRouter()
 
 def _ctx(request: Request) -> AppContext:
     return request.app.state.ctx
-
-
-def _loaded(ctx: AppContext) -> None:
-    """Tokenizing needs the model's tokenizer, which exists once the model has loaded."""
-    if not ctx.service.ready or ctx.health.state is ServiceState.FAILED:
-        raise ServiceUnavailableError(f"the model is not ready: {ctx.health.state.value}",
-                                      headers={"Retry-After": "5"})
 
 
 @router.get("/v1/models")
@@ -59,6 +50,8 @@ def _model_card(ctx: AppContext) -> ModelCard:
                      max_model_len=ctx.config.max_model_len, quantization=info["quantization"])
 
 
+# /tokenize and /detokenize: the chat route's limits, and its gate (503 unless ready, 429 when every slot
+# and queue place is taken: tokenizing is work too); they take no slot, and run on the tokenizer's thread.
 @router.post("/tokenize", openapi_extra=request_body(TokenizeRequest),
              summary="Token ids of a prompt, or of chat messages exactly as a chat request renders them")
 async def tokenize(request: Request) -> TokenizeResponse:
@@ -66,12 +59,16 @@ async def tokenize(request: Request) -> TokenizeResponse:
     check_api_key(request)
     body = parse_body(TokenizeRequest, await read_body(request, ctx.config))
     ctx.served_model(body.model)
-    _loaded(ctx)
     if body.messages is not None:
-        tokens = ctx.service.tokenize_chat([{"role": m.role, "content": m.text()} for m in body.messages])
+        check_messages(body.messages, ctx.config)
+    ctx.orchestrator.check_room()
+    if body.messages is not None:
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        tokens = await ctx.orchestrator.tokenize(lambda: ctx.service.tokenize_chat(messages))
     else:
         add_special = True if body.add_special_tokens is None else body.add_special_tokens
-        tokens = ctx.service.tokenize_text(body.prompt or "", add_special_tokens=add_special)
+        tokens = await ctx.orchestrator.tokenize(
+            lambda: ctx.service.tokenize_text(body.prompt or "", add_special_tokens=add_special))
     return TokenizeResponse(count=len(tokens), max_model_len=ctx.config.max_model_len, tokens=tokens)
 
 
@@ -81,8 +78,8 @@ async def detokenize(request: Request) -> DetokenizeResponse:
     check_api_key(request)
     body = parse_body(DetokenizeRequest, await read_body(request, ctx.config))
     ctx.served_model(body.model)
-    _loaded(ctx)
-    return DetokenizeResponse(prompt=ctx.service.detokenize(body.tokens))
+    ctx.orchestrator.check_room()
+    return DetokenizeResponse(prompt=await ctx.orchestrator.tokenize(lambda: ctx.service.detokenize(body.tokens)))
 
 
 @router.get("/version")

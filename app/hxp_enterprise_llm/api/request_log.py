@@ -129,6 +129,7 @@ class RequestLog:
         self._logger.info("request", extra={"fields": {
             "event": "request",
             "request_id": record.request_id,
+            "engine_request_id": record.engine_request_id,
             "model": self._model,
             "route": record.route,
             "status": record.status,

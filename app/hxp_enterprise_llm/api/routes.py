@@ -84,7 +84,7 @@ async def chat_completions(request: Request) -> Response:
     messages = [{"role": m.role, "content": m.text()} for m in chat.messages]
     answer = _Answer(model=model, n=chat.n, top_logprobs=sampling["logprobs"])
     return await _generate(request, ctx, record, chat.stream, answer,
-                           lambda: ctx.service.prepare(messages, request_id=record.request_id, **sampling),
+                           lambda: ctx.service.prepare(messages, **sampling),
                            streamer=lambda: ResponseStreamer.for_config(
                                ctx.config, model=model, include_usage=chat.include_usage(), choices=chat.n,
                                top_logprobs=answer.top_logprobs),
@@ -108,7 +108,7 @@ async def completions(request: Request) -> Response:
     prompt = body.single_prompt()
 
     def prepare() -> GenerationRequest:
-        prepared = ctx.service.prepare_prompt(prompt, request_id=record.request_id, **sampling)
+        prepared = ctx.service.prepare_prompt(prompt, **sampling)
         if body.echo:  # the prompt as text, as the client will see it in front of the completion
             answer.echo_text = prompt if isinstance(prompt, str) else ctx.service.detokenize(prepared.prompt_token_ids)
             answer.first_prompt_token = ctx.service.detokenize(prepared.prompt_token_ids[:1])

@@ -1,6 +1,9 @@
 """Admission, queueing, deadlines, cancellation, drain and the model's life, for interactive requests.
 
 - One gate for every request: loading, draining or failed refuse with 503 before any work.
+- Cheap refusals come first: a full queue is refused before the prompt is tokenized, and tokenizing
+  runs on the tokenizer's own thread (one at a time), so a huge prompt never stalls the event loop
+  and every stream on it. A request holds a queue place while its prompt is tokenized (`preparing`).
 - A key's own limits (orchestration/quotas.py) are checked once the prompt is tokenized: 429
   `rate_limit_exceeded` before the request waits or reaches the engine.
 - At most `concurrent_users` requests generate; up to `max_queue_size` more wait, interactive keys'
@@ -24,7 +27,8 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar
 
 from hxp_enterprise_llm.orchestration.admission import Displaced, PrioritySlots
 from hxp_enterprise_llm.orchestration.generation import Generation
@@ -44,6 +48,7 @@ from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat3
 from hxp_enterprise_llm.services.core.engine import GenerationRequest
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # After the drain deadline, how long stopped requests get to send their last frames before the exit.
 STOPPED_REQUESTS_GRACE_SECONDS = 5.0
@@ -83,12 +88,16 @@ class InteractiveOrchestrator:
         self._observers = [self.quotas, *(observers or [])]
         self._slots = PrioritySlots(config.concurrent_users)
         self.running = 0
-        self.waiting = 0
+        self.waiting = 0  # for a slot
+        self.preparing = 0  # prompts being tokenized; each holds a queue place, so a burst cannot overfill it
         self._open: set[RequestRecord] = set()
         self._generations: set[Generation] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._recent_e2e = 1.0  # seconds, exponentially averaged, for Retry-After
+        # One thread: Hugging Face tokenizers are not safe to call from several threads at once (vLLM
+        # also tokenizes on a single worker).
+        self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hxp-tokenizer")
 
     def add_observer(self, observer: RequestObserver) -> None:
         self._observers.append(observer)
@@ -105,16 +114,21 @@ class InteractiveOrchestrator:
         return record
 
     async def admit(self, record: RequestRecord, prepare: Callable[[], GenerationRequest]) -> GenerationRequest:
-        """Gate, prepare (tokenize, check the context: 400s), then wait for a slot; raises when refused."""
-        self._check_accepting()
+        """Gate and queue room, prepare off the event loop (tokenize, check the context: 400s), the key's
+        quota, then wait for a slot. Raises when refused."""
         rank = record.key.priority.rank
-        generation_request = dataclasses.replace(prepare(), priority=rank)
-        self.quotas.charge(record, len(generation_request.prompt_token_ids))
-        if self.tracer is not None:
-            generation_request = dataclasses.replace(generation_request, trace_headers=self.tracer.start(record))
-        if self._slots.locked() and self.waiting >= self._config.max_queue_size and not self._slots.displace(rank):
-            raise self._queue_full()
-        self.waiting += 1
+        self.check_room(rank)
+        self.preparing += 1
+        self._idle.clear()
+        try:
+            generation_request = dataclasses.replace(await self.tokenize(prepare), priority=rank)
+            self.quotas.charge(record, len(generation_request.prompt_token_ids))
+            if self.tracer is not None:
+                generation_request = dataclasses.replace(generation_request, trace_headers=self.tracer.start(record))
+        finally:
+            self.preparing -= 1
+            self._set_idle_if_empty()
+        self.waiting += 1  # no await since the prompt was ready: the queue place passes on unbroken
         self._idle.clear()
         try:
             await asyncio.wait_for(self._slots.acquire(rank), self._config.queue_timeout_seconds)
@@ -130,13 +144,29 @@ class InteractiveOrchestrator:
             self._set_idle_if_empty()
         record.slot = Slot(self)
         record.admitted = time.monotonic()
+        record.engine_request_id = generation_request.request_id
         return generation_request
+
+    def check_room(self, rank: int | None = None) -> None:
+        """The cheap refusals, before any work: not ready (503), or every slot and queue place taken (429;
+        a request of `rank` may take the place of a worse-ranked waiting one)."""
+        self._check_accepting()
+        if self._slots.locked() and self.waiting + self.preparing >= self._config.max_queue_size \
+                and (rank is None or not self._slots.displace(rank)):
+            raise self._queue_full()
 
     def _queue_full(self, why: str = "") -> QueueFullError:
         return QueueFullError(
             f"all {self._config.concurrent_users} slots are busy and {self.waiting} requests are waiting "
             f"(max_queue_size={self._config.max_queue_size}){why}; retry after the Retry-After delay",
             headers={"Retry-After": str(self.retry_after_seconds())})
+
+    async def tokenize(self, work: Callable[[], T]) -> T:
+        """Tokenizer work (building a prompt, /tokenize, /detokenize) off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, work)
+
+    def shutdown(self) -> None:
+        self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
 
     def _check_accepting(self) -> None:
         state, detail = self.health.state, self.health.detail
@@ -151,10 +181,18 @@ class InteractiveOrchestrator:
         raise ServiceUnavailableError(f"the model is not ready: {state.value} ({detail})",
                                       headers={"Retry-After": "5"})
 
+    @property
+    def timeout_seconds(self) -> float:
+        return self._config.connection_timeout_seconds
+
+    def deadline(self, record: RequestRecord) -> float:
+        """When the request must be over (time.monotonic()): its last token, and every send to its client."""
+        return record.arrived + self._config.connection_timeout_seconds
+
     def generate(self, record: RequestRecord, request: GenerationRequest) -> Generation:
         """The admitted request's deltas; the caller must `aclose()` it."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._config.connection_timeout_seconds - (time.monotonic() - record.arrived)
+        deadline = loop.time() + self.deadline(record) - time.monotonic()
         return Generation(
             self.service.stream(request), record, deadline=deadline,
             timeout_seconds=self._config.connection_timeout_seconds,
@@ -188,7 +226,7 @@ class InteractiveOrchestrator:
 
     def _set_idle_if_empty(self) -> None:
         # Idle means nothing running *and* nothing queued: a queued request takes a freed slot.
-        if self.running == 0 and self.waiting == 0:
+        if self.running == 0 and self.waiting == 0 and self.preparing == 0:
             self._idle.set()
         else:
             self._idle.clear()

@@ -30,8 +30,11 @@ class Releasable(Protocol):
 class RequestRecord:
     """Timings (monotonic seconds), counts and the outcome of one request."""
 
-    request_id: str
+    request_id: str  # the X-Request-ID the client sent (echoed and logged) or one made up for it
     route: str  # "chat" or "completion"
+    # The engine's id for the request: always the server's own, unique, so that two requests sending the
+    # same X-Request-ID (two tabs, a retrying proxy) can never abort or read each other's generation.
+    engine_request_id: str | None = None
     client: str = ""
     stream: bool = False
     end_user: str | None = None  # OpenAI's `user`: the client's id for its own end user, for the log

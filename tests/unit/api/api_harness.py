@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hxp_enterprise_llm.api.app import build_app
 from hxp_enterprise_llm.api.context import AppContext
@@ -46,6 +47,21 @@ async def eventually(condition: Callable[[], Any], what: str, timeout: float = S
         await asyncio.sleep(0.005)
 
 
+class RequestStates:
+    """The harness's outermost middleware: each request's `scope["state"]` by the X-Request-ID the test sent,
+    so a test can find the engine request the service made for it (its record's `engine_request_id`)."""
+
+    def __init__(self, app: ASGIApp, states: dict[str, list[dict[str, Any]]]) -> None:
+        self.app = app
+        self.states = states
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            sent = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
+            self.states.setdefault(sent, []).append(scope.setdefault("state", {}))
+        await self.app(scope, receive, send)
+
+
 @dataclass
 class Served:
     app: FastAPI
@@ -53,19 +69,27 @@ class Served:
     engine: FakeEngine
     client: httpx.AsyncClient
     fatal_calls: list[tuple[int, str]] = field(default_factory=list)
+    states: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def engine_id(self, request_id: str) -> str | None:
+        """The engine request id the service gave the (last) request sent with this X-Request-ID, once admitted."""
+        records = [state["record"] for state in self.states.get(request_id, ()) if "record" in state]
+        return records[-1].engine_request_id if records else None
 
     async def chat(self, body: dict[str, Any] | None = None, **kwargs: Any) -> httpx.Response:
         return await self.client.post(CHAT, json=body if body is not None else chat_body(), **kwargs)
 
     async def started(self, request_id: str) -> None:
-        """Wait until the engine has received this request."""
-        await eventually(lambda: any(r.request_id == request_id for r in self.engine.requests),
+        """Wait until the engine has received the request sent with this X-Request-ID."""
+        await eventually(lambda: any(r.request_id == self.engine_id(request_id) for r in self.engine.requests),
                          f"engine request {request_id} started")
 
     async def release(self, request_id: str) -> None:
         """Let a held engine request finish now with its full answer."""
         await self.started(request_id)
-        await self.engine.finish(request_id)
+        engine_id = self.engine_id(request_id)
+        assert engine_id is not None
+        await self.engine.finish(engine_id)
 
 
 def make_config(**settings: Any) -> OpenChat35Config:
@@ -84,10 +108,12 @@ async def serve(engine: FakeEngine | None = None, *, wait_ready: bool = True,
     app = build_app(config, OpenChat35Service(config, engine=engine), serve_metrics=False,
                     on_fatal=lambda code, detail: fatal_calls.append((code, detail)))
     ctx: AppContext = app.state.ctx
+    states: dict[str, list[dict[str, Any]]] = {}
+    app.add_middleware(RequestStates, states=states)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            served = Served(app, ctx, engine, client, fatal_calls)
+            served = Served(app, ctx, engine, client, fatal_calls, states)
             if wait_ready:
                 await eventually(lambda: ctx.health.state == ServiceState.READY, "service ready")
             yield served

@@ -48,7 +48,7 @@ async def test_full_queue_is_429_with_retry_after_before_any_sse(serve_app, stre
     assert int(refused.headers["retry-after"]) >= 1
     assert "text/event-stream" not in refused.headers["content-type"]
     assert b"data:" not in refused.content
-    assert "refused" not in [r.request_id for r in served.engine.requests]
+    assert served.engine_id("refused") is None  # never admitted: no engine request
 
 
 async def test_a_freed_slot_admits_the_queued_request(serve_app) -> None:
@@ -57,7 +57,7 @@ async def test_a_freed_slot_admits_the_queued_request(serve_app) -> None:
         await served.started("first")
         second = await hold(served, "second")
         await eventually(lambda: served.ctx.orchestrator.waiting == 1, "second queued")
-        assert "second" not in [r.request_id for r in served.engine.requests]
+        assert served.engine_id("second") is None  # never admitted: no engine request
         await served.release("first")
         await served.started("second")  # admitted once the first finished
         assert served.ctx.orchestrator.waiting == 0
@@ -83,7 +83,7 @@ async def test_request_timeout_is_504_and_aborts_the_engine_request(serve_app) -
         response = await served.chat(chat_body(), headers={"X-Request-ID": "slow-plain"})
         assert served.ctx.orchestrator.running == 0
     assert_openai_error(response, 504, code="request_timeout")
-    assert "slow-plain" in served.engine.aborted
+    assert served.engine_id("slow-plain") in served.engine.aborted
 
 
 async def test_stream_timeout_before_the_first_token_is_a_plain_504(serve_app) -> None:
@@ -92,7 +92,7 @@ async def test_stream_timeout_before_the_first_token_is_a_plain_504(serve_app) -
         assert served.ctx.orchestrator.running == 0
     # No byte had been sent: the client gets an HTTP error, not a 200 stream with an error inside.
     assert_openai_error(response, 504, code="request_timeout")
-    assert "slow-start" in served.engine.aborted
+    assert served.engine_id("slow-start") in served.engine.aborted
 
 
 async def test_stream_timeout_mid_answer_is_an_error_frame_then_done(serve_app) -> None:
@@ -107,7 +107,7 @@ async def test_stream_timeout_mid_answer_is_an_error_frame_then_done(serve_app) 
     assert error["code"] == "request_timeout"
     assert set(error) == {"message", "type", "param", "code"}
     assert "f" in "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-2])
-    assert "slow-stream" in served.engine.aborted
+    assert served.engine_id("slow-stream") in served.engine.aborted
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -122,7 +122,7 @@ async def test_client_gone_mid_answer_aborts_and_frees_the_slot(serve_app, strea
 
         exchange.hang_up.set()
 
-        await eventually(lambda: "leaver" in served.engine.aborted, "engine request aborted")
+        await eventually(lambda: served.engine_id("leaver") in served.engine.aborted, "engine request aborted")
         await eventually(lambda: served.ctx.orchestrator.running == 0, "slot released")
         await exchange.finished()
         assert served.engine.running_requests == 0
@@ -147,7 +147,7 @@ async def test_queued_client_gone_frees_its_queue_place(serve_app, stream: bool)
         await served.release("running")
         await served.release("next")
         assert [(await t).status_code for t in (running, next_in_line)] == [200, 200]
-    assert "queued-leaver" not in [r.request_id for r in served.engine.requests]
+    assert served.engine_id("queued-leaver") is None  # never admitted: no engine request
     assert leaver.status != 200
 
 
@@ -185,7 +185,8 @@ async def test_drain_waits_for_queued_requests_too(serve_app) -> None:
         for exchange in exchanges:
             exchange.gate.clear()
             exchange.start()
-        await eventually(lambda: served.ctx.orchestrator.waiting == 1, "second request queued")
+        await eventually(lambda: served.ctx.orchestrator.running == 1 and served.ctx.orchestrator.waiting == 1,
+                         "first request running, second queued")
         drain = asyncio.create_task(served.ctx.orchestrator.drain(timeout=30))
         await eventually(lambda: served.ctx.health.state is ServiceState.DRAINING, "draining")
         exchanges[0].gate.set()
@@ -210,7 +211,7 @@ async def test_drain_deadline_stops_running_requests_with_an_honest_error(serve_
         assert await served.ctx.orchestrator.drain(timeout=0.01) is False
         response = await running
         assert served.ctx.orchestrator.running == 0
-    assert "running" in served.engine.aborted
+    assert served.engine_id("running") in served.engine.aborted
     if stream:  # started: the cut-off answer ends with an error frame, never a "stop" that looks complete
         events = sse_events(response.text)
         assert events[-1] == "[DONE]"

@@ -241,8 +241,8 @@ async def test_interactive_requests_are_admitted_before_batch_ones_already_waiti
         for request_id in ("running", "interactive", "batch-0", "batch-1", "batch-2"):
             await served.release(request_id)
         assert [(await t).status_code for t in tasks] == [200] * 5
-    assert [r.request_id for r in served.engine.requests] == ["running", "interactive", "batch-0", "batch-1",
-                                                              "batch-2"]
+    assert [r.request_id for r in served.engine.requests] == [
+        served.engine_id(name) for name in ("running", "interactive", "batch-0", "batch-1", "batch-2")]
 
 
 async def test_a_full_queue_makes_room_for_an_interactive_request(serve_app, keys_file: Path) -> None:

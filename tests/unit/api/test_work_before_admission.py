@@ -1,0 +1,84 @@
+"""Nothing costly happens before admission: a request that cannot be admitted is refused before its prompt is
+tokenized, tokenizing keeps the event loop free, and `/tokenize` has the inference routes' limits and gate."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from api_harness import Served, assert_openai_error, chat_body, eventually
+from test_admission import HOLD, hold, one_slot_one_queue
+
+from support.fake_engine import FakeEngine
+
+pytestmark = pytest.mark.anyio
+
+HUGE = "x" * 150_000  # under max_message_chars and the body limit: only the queue can refuse it
+
+
+async def full_queue(served: Served) -> list[asyncio.Task]:
+    running = await hold(served, "running")
+    await served.started("running")
+    queued = await hold(served, "queued")
+    await eventually(lambda: served.ctx.orchestrator.waiting == 1, "second request queued")
+    return [running, queued]
+
+
+async def drain(served: Served, tasks: list[asyncio.Task]) -> None:
+    await served.release("running")
+    await served.release("queued")
+    assert [(await task).status_code for task in tasks] == [200, 200]
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/completions", "/tokenize"])
+async def test_a_full_queue_refuses_a_huge_prompt_before_tokenizing_it(serve_app, route: str) -> None:
+    async with serve_app(FakeEngine(token_delay=HOLD), **one_slot_one_queue()) as served:
+        tasks = await full_queue(served)
+        tokenizer = served.engine.get_tokenizer()
+        before = tokenizer.encoded_chars
+        body = chat_body(HUGE) if route != "/v1/completions" else {"prompt": HUGE, "max_tokens": 5}
+        if route == "/tokenize":
+            body = {"prompt": HUGE}
+        refused = await served.client.post(route, json=body)
+        assert tokenizer.encoded_chars == before  # refused without tokenizing a character of it
+        await drain(served, tasks)
+    assert_openai_error(refused, 429, code="queue_full")
+    assert int(refused.headers["retry-after"]) >= 1
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/tokenize"])
+async def test_tokenizing_a_prompt_leaves_the_event_loop_free(served: Served, route: str) -> None:
+    tokenizer = served.engine.get_tokenizer()
+    tokenizer.hold = threading.Event()
+    try:
+        slow = asyncio.create_task(served.client.post(route, json=chat_body(HUGE)))
+        await eventually(tokenizer.entered.is_set, "the tokenizer started on the huge prompt")
+        health = await served.client.get("/health/live")  # answered while the prompt is being tokenized
+        assert tokenizer.inside == 1, "the health check waited for the tokenizer: it ran on the event loop"
+    finally:
+        tokenizer.hold.set()
+    assert health.status_code == 200
+    if route == "/tokenize":
+        assert (await slow).json()["count"] > len(HUGE)
+    else:  # tokenized, then refused: 150,000 tokens do not fit the context
+        assert_openai_error(await slow, 400, code="context_length_exceeded")
+
+
+async def test_tokenize_has_the_chat_limits(serve_app) -> None:
+    async with serve_app(max_messages=2, max_message_chars=10, max_request_body_bytes=4096) as served:
+        too_many = await served.client.post("/tokenize", json={"messages": [{"role": "user", "content": "a"}] * 3})
+        too_long = await served.client.post("/tokenize", json={"messages": [{"role": "user", "content": "a" * 11}]})
+        too_large = await served.client.post("/tokenize", json={"prompt": "a" * 5000})
+        before = served.engine.get_tokenizer().encoded_chars
+        assert before == 0
+    assert_openai_error(too_many, 400, code="too_many_messages", param="messages")
+    assert_openai_error(too_long, 400, code="message_too_long", param="messages.0.content")
+    assert_openai_error(too_large, 413, code="request_too_large")
+
+
+async def test_tokenize_is_refused_while_draining(served: Served) -> None:
+    task = asyncio.create_task(served.ctx.orchestrator.drain(timeout=5))
+    await eventually(lambda: served.ctx.health.state.value == "draining", "draining")
+    assert_openai_error(await served.client.post("/tokenize", json={"prompt": "hi"}), 503, code="draining")
+    await task

@@ -1,0 +1,150 @@
+"""scripts/stream-memory: does the server's memory stay flat over many short streams nobody watches?
+
+    scripts/stream-memory [--streams 20000] [--baseline-after 1000] [--users 8] [--max-tokens 2]
+                          [--base-url URL | --scripted]
+
+Sends STREAMS short streaming chats (max_tokens 1-2) from USERS clients and never reads
+`/metrics/streaming`, so nothing but the service itself may free what a finished stream left behind.
+RSS is read after the first BASELINE streams and at the end: the API process's own (from /proc, when
+this script started the service; vLLM's engine core is a separate process) and the service's
+`openchat_process_resident_memory_bytes` (the API process plus the engine core). PASS when the API
+process grew less than --max-growth-percent (5). A benchmark that prints figures, not a timed test.
+
+--scripted serves the app on the unit tests' scripted engine (tests/support) under uvicorn in a thread
+of this process instead, and reads this process's RSS: no model, so 20,000 streams take minutes on a
+loaded machine rather than hours, and the API side's memory is not hidden beside vLLM's. The scripted
+engine lists every request it got (for the tests' assertions); that list is emptied before each reading,
+as it is the test double's memory, not the service's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+
+from hxp_enterprise_llm.bench.client import RequestSpec, send_chat_request
+from hxp_tools.live import MODEL, LiveService, demo_service, load_average, stop_cleanly_on_sigterm
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def scripted_service() -> Iterator[tuple[LiveService, Callable[[], None]]]:
+    """The app on the unit tests' scripted engine, behind a real uvicorn in a thread of this process."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from hxp_enterprise_llm.api.app import build_app
+    from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
+    from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
+    from support.fake_engine import FakeEngine
+    from support.server_process import app_served_in_thread
+
+    config = OpenChat35Config(prompt_format="chat_template")  # the scripted tokenizer has no OpenChat tokens
+    engine = FakeEngine(default_reply="ok")
+    app = build_app(config, OpenChat35Service(config, engine=engine), serve_metrics=False)
+
+    def forget_requests() -> None:
+        engine.requests.clear()
+        engine.aborted.clear()
+
+    with app_served_in_thread(app) as url:
+        yield LiveService(url, metrics_url=""), forget_requests
+
+
+def own_rss_bytes(pid: int | None) -> float:
+    """VmRSS of one process (NaN without a pid: a service this script did not start)."""
+    if pid is None:
+        return float("nan")
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return float(line.split()[1]) * 1024
+    return float("nan")
+
+
+async def send_streams(service: LiveService, count: int, users: int, max_tokens: int,
+                       counts: collections.Counter[str]) -> None:
+    remaining = iter(range(count))
+    limits = httpx.Limits(max_connections=users, max_keepalive_connections=users)
+    async with httpx.AsyncClient(base_url=service.base_url, timeout=120, limits=limits) as client:
+
+        async def user() -> None:
+            for index in remaining:
+                spec = RequestSpec(MODEL, f"Say one word ({index}).", 1 + index % max_tokens, temperature=0.8)
+                result = await send_chat_request(client, spec)
+                counts[str(result.status) if result.status is not None else "dropped"] += 1
+
+        await asyncio.gather(*(user() for _ in range(users)))
+
+
+def measure(service: LiveService, pid: int | None, label: str, sent: int, started: float,
+            before_reading: Callable[[], None]) -> tuple[float, float]:
+    before_reading()
+    own, total = own_rss_bytes(pid), service.rss_bytes() if service.metrics_url else float("nan")
+    print(f"stream-memory: after {sent:6d} streams ({time.monotonic() - started:5.0f} s): API process RSS "
+          f"{own / 2**20:7.1f} MiB, with the engine core {total / 2**20:7.1f} MiB ({label}); {load_average()}",
+          flush=True)
+    return own, total
+
+
+def run(service: LiveService, pid: int | None, args: argparse.Namespace,
+        before_reading: Callable[[], None] = lambda: None) -> bool:
+    counts: collections.Counter[str] = collections.Counter()
+    started = time.monotonic()
+    asyncio.run(send_streams(service, args.baseline_after, args.users, args.max_tokens, counts))
+    base_own, base_total = measure(service, pid, "baseline", args.baseline_after, started,
+                                  before_reading)
+    step = max(args.baseline_after, (args.streams - args.baseline_after) // 4)
+    sent = args.baseline_after
+    while sent < args.streams:
+        batch = min(step, args.streams - sent)
+        asyncio.run(send_streams(service, batch, args.users, args.max_tokens, counts))
+        sent += batch
+        end_own, end_total = measure(service, pid, "progress" if sent < args.streams else "end", sent,
+                                     started, before_reading)
+    base, end = (base_own, end_own) if pid is not None else (base_total, end_total)
+    growth = (end - base) / base * 100
+    print(f"stream-memory: answers by status {dict(sorted(counts.items()))}")
+    print(f"stream-memory: {'API process' if pid is not None else 'service'} RSS {base / 2**20:.1f} MiB after "
+          f"{args.baseline_after} streams, {end / 2**20:.1f} MiB after {args.streams}: {growth:+.2f}% "
+          f"(limit {args.max_growth_percent:g}%); with the engine core {base_total / 2**20:.1f} -> "
+          f"{end_total / 2**20:.1f} MiB")
+    ok = growth < args.max_growth_percent and set(counts) == {"200"}
+    print(f"stream-memory: {'PASS' if ok else 'FAIL'}")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/stream-memory", description=__doc__.split("\n")[0])
+    parser.add_argument("--streams", type=int, default=20_000)
+    parser.add_argument("--baseline-after", type=int, default=1_000)
+    parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=2, choices=(1, 2))
+    parser.add_argument("--max-growth-percent", type=float, default=5.0)
+    parser.add_argument("--base-url", help="a running service (its metrics URL via --metrics-url)")
+    parser.add_argument("--metrics-url", default="http://127.0.0.1:11403/metrics")
+    parser.add_argument("--scripted", action="store_true", help="the app on the scripted engine, in this process")
+    args = parser.parse_args(argv)
+    stop_cleanly_on_sigterm()
+    print(f"stream-memory: {args.streams} streams of max_tokens <= {args.max_tokens} from {args.users} clients, "
+          f"nobody polling /metrics/streaming; {load_average()}", flush=True)
+    if args.scripted:
+        with scripted_service() as (service, forget_requests):
+            return 0 if run(service, os.getpid(), args, forget_requests) else 1
+    if args.base_url:
+        return 0 if run(LiveService(args.base_url.rstrip("/"), args.metrics_url), None, args) else 1
+    with demo_service() as service:
+        assert service.server is not None
+        assert service.server.process is not None
+        return 0 if run(service, service.server.process.pid, args) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
