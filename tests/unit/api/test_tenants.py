@@ -255,6 +255,8 @@ async def test_a_full_queue_makes_room_for_an_interactive_request(serve_app, key
         refused_batch = await served.chat(headers=bearer("sk-etl", "batch-late"))
         interactive = asyncio.create_task(served.chat(headers=bearer("sk-web-1", "interactive")))
         displaced = await waiting[1]  # the newest batch request gave its place
+        # Its place is taken at once; the interactive request queues once tokenized (off the loop).
+        await eventually(lambda: served.ctx.orchestrator.waiting == 2, "interactive request queued")
         for request_id in ("running", "interactive", "batch-0"):
             await served.release(request_id)
         statuses = [(await t).status_code for t in (running, interactive, waiting[0])]
