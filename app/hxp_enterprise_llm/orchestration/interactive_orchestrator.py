@@ -1,7 +1,9 @@
 """Admission, queueing, deadlines, cancellation, drain and the model's life, for interactive requests.
 
 - One gate for every request: loading, draining or failed refuse with 503 before any work.
-- At most `concurrent_users` requests generate; up to `max_queue_size` more wait in FIFO order.
+- Capacity is counted in sequences, not requests: a request with `n` choices takes n slots. At most
+  `concurrent_users` sequences generate; up to `max_queue_size` more wait, first come first served.
+  A request with more choices than there are slots could never run: 400 at once.
 - A full queue is refused at once with 429 + Retry-After (the caller has not sent a byte yet, so
   a streaming client gets a plain HTTP error, never an error inside a 200 stream).
 - A request that waits `queue_timeout_seconds` without a slot gets 503 (the server, not the client,
@@ -24,10 +26,12 @@ from typing import Protocol
 from hxp_enterprise_llm.orchestration.generation import Generation
 from hxp_enterprise_llm.orchestration.request_record import RequestRecord
 from hxp_enterprise_llm.orchestration.service_state import Health, ServiceState
+from hxp_enterprise_llm.orchestration.slots import SlotPool
 from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
 from hxp_enterprise_llm.schemas.errors import (
     DrainingError,
     EngineUnavailableError,
+    InvalidRequestError,
     QueueFullError,
     QueueTimeoutError,
     ServiceUnavailableError,
@@ -47,15 +51,16 @@ class RequestObserver(Protocol):
 
 
 class Slot:
-    """A held admission slot; `release` is idempotent so every exit path may call it."""
+    """A request's held admission slots (one per sequence); `release` is idempotent so every exit path may call it."""
 
-    def __init__(self, orchestrator: InteractiveOrchestrator) -> None:
+    def __init__(self, orchestrator: InteractiveOrchestrator, sequences: int) -> None:
         self._orchestrator: InteractiveOrchestrator | None = orchestrator
+        self._sequences = sequences
 
     def release(self) -> None:
         orchestrator, self._orchestrator = self._orchestrator, None
         if orchestrator is not None:
-            orchestrator._release()
+            orchestrator._release(self._sequences)
 
 
 class InteractiveOrchestrator:
@@ -65,9 +70,8 @@ class InteractiveOrchestrator:
         self.service = service
         self.health = health or Health()
         self._observers = list(observers or [])
-        self._slots = asyncio.Semaphore(config.concurrent_users)
-        self.running = 0
-        self.waiting = 0
+        self._slots = SlotPool(config.concurrent_users)
+        self.waiting = 0  # sequences queued for slots (a request with n choices counts n)
         self._open: set[RequestRecord] = set()
         self._generations: set[Generation] = set()
         self._idle = asyncio.Event()
@@ -76,6 +80,11 @@ class InteractiveOrchestrator:
 
     def add_observer(self, observer: RequestObserver) -> None:
         self._observers.append(observer)
+
+    @property
+    def running(self) -> int:
+        """Sequences holding a slot (a request with n choices counts n)."""
+        return self._slots.held
 
     @property
     def active_streams(self) -> int:
@@ -89,27 +98,35 @@ class InteractiveOrchestrator:
         return record
 
     async def admit(self, record: RequestRecord, prepare: Callable[[], GenerationRequest]) -> GenerationRequest:
-        """Gate, prepare (tokenize, check the context: 400s), then wait for a slot; raises when refused."""
+        """Gate, prepare (tokenize, check the context: 400s), then wait for `record.choices` slots; raises
+        when refused."""
         self._check_accepting()
+        sequences = record.choices
+        if sequences > self._config.concurrent_users:
+            most = min(self._config.concurrent_users, self._config.max_n)
+            raise InvalidRequestError(
+                f"n: {sequences} choices need {sequences} generation slots and this service has "
+                f"concurrent_users={self._config.concurrent_users}; ask for at most {most}",
+                param="n", code="too_many_choices")
         generation_request = prepare()
-        if self._slots.locked() and self.waiting >= self._config.max_queue_size:
+        if not self._slots.fits_now(sequences) and self.waiting + sequences > self._config.max_queue_size:
             raise QueueFullError(
-                f"all {self._config.concurrent_users} slots are busy and {self.waiting} requests are waiting "
-                f"(max_queue_size={self._config.max_queue_size}); retry after the Retry-After delay",
-                headers={"Retry-After": str(self.retry_after_seconds())})
-        self.waiting += 1
+                f"all {self._config.concurrent_users} slots are busy and {self.waiting} sequences are waiting "
+                f"(max_queue_size={self._config.max_queue_size}; a request with n choices counts n); retry "
+                "after the Retry-After delay",
+                headers={"Retry-After": str(self.retry_after_seconds(sequences))})
+        self.waiting += sequences
         self._idle.clear()
         try:
-            await asyncio.wait_for(self._slots.acquire(), self._config.queue_timeout_seconds)
-            self.running += 1
+            await asyncio.wait_for(self._slots.acquire(sequences), self._config.queue_timeout_seconds)
         except TimeoutError:
             raise QueueTimeoutError(
                 f"no slot became free within queue_timeout_seconds={self._config.queue_timeout_seconds:g}",
-                headers={"Retry-After": str(self.retry_after_seconds())}) from None
+                headers={"Retry-After": str(self.retry_after_seconds(sequences))}) from None
         finally:
-            self.waiting -= 1
+            self.waiting -= sequences
             self._set_idle_if_empty()
-        record.slot = Slot(self)
+        record.slot = Slot(self, sequences)
         record.admitted = time.monotonic()
         return generation_request
 
@@ -152,13 +169,13 @@ class InteractiveOrchestrator:
 
     # --- capacity
 
-    def retry_after_seconds(self) -> int:
-        backlog = (self.waiting + 1) / max(self._config.concurrent_users, 1)
+    def retry_after_seconds(self, sequences: int = 1) -> int:
+        """Rounds of recent latency until the slots free up for what waits and for these `sequences`."""
+        backlog = (self.waiting + sequences) / max(self._config.concurrent_users, 1)
         return max(1, math.ceil(self._recent_e2e * backlog))
 
-    def _release(self) -> None:
-        self.running -= 1
-        self._slots.release()
+    def _release(self, sequences: int) -> None:
+        self._slots.release(sequences)
         self._set_idle_if_empty()
 
     def _set_idle_if_empty(self) -> None:

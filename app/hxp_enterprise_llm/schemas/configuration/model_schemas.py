@@ -91,7 +91,8 @@ class ModelConfigSchema(BaseModel):
                                          "sized for: openchat_slo_target_throughput_rps, scripts/validate's target")
     # --- realtime (spec)
     streaming_enabled: bool = True
-    concurrent_users: int = Field(50, ge=1, le=100_000)
+    concurrent_users: int = Field(50, ge=1, le=100_000, description="generation slots: sequences generating at "
+                                  "once (a request with n choices takes n)")
     response_chunk_size: int = Field(10, ge=1, le=4096)
     low_latency_mode: bool = True
     connection_timeout_seconds: float = Field(30, gt=0, le=86_400)
@@ -138,7 +139,8 @@ class ModelConfigSchema(BaseModel):
     kv_cache_space_gb: float = Field(4, gt=0, le=4096, description="KV cache size on CPU hosts")
     model_load_timeout_seconds: float = Field(600, gt=0, le=86_400, description="give up loading after this")
     enable_chunked_prefill: bool = True
-    max_queue_size: int = Field(100, ge=0, le=1_000_000, description="requests waiting for a slot")
+    max_queue_size: int = Field(100, ge=0, le=1_000_000, description="sequences waiting for a slot (a request "
+                                "with n choices counts n)")
     queue_timeout_seconds: float = Field(10, gt=0, le=86_400)
     stream_flush_interval_ms: float = Field(50, gt=0, le=60_000, description="low-latency partial chunk flush")
     stream_ping_seconds: float = Field(15, gt=0, le=3600)
