@@ -108,7 +108,8 @@ class ModelConfigSchema(BaseModel):
     model_aliases: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="other model ids requests may name (comma-separated)")
     api_key: SecretStr | None = Field(None, description="Bearer key for the API routes; None (and no "
-                                      "api_keys_file) = open")
+                                      "api_keys_file) = open. Give it by environment or api_keys_file: a "
+                                      "command-line flag is visible to every user in `ps`")
     api_keys_file: Path | None = Field(None, description="more Bearer keys, one per line (# comments); re-read "
                                        "on SIGHUP and when it changes, so keys rotate without a restart")
     metrics_host: str | None = Field(None, description="address the metrics port binds to; None = host")
@@ -147,6 +148,14 @@ class ModelConfigSchema(BaseModel):
     max_request_body_bytes: int = Field(1_048_576, ge=1024, le=1 << 30)
     drain_timeout_seconds: float = Field(30, ge=0, le=3600)
     web_ui_enabled: bool = Field(True, description="serve the chat and dashboard page at /ui")
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("empty: a blank key would be a key anyone can send; leave api_key unset for an "
+                             "open API, or set a real key")
+        return value
 
     @field_validator("model_aliases", mode="before")
     @classmethod
