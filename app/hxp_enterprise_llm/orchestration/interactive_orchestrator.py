@@ -120,9 +120,10 @@ class InteractiveOrchestrator:
         try:
             await asyncio.wait_for(self._slots.acquire(sequences), self._config.queue_timeout_seconds)
         except TimeoutError:
+            # Its own sequences are still counted in `waiting` here: add none on top.
             raise QueueTimeoutError(
                 f"no slot became free within queue_timeout_seconds={self._config.queue_timeout_seconds:g}",
-                headers={"Retry-After": str(self.retry_after_seconds(sequences))}) from None
+                headers={"Retry-After": str(self.retry_after_seconds(0))}) from None
         finally:
             self.waiting -= sequences
             self._set_idle_if_empty()
