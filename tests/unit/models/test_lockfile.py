@@ -105,3 +105,20 @@ def test_with_files_sorts_the_files_by_path() -> None:
     entry = with_files(LockEntry("m", "o/m", "r"), [LockedFile("b", 1, "b"), LockedFile("a", 2, "a")])
     assert [f.path for f in entry.files] == ["a", "b"]
     assert (entry.name, entry.repo_id, entry.revision) == ("m", "o/m", "r")
+
+
+def test_a_lock_without_models_and_broken_locks_read_as_what_they_are(tmp_path: Path) -> None:
+    path = tmp_path / "models.lock"
+    path.write_text("version = 1\n", encoding="utf-8")
+    assert read_lock(path).models == []
+    path.write_text("version = 1\n[[model\n", encoding="utf-8")
+    with pytest.raises(LockError, match=r"models.lock is not valid TOML: "):
+        read_lock(path)
+    path.write_text('version = 1\n[[model]]\nrepo_id = "o/m"\n', encoding="utf-8")
+    with pytest.raises(LockError, match=r"malformed model entry '\?': 'name'"):
+        read_lock(path)
+
+
+def test_the_file_keeps_non_ascii_text_readable() -> None:
+    rendered = render_lock(ModelsLock([LockEntry("m", "o/m", "r", note="ünïcode")]))
+    assert 'note = "ünïcode"' in rendered
