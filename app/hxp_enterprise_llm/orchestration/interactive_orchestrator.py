@@ -111,7 +111,8 @@ class InteractiveOrchestrator:
         generation_request = prepare()
         if not self._slots.fits_now(sequences) and self.waiting + sequences > self._config.max_queue_size:
             raise QueueFullError(
-                f"all {self._config.concurrent_users} slots are busy and {self.waiting} sequences are waiting "
+                f"{self._config.concurrent_users - self.running} of {self._config.concurrent_users} slots are "
+                f"free, this request needs {sequences}, and {self.waiting} sequences are waiting "
                 f"(max_queue_size={self._config.max_queue_size}; a request with n choices counts n); retry "
                 "after the Retry-After delay",
                 headers={"Retry-After": str(self.retry_after_seconds(sequences))})
