@@ -10,7 +10,7 @@ import asyncio
 import math
 
 import pytest
-from api_harness import Served, assert_openai_error, chat_body, eventually
+from api_harness import RawExchange, Served, assert_openai_error, chat_body, eventually
 
 from support.fake_engine import FakeEngine
 
@@ -109,3 +109,22 @@ async def test_retry_after_is_the_recent_latency_times_the_backlog_in_sequences(
     # No answer had finished yet, so the latency estimate was still its starting 1 s. Ahead of the
     # refused request: 2 queued sequences, then its own 2, on 2 slots: 2 rounds of ~1 s.
     assert int(refused.headers["retry-after"]) == math.ceil(1.0 * (2 + 2) / 2) == 2
+
+
+async def test_a_wide_request_leaving_the_head_of_the_queue_lets_the_next_in(serve_app) -> None:
+    async with serve_app(FakeEngine(token_delay=HOLD), concurrent_users=2, max_queue_size=4) as served:
+        first = await hold(served, "first")
+        await served.started("first")
+        wide = RawExchange(served.app, chat_body(n=2, temperature=0.7), request_id="wide").start()
+        await eventually(lambda: served.ctx.orchestrator.waiting == 2, "wide queued")
+        narrow = await hold(served, "narrow")
+        await eventually(lambda: served.ctx.orchestrator.waiting == 3, "narrow queued behind it")
+
+        wide.hang_up.set()  # the wide client leaves: the one free slot is enough for the narrow request
+        await wide.finished()
+        await served.started("narrow")
+        assert (served.ctx.orchestrator.running, served.ctx.orchestrator.waiting) == (2, 0)
+        await served.release("first")
+        await served.release("narrow")
+        assert [(await t).status_code for t in (first, narrow)] == [200, 200]
+    assert "wide" not in [r.request_id for r in served.engine.requests]
