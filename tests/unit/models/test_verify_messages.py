@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from hxp_enterprise_llm.models.lockfile import LockEntry
-from hxp_enterprise_llm.models.verify import Problem, VerifyReport, _is_ignored
+from hxp_enterprise_llm.models.verify import Problem, VerifyReport, _is_ignored, default_workers
 
 MODEL_DIR = Path("/models/m")
 
@@ -58,3 +59,16 @@ def test_the_summary_gives_size_time_and_rate() -> None:
 ])
 def test_only_the_hubs_cache_is_ignored(relative: str, ignored: bool) -> None:
     assert _is_ignored(relative) is ignored
+
+
+@pytest.mark.parametrize(("cores", "files", "workers"), [
+    (16, 100, 8),  # capped at 8 hashing threads
+    (4, 100, 4),
+    (4, 2, 2),  # never more threads than files
+    (4, 0, 1),
+    (None, 100, 1),  # unknown core count: one thread
+])
+def test_hashing_threads_follow_cores_files_and_the_cap(monkeypatch: pytest.MonkeyPatch, cores: int | None,
+                                                        files: int, workers: int) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert default_workers(files) == workers
