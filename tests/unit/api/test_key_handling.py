@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from api_harness import Served, assert_openai_error
+from api_harness import assert_openai_error
 
 from hxp_enterprise_llm.schemas.configuration.model_schemas import ConfigError
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
@@ -23,7 +23,6 @@ HXP_LLM = Path(sys.executable).parent / "hxp-llm"
 
 async def test_version_needs_the_key_like_every_api_route(serve_app) -> None:
     async with serve_app(api_key=KEY) as served:
-        served: Served
         refused = await served.client.get("/version")
         answered = await served.client.get("/version", headers={"Authorization": f"Bearer {KEY}"})
     assert_openai_error(refused, 401, code="invalid_api_key")
