@@ -43,7 +43,9 @@ GROUPS: dict[str, Group] = {
     "api": Group(
         modules={"api/errors.py": "api/errors.py", "api/lifecycle.py": "api/lifecycle.py",
                  "orchestration/": "orchestration", "services/streaming/": "services/streaming"},
-        tests=("tests/unit/api",)),
+        tests=("tests/unit/api",),
+        # It builds a wheel from the clone's app/ folder, which the scratch copy has as src/.
+        deselect=("tests/unit/api/test_web_page_routes.py::test_the_wheel_ships_the_page",)),
     "models": Group(
         modules={"models/lockfile.py": "models/lockfile.py", "models/verify.py": "models/verify.py"},
         tests=("tests/unit/models",),
