@@ -43,7 +43,8 @@ GROUPS: dict[str, Group] = {
     "api": Group(
         modules={"api/errors.py": "api/errors.py", "api/lifecycle.py": "api/lifecycle.py",
                  "orchestration/": "orchestration", "services/streaming/": "services/streaming"},
-        tests=("tests/unit/api",),
+        # The spec's Python streaming API (ResponseStreamer.stream_response) is tested outside tests/unit/api.
+        tests=("tests/unit/api", "tests/unit/test_spec_python_snippets.py"),
         # It builds a wheel from the clone's app/ folder, which the scratch copy has as src/.
         deselect=("tests/unit/api/test_web_page_routes.py::test_the_wheel_ships_the_page",)),
     "models": Group(

@@ -78,9 +78,6 @@ class InteractiveOrchestrator:
         self._idle.set()
         self._recent_e2e = 1.0  # seconds, exponentially averaged, for Retry-After
 
-    def add_observer(self, observer: RequestObserver) -> None:
-        self._observers.append(observer)
-
     @property
     def running(self) -> int:
         """Sequences holding a slot (a request with n choices counts n)."""
