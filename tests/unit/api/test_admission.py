@@ -220,6 +220,7 @@ async def test_drain_deadline_stops_running_requests_with_an_honest_error(serve_
         assert all(c["choices"][0]["finish_reason"] is None for c in sse_chunks(response.text) if c.get("choices"))
     else:
         assert_openai_error(response, 503, code="generation_aborted")
+        assert response.headers["retry-after"] == "5"  # another replica can take it at once
 
 
 async def test_engine_dying_mid_answer_is_503_engine_failed_and_fatal(serve_app) -> None:

@@ -64,6 +64,9 @@ async def test_logprobs_with_top_alternatives_plain_and_streamed(served: Served)
     assert [t.token for t in content] == ["H", "i", "!"]
     assert all(len(t.top_logprobs) == 3 for t in content)
     assert content[0].bytes == list(b"H")
+    # The alternatives carry their own bytes, as OpenAI's do (the fake engine's: the token, then alt1, alt2).
+    assert [(a.token, a.bytes) for a in content[0].top_logprobs] == [("H", list(b"H")), ("alt1", list(b"alt1")),
+                                                                     ("alt2", list(b"alt2"))]
     assert content[0].top_logprobs[0].logprob >= content[0].top_logprobs[1].logprob
     streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
     assert [t.token for t in streamed] == ["H", "i", "!"]
