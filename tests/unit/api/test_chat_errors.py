@@ -258,3 +258,19 @@ async def test_bad_logit_bias_is_400_naming_it(served: Served, logit_bias: dict[
 async def test_logit_bias_reaches_the_engine(served: Served) -> None:
     assert (await served.chat(chat_body(logit_bias={"50": 5, "72": -100}))).status_code == 200
     assert served.engine.requests[0].sampling.logit_bias == ((50, 5.0), (72, -100.0))
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"[]", "the request body must be a JSON object"),
+    (b'{"model": "openchat-3.5", "messages": [{"role": "user"}]}', "'messages.0.content' is a required property"),
+    (b"{", "We could not parse the JSON body of your request: EOF while parsing an object at line 1 column 1"),
+    (HI + b', "temperature": 3}', "temperature: Input should be less than or equal to 2 (got 3)"),
+])
+async def test_the_message_says_what_is_wrong(served: Served, body: bytes, message: str) -> None:
+    assert assert_openai_error(await post_raw(served, body), 400)["message"] == message
+
+
+async def test_a_long_bad_value_is_cut_in_the_message(served: Served) -> None:
+    error = assert_openai_error(await served.chat(chat_body(stop=["x" * 300] * 5)), 400, param="stop")
+    quoted = repr(["x" * 300] * 5)
+    assert error["message"] == f"stop: Input should be a valid string (got {quoted[:100]}...)"
