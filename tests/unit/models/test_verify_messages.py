@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from hxp_enterprise_llm.models.lockfile import LockEntry
-from hxp_enterprise_llm.models.verify import Problem, VerifyReport, _is_ignored, default_workers
+from hxp_enterprise_llm.models.lockfile import LockedFile, LockEntry
+from hxp_enterprise_llm.models.verify import (
+    Problem,
+    UnlockedModelError,
+    VerifyReport,
+    _is_ignored,
+    default_workers,
+    refuse_unlocked,
+)
 
 MODEL_DIR = Path("/models/m")
 
@@ -72,3 +79,13 @@ def test_hashing_threads_follow_cores_files_and_the_cap(monkeypatch: pytest.Monk
                                                         files: int, workers: int) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     assert default_workers(files) == workers
+
+
+@pytest.mark.parametrize(("unlocked", "shown"), [(3, "f0, f1, f2"), (4, "f0, f1, f2, ...")])
+def test_an_unlocked_entry_names_its_first_three_unlocked_files(unlocked: int, shown: str) -> None:
+    files = tuple(LockedFile(f"f{i}", 1, "") for i in range(unlocked)) + (LockedFile("z", 1, "a" * 64),)
+    with pytest.raises(UnlockedModelError) as refused:
+        refuse_unlocked(LockEntry("m", "o/m", "r", files=files))
+    assert str(refused.value) == (f"models.lock entry 'm' (o/m@r) is unlocked: {unlocked} of {unlocked + 1} files "
+                                  f"have no sha256 ({shown}); run `hxp-llm model lock m --revision r` on a machine "
+                                  "that reaches the Hugging Face Hub, commit the updated models.lock, and retry")
