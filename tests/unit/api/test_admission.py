@@ -219,7 +219,9 @@ async def test_drain_deadline_stops_running_requests_with_an_honest_error(serve_
         assert json.loads(events[-2])["error"]["code"] == "generation_aborted"
         assert all(c["choices"][0]["finish_reason"] is None for c in sse_chunks(response.text) if c.get("choices"))
     else:
-        assert_openai_error(response, 503, code="generation_aborted")
+        error = assert_openai_error(response, 503, code="generation_aborted")
+        assert error["message"] == ("the service stopped this generation before it finished (shutting down); "
+                                    "the answer is incomplete: retry on another replica")
         assert response.headers["retry-after"] == "5"  # another replica can take it at once
 
 
