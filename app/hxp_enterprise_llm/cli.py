@@ -7,6 +7,7 @@ Exit codes: 0 ok, 2 bad configuration or usage, 3 model integrity or lock proble
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing
 import os
 import sys
@@ -28,6 +29,8 @@ if multiprocessing.current_process().name != "MainProcess":
 
 EXIT_CONFIG = 2
 EXIT_MODEL = 3
+
+logger = logging.getLogger(__name__)
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +86,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = loaded.config
     configure_logging(config.log_level, config.log_dir)
+    if loaded.origins.get("api_key") == "cli":
+        logger.warning("api_key was given as --api-key: every user of this machine can read it in `ps`; give it "
+                       "as %s or in api_keys_file instead", OpenChat35Config.env_name("api_key"))
     from hxp_enterprise_llm.models.lockfile import LockError
     from hxp_enterprise_llm.models.serving_check import verify_model_for_serving
     from hxp_enterprise_llm.models.verify import ModelIntegrityError

@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 from hxp_enterprise_llm.api.app import EXIT_ENGINE_FAILED, build_app
 from hxp_enterprise_llm.api.context import AppContext
+from hxp_enterprise_llm.exit_backstop import exit_later
 from hxp_enterprise_llm.orchestration.interactive_orchestrator import STOPPED_REQUESTS_GRACE_SECONDS
 from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
@@ -33,8 +34,9 @@ logger = logging.getLogger(__name__)
 FAILURE_GRACE_SECONDS = 1.0
 FAILURE_EXIT_SECONDS = 2.0
 FAILURE_WATCHDOG_SECONDS = 8.0
-# The last resort, in the kernel: SIGALRM's default action ends the process even if Python cannot
-# run (a thread stuck in C code holding the GIL), so the exit is certain within this time.
+# The last resort, in libc: a timer thread that calls _exit(code) without Python (exit_backstop), so
+# the exit, with the documented code, is certain within this time even if Python cannot run (a thread
+# stuck in C code holding the GIL, an interpreter already finalizing).
 FAILURE_ALARM_SECONDS = 10
 
 
@@ -78,7 +80,7 @@ class DrainingServer(uvicorn.Server):
         self._failed = True
         self.exit_code = code
         logger.error("fatal: %s; exiting with code %d", detail, code)
-        signal.alarm(FAILURE_ALARM_SECONDS)
+        exit_later(FAILURE_ALARM_SECONDS, code)
         watchdog = threading.Timer(FAILURE_WATCHDOG_SECONDS, lambda: os._exit(code))
         watchdog.daemon = True
         watchdog.start()

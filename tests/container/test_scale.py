@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +119,21 @@ async def drive(api_url: str, stop: asyncio.Event, outcomes: list[Outcome]) -> N
         await asyncio.gather(*(user(client) for _ in range(USERS)))
 
 
+async def until(condition: Callable[[], bool], what: str, timeout: float = AFTER_KILL_WITHIN_SECONDS) -> None:
+    """Keep the load running until `condition()` holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for: {what}")
+        await asyncio.sleep(0.2)
+
+
+def steady(outcomes: list[Outcome], replicas: int) -> bool:
+    """The load is under way: USERS streams answered in full, by every replica."""
+    answered = [o for o in outcomes if o.ok]
+    return len(answered) >= USERS and len({o.replica for o in answered}) >= replicas
+
+
 def describe(outcomes: list[Outcome]) -> str:
     failed = [o for o in outcomes if not o.ok and not o.refusal]
     examples = "; ".join(f"{o.status} {o.replica} {o.error or o.body[:120]}" for o in failed[:5])
@@ -152,13 +167,15 @@ def test_rolling_restart_under_50_streaming_users_fails_nothing(stack: ScaleStac
     async def scenario() -> tuple[list[Outcome], subprocess.CompletedProcess[str], float, float]:
         stop, outcomes = asyncio.Event(), []
         load = asyncio.create_task(drive(stack.api_url, stop, outcomes))
-        await asyncio.sleep(10)  # every user has a stream running on one replica or the other
+        await until(lambda: steady(outcomes, 2), f"{USERS} streams answered by both replicas")
         began = time.monotonic()
         restart = await asyncio.to_thread(
             subprocess.run, [sys.executable, str(REPO_ROOT / "scripts" / "rolling-restart"), "-p", stack.project,
                              "--stats-url", stack.stats_url], capture_output=True, text=True)
         finished = time.monotonic()
-        await asyncio.sleep(5)
+        # Every user sends at least one more request to the restarted pool before the load stops.
+        await until(lambda: sum(o.started > finished for o in outcomes) >= USERS,
+                    f"{USERS} requests after the restart")
         stop.set()
         await load
         return outcomes, restart, began, finished
@@ -259,7 +276,7 @@ def test_sigkill_of_one_replica_fails_only_its_running_streams(stack: ScaleStack
     async def scenario() -> tuple[list[Outcome], float]:
         stop, outcomes = asyncio.Event(), []
         load = asyncio.create_task(drive(stack.api_url, stop, outcomes))
-        await asyncio.sleep(10)
+        await until(lambda: steady(outcomes, 2), f"{USERS} streams answered by both replicas")
         await asyncio.to_thread(subprocess.run, ["docker", "kill", "--signal", "KILL", victim["Id"]], check=True)
         killed = time.monotonic()  # the container is gone (docker kill returned)
         # Keep the load on until every user had the time to send a request after the kill and get its

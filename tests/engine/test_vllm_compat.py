@@ -132,6 +132,75 @@ def test_completions_echo_logprobs_match_vllm_serve(demo_server: ServerProcess, 
     assert o["choices"][0]["logprobs"]["tokens"] == p["choices"][0]["logprobs"]["tokens"]
 
 
+SHORT = [{"role": "user", "content": "Reply with just the word OK."}]
+JAPAN = [{"role": "user", "content": "What is the capital of Japan?"}]  # every demo variant answers Tokyo
+
+
+def greedy(messages: list[dict[str, str]], **extra: Any) -> dict[str, Any]:
+    return {"model": "openchat-3.5", "messages": messages, "temperature": 0, **extra}
+
+
+def ask(base: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(f"{base}/v1/chat/completions", json=body, timeout=300)
+
+
+def answer(response: httpx.Response) -> tuple[str, str, int]:
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return (body["choices"][0]["message"]["content"], body["choices"][0]["finish_reason"],
+            body["usage"]["completion_tokens"])
+
+
+def test_ignore_eos_runs_to_max_tokens_as_on_vllm_serve(demo_server: ServerProcess, vllm_serve: str) -> None:
+    # Without it the model ends its short answer early: the comparison below means something.
+    _, plain_finish, plain_tokens = answer(ask(demo_server.base_url, greedy(SHORT, max_tokens=40)))
+    assert (plain_finish, plain_tokens < 40) == ("stop", True)
+    ours, peer = both(demo_server.base_url, vllm_serve, "POST", "/v1/chat/completions",
+                      greedy(SHORT, max_tokens=40, ignore_eos=True))
+    assert answer(ours)[1:] == answer(peer)[1:] == ("length", 40)
+    assert answer(ours)[0] == answer(peer)[0]
+
+
+def test_min_tokens_holds_the_end_back_as_on_vllm_serve(demo_server: ServerProcess, vllm_serve: str) -> None:
+    ours, peer = both(demo_server.base_url, vllm_serve, "POST", "/v1/chat/completions",
+                      greedy(SHORT, max_tokens=60, min_tokens=20))
+    assert answer(ours) == answer(peer)
+    assert answer(ours)[2] >= 20
+
+
+def test_stop_strings_and_stop_token_ids_stop_as_on_vllm_serve(demo_server: ServerProcess, vllm_serve: str) -> None:
+    full, _, full_tokens = answer(ask(demo_server.base_url, greedy(JAPAN, max_tokens=20)))
+    assert "Tokyo" in full  # the greedy answer names it: stopping at it cuts the answer short
+    ours, peer = both(demo_server.base_url, vllm_serve, "POST", "/v1/chat/completions",
+                      greedy(JAPAN, max_tokens=20, stop=["Tokyo"]))
+    assert answer(ours) == answer(peer)
+    assert answer(ours)[1] == "stop"
+    assert "Tokyo" not in answer(ours)[0]
+    assert answer(ours)[0] == full[:full.index("Tokyo")]
+
+    tokyo = httpx.post(f"{demo_server.base_url}/tokenize", json={"prompt": " Tokyo", "add_special_tokens": False},
+                       timeout=60).json()["tokens"]
+    ours, peer = both(demo_server.base_url, vllm_serve, "POST", "/v1/chat/completions",
+                      greedy(JAPAN, max_tokens=20, stop_token_ids=tokyo[:1]))
+    assert answer(ours) == answer(peer)
+    assert answer(ours)[1] == "stop"
+    assert answer(ours)[2] < full_tokens
+
+
+@pytest.mark.parametrize("extra", [
+    {"top_k": 1, "temperature": 1.0},  # top-1 sampling is greedy whatever the temperature
+    {"min_p": 0.5},
+    {"repetition_penalty": 1.5},
+    {"presence_penalty": 1.5, "frequency_penalty": 1.5},
+    {"logit_bias": {"0": -100, "2": -100}},  # no end of text: runs to max_tokens on both
+], ids=["top_k", "min_p", "repetition_penalty", "penalties", "logit_bias"])
+def test_sampling_extras_behave_as_on_vllm_serve(demo_server: ServerProcess, vllm_serve: str,
+                                                 extra: dict[str, Any]) -> None:
+    ours, peer = both(demo_server.base_url, vllm_serve, "POST", "/v1/chat/completions",
+                      greedy(FRANCE, max_tokens=24) | extra)
+    assert answer(ours) == answer(peer)
+
+
 def test_tokenize_matches_vllm_serve(demo_server: ServerProcess, vllm_serve: str) -> None:
     ours, peer = both(demo_server.base_url, vllm_serve, "POST", "/tokenize", {"model": "openchat-3.5",
                                                                                "messages": FRANCE})

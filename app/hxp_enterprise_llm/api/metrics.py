@@ -81,8 +81,11 @@ class ServiceMetrics:
                                     m, registry=r)
         self.slo_met = Counter("openchat_slo_met_requests", "Requests answered in full within target_latency_ms",
                                m, registry=r)
-        self.running = Gauge("openchat_requests_running", "Requests holding a slot", m, registry=r)
-        self.waiting = Gauge("openchat_requests_waiting", "Requests queued for a slot", m, registry=r)
+        # Admission counts sequences (docs/api.md): a request with n choices holds n slots.
+        self.running = Gauge("openchat_requests_running", "Sequences holding a generation slot (a request with "
+                             "n choices holds n)", m, registry=r)
+        self.waiting = Gauge("openchat_requests_waiting", "Sequences queued for a generation slot (a request with "
+                             "n choices counts n)", m, registry=r)
         self.state = Gauge("openchat_service_state", "1 for the service's current state (loading, ready, "
                            "draining, failed), 0 for the others", ["model", "state"], registry=r)
         self.model_load = Gauge("openchat_model_load_seconds", "Time the engine took to load the model",
@@ -91,9 +94,9 @@ class ServiceMetrics:
                          "children (the engine core), sampled every metrics_collection_interval", m, registry=r)
         self.sample()
         # The limits and targets the alert rules and dashboards compare against, from the config.
-        Gauge("openchat_requests_running_limit", "concurrent_users: requests that may generate at once",
+        Gauge("openchat_requests_running_limit", "concurrent_users: sequences that may generate at once",
               m, registry=r).labels(model).set(config.concurrent_users)
-        Gauge("openchat_requests_waiting_limit", "max_queue_size: requests that may wait for a slot",
+        Gauge("openchat_requests_waiting_limit", "max_queue_size: sequences that may wait for a slot",
               m, registry=r).labels(model).set(config.max_queue_size)
         Gauge("openchat_slo_target_latency_seconds", "target_latency_ms: the e2e latency the SLO promises",
               m, registry=r).labels(model).set(self.target_latency_seconds)

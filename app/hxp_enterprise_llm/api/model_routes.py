@@ -84,6 +84,8 @@ async def detokenize(request: Request) -> DetokenizeResponse:
 
 @router.get("/version")
 async def version(request: Request) -> VersionResponse:
+    # Behind the key like every API route: versions tell an attacker which known bugs to try.
+    check_api_key(request)
     ctx = _ctx(request)
     info = ctx.service.get_model_info()
     return VersionResponse(version=service_version(), engine=info["engine_version"],

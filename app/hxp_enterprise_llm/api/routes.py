@@ -125,6 +125,7 @@ def _check_common(ctx: AppContext, record: RequestRecord, body: SamplingFields, 
     """The model the client names (the served one if none), and the checks both routes share."""
     record.stream = body.stream
     record.end_user = body.user
+    record.choices = body.n  # the slots admission takes: one per sequence
     chosen = ctx.served_model(model)
     if body.stream and not ctx.config.streaming_enabled:
         raise InvalidRequestError("streaming is disabled on this service (streaming_enabled=false)",

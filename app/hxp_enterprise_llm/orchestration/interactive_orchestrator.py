@@ -3,12 +3,14 @@
 - One gate for every request: loading, draining or failed refuse with 503 before any work.
 - Cheap refusals come first: a full queue is refused before the prompt is tokenized, and tokenizing
   runs on the tokenizer's own thread (one at a time), so a huge prompt never stalls the event loop
-  and every stream on it. A request holds a queue place while its prompt is tokenized (`preparing`).
+  and every stream on it. A request holds its queue places while its prompt is tokenized (`preparing`).
 - A key's own limits (orchestration/quotas.py) are checked once the prompt is tokenized: 429
   `rate_limit_exceeded` before the request waits or reaches the engine.
-- At most `concurrent_users` requests generate; up to `max_queue_size` more wait, interactive keys'
-  requests before batch keys' and each class in arrival order. A full queue makes room for an
-  interactive request by refusing the newest waiting batch request.
+- Capacity is counted in sequences, not requests: a request with `n` choices takes n slots. At most
+  `concurrent_users` sequences generate; up to `max_queue_size` more wait, interactive keys' requests
+  before batch keys' and each class in arrival order. A request with more choices than there are slots
+  could never run: 400 at once. A full queue makes room for an interactive request by refusing the
+  newest waiting batch request.
 - A full queue is refused at once with 429 + Retry-After (the caller has not sent a byte yet, so
   a streaming client gets a plain HTTP error, never an error inside a 200 stream).
 - A request that waits `queue_timeout_seconds` without a slot gets 503 (the server, not the client,
@@ -39,6 +41,7 @@ from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSc
 from hxp_enterprise_llm.schemas.errors import (
     DrainingError,
     EngineUnavailableError,
+    InvalidRequestError,
     QueueFullError,
     QueueTimeoutError,
     ServiceUnavailableError,
@@ -64,15 +67,16 @@ class RequestTracer(Protocol):
 
 
 class Slot:
-    """A held admission slot; `release` is idempotent so every exit path may call it."""
+    """A request's held admission slots (one per sequence); `release` is idempotent so every exit path may call it."""
 
-    def __init__(self, orchestrator: InteractiveOrchestrator) -> None:
+    def __init__(self, orchestrator: InteractiveOrchestrator, sequences: int) -> None:
         self._orchestrator: InteractiveOrchestrator | None = orchestrator
+        self._sequences = sequences
 
     def release(self) -> None:
         orchestrator, self._orchestrator = self._orchestrator, None
         if orchestrator is not None:
-            orchestrator._release()
+            orchestrator._release(self._sequences)
 
 
 class InteractiveOrchestrator:
@@ -87,9 +91,8 @@ class InteractiveOrchestrator:
         # The quotas settle first: a key's next request must see this one's completion charged.
         self._observers = [self.quotas, *(observers or [])]
         self._slots = PrioritySlots(config.concurrent_users)
-        self.running = 0
-        self.waiting = 0  # for a slot
-        self.preparing = 0  # prompts being tokenized; each holds a queue place, so a burst cannot overfill it
+        self.waiting = 0  # sequences queued for slots (a request with n choices counts n)
+        self.preparing = 0  # sequences whose prompts are being tokenized: they hold queue places (bursts)
         self._open: set[RequestRecord] = set()
         self._generations: set[Generation] = set()
         self._idle = asyncio.Event()
@@ -99,8 +102,10 @@ class InteractiveOrchestrator:
         # also tokenizes on a single worker).
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hxp-tokenizer")
 
-    def add_observer(self, observer: RequestObserver) -> None:
-        self._observers.append(observer)
+    @property
+    def running(self) -> int:
+        """Sequences holding a slot (a request with n choices counts n)."""
+        return self._slots.held
 
     @property
     def active_streams(self) -> int:
@@ -115,10 +120,18 @@ class InteractiveOrchestrator:
 
     async def admit(self, record: RequestRecord, prepare: Callable[[], GenerationRequest]) -> GenerationRequest:
         """Gate and queue room, prepare off the event loop (tokenize, check the context: 400s), the key's
-        quota, then wait for a slot. Raises when refused."""
+        quota, then wait for `record.choices` slots. Raises when refused."""
         rank = record.key.priority.rank
-        self.check_room(rank)
-        self.preparing += 1
+        sequences = record.choices
+        self._check_accepting()
+        if sequences > self._config.concurrent_users:
+            most = min(self._config.concurrent_users, self._config.max_n)
+            raise InvalidRequestError(
+                f"n: {sequences} choices need {sequences} generation slots and this service has "
+                f"concurrent_users={self._config.concurrent_users}; ask for at most {most}",
+                param="n", code="too_many_choices")
+        self.check_room(rank, sequences)
+        self.preparing += sequences
         self._idle.clear()
         try:
             generation_request = dataclasses.replace(await self.tokenize(prepare), priority=rank)
@@ -126,40 +139,43 @@ class InteractiveOrchestrator:
             if self.tracer is not None:
                 generation_request = dataclasses.replace(generation_request, trace_headers=self.tracer.start(record))
         finally:
-            self.preparing -= 1
+            self.preparing -= sequences
             self._set_idle_if_empty()
-        self.waiting += 1  # no await since the prompt was ready: the queue place passes on unbroken
+        self.waiting += sequences  # no await since the prompt was ready: the queue places pass on unbroken
         self._idle.clear()
         try:
-            await asyncio.wait_for(self._slots.acquire(rank), self._config.queue_timeout_seconds)
-            self.running += 1
+            await asyncio.wait_for(self._slots.acquire(rank, sequences), self._config.queue_timeout_seconds)
         except TimeoutError:
+            # Its own sequences are still counted in `waiting` here: add none on top.
             raise QueueTimeoutError(
                 f"no slot became free within queue_timeout_seconds={self._config.queue_timeout_seconds:g}",
-                headers={"Retry-After": str(self.retry_after_seconds())}) from None
+                headers={"Retry-After": str(self.retry_after_seconds(0))}) from None
         except Displaced:
-            raise self._queue_full(" (this request gave its place to an interactive one)") from None
+            raise self._queue_full(sequences, " (this request gave its place to an interactive one)") from None
         finally:
-            self.waiting -= 1
+            self.waiting -= sequences
             self._set_idle_if_empty()
-        record.slot = Slot(self)
+        record.slot = Slot(self, sequences)
         record.admitted = time.monotonic()
         record.engine_request_id = generation_request.request_id
         return generation_request
 
-    def check_room(self, rank: int | None = None) -> None:
-        """The cheap refusals, before any work: not ready (503), or every slot and queue place taken (429;
-        a request of `rank` may take the place of a worse-ranked waiting one)."""
+    def check_room(self, rank: int | None = None, sequences: int = 1) -> None:
+        """The cheap refusals, before any work: not ready (503), or no slot and no queue place for
+        `sequences` (429; a request of `rank` may take the place of a worse-ranked waiting one)."""
         self._check_accepting()
-        if self._slots.locked() and self.waiting + self.preparing >= self._config.max_queue_size \
+        if not self._slots.fits_now(sequences) \
+                and self.waiting + self.preparing + sequences > self._config.max_queue_size \
                 and (rank is None or not self._slots.displace(rank)):
-            raise self._queue_full()
+            raise self._queue_full(sequences)
 
-    def _queue_full(self, why: str = "") -> QueueFullError:
+    def _queue_full(self, sequences: int, why: str = "") -> QueueFullError:
         return QueueFullError(
-            f"all {self._config.concurrent_users} slots are busy and {self.waiting} requests are waiting "
-            f"(max_queue_size={self._config.max_queue_size}){why}; retry after the Retry-After delay",
-            headers={"Retry-After": str(self.retry_after_seconds())})
+            f"{self._config.concurrent_users - self.running} of {self._config.concurrent_users} slots are "
+            f"free, this request needs {sequences}, and {self.waiting + self.preparing} sequences are waiting "
+            f"(max_queue_size={self._config.max_queue_size}; a request with n choices counts n){why}; retry "
+            "after the Retry-After delay",
+            headers={"Retry-After": str(self.retry_after_seconds(sequences))})
 
     async def tokenize(self, work: Callable[[], T]) -> T:
         """Tokenizer work (building a prompt, /tokenize, /detokenize) off the event loop."""
@@ -215,13 +231,13 @@ class InteractiveOrchestrator:
 
     # --- capacity
 
-    def retry_after_seconds(self) -> int:
-        backlog = (self.waiting + 1) / max(self._config.concurrent_users, 1)
+    def retry_after_seconds(self, sequences: int = 1) -> int:
+        """Rounds of recent latency until the slots free up for what waits and for these `sequences`."""
+        backlog = (self.waiting + sequences) / max(self._config.concurrent_users, 1)
         return max(1, math.ceil(self._recent_e2e * backlog))
 
-    def _release(self) -> None:
-        self.running -= 1
-        self._slots.release()
+    def _release(self, sequences: int) -> None:
+        self._slots.release(sequences)
         self._set_idle_if_empty()
 
     def _set_idle_if_empty(self) -> None:

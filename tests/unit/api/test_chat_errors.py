@@ -20,12 +20,13 @@ async def post_raw(served: Served, body: bytes) -> Any:
 
 
 async def test_malformed_json_is_400(served: Served) -> None:
-    error = assert_openai_error(await post_raw(served, b'{"model": "openchat-3.5", "messages": [}'), 400)
+    error = assert_openai_error(await post_raw(served, b'{"model": "openchat-3.5", "messages": [}'), 400,
+                                code="invalid_json")
     assert error["type"] == "invalid_request_error"
 
 
 async def test_missing_messages_is_400_naming_messages(served: Served) -> None:
-    error = assert_openai_error(await served.chat({"model": MODEL}), 400, param="messages")
+    error = assert_openai_error(await served.chat({"model": MODEL}), 400, param="messages", code="invalid_value")
     assert "messages" in error["message"]
 
 
@@ -54,7 +55,8 @@ async def test_model_may_be_left_out_and_the_served_model_answers(served: Served
     ("seed", "x"),
 ])
 async def test_bad_field_is_400_naming_it(served: Served, field: str, value: Any) -> None:
-    error = assert_openai_error(await served.chat(chat_body(**{field: value})), 400, param=field)
+    error = assert_openai_error(await served.chat(chat_body(**{field: value})), 400, param=field,
+                                code="invalid_value")
     assert field in error["message"]
 
 
@@ -99,7 +101,8 @@ async def test_openai_fields_in_their_off_state_are_accepted(served: Served, acc
 
 
 async def test_empty_messages_is_400(served: Served) -> None:
-    assert_openai_error(await served.chat({"model": MODEL, "messages": []}), 400, param="messages")
+    assert_openai_error(await served.chat({"model": MODEL, "messages": []}), 400, param="messages",
+                        code="invalid_value")
 
 
 async def test_unknown_role_is_400(served: Served) -> None:
@@ -159,28 +162,28 @@ async def test_body_over_limit_is_413(serve_app) -> None:
         streamed = await served.client.post(CHAT, content=undeclared_length(),
                                             headers={"content-type": "application/json"})
         small = await served.chat(chat_body("fits"))
-    assert_openai_error(declared, 413)
-    assert_openai_error(streamed, 413)
+    assert_openai_error(declared, 413, code="request_too_large")
+    assert_openai_error(streamed, 413, code="request_too_large")
     assert small.status_code == 200
 
 
 async def test_unknown_route_is_404_json(served: Served) -> None:
-    assert_openai_error(await served.client.get("/v1/nothing-here"), 404)
+    assert_openai_error(await served.client.get("/v1/nothing-here"), 404, code="not_found")
 
 
 async def test_wrong_method_is_405_json(served: Served) -> None:
-    assert_openai_error(await served.client.get(CHAT), 405)
+    assert_openai_error(await served.client.get(CHAT), 405, code="method_not_allowed")
 
 
 async def test_stream_options_without_stream_is_400(served: Served) -> None:
     assert_openai_error(await served.chat(chat_body(stream_options={"include_usage": True})), 400,
-                        param="stream_options")
+                        param="stream_options", code="unsupported_parameter")
 
 
 async def test_stream_when_streaming_disabled_is_400(serve_app) -> None:
     async with serve_app(streaming_enabled=False) as served:
         response = await served.chat(chat_body(stream=True))
-    assert_openai_error(response, 400, param="stream")
+    assert_openai_error(response, 400, param="stream", code="invalid_value")
 
 
 async def test_api_is_503_and_health_loading_while_the_model_loads(serve_app) -> None:
@@ -188,48 +191,54 @@ async def test_api_is_503_and_health_loading_while_the_model_loads(serve_app) ->
         chat = await served.chat(chat_body())
         stream = await served.chat(chat_body(stream=True))
         health = await served.client.get("/health")
-    error = assert_openai_error(chat, 503)
+    error = assert_openai_error(chat, 503, code="model_not_ready")
     assert "loading" in error["message"]
-    assert int(chat.headers["retry-after"]) >= 1
-    assert_openai_error(stream, 503)
+    assert chat.headers["retry-after"] == "5"
+    assert_openai_error(stream, 503, code="model_not_ready")
     assert health.status_code == 503
     assert health.json()["status"] == "loading"
 
 
-ODD_BODIES: list[bytes] = [
-    b"", b"null", b"[]", b'"str"', b"42", b"true", b"{", b"\xff\xfe\x00", b'{"messages": null}',
-    b'{"model": "openchat-3.5", "messages": null}',
-    b'{"model": "openchat-3.5", "messages": "hi"}',
-    b'{"model": "openchat-3.5", "messages": [null]}',
-    b'{"model": "openchat-3.5", "messages": [[]]}',
-    b'{"model": "openchat-3.5", "messages": [{"role": "user"}]}',
-    b'{"model": "openchat-3.5", "messages": [{"content": "hi"}]}',
-    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": 5}]}',
-    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": {"text": "hi"}}]}',
-    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": [{"text": "hi"}]}]}',
-    b'{"model": "openchat-3.5", "messages": [{"role": 1, "content": "hi"}]}',
-    b'{"model": ["openchat-3.5"], "messages": [{"role": "user", "content": "hi"}]}',
-    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": "hi"}], "stop": [1, 2]}',
-    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": "hi"}], "stop": ["a","b","c","d","e"]}',
-    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": "hi"}], "stream_options": 1,'
-    b' "stream": true}',
-    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e3}',
-    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": true}',
-    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": '
-    + b"9" * 40 + b"}",
-    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
-    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": "hi"}], "temperature": Infinity}',
-    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": "hi"}], "n": 0}',
-    b'{"model": "openchat-3.5", "messages": ' + b"[" * 200 + b"]" * 200 + b"}",
-    b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": "hi"}]} trailing',
+# Each odd body, the one status and code it gets (all are the client's fault: 400), and the field it names.
+HI = b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": "hi"}]'
+ODD_BODIES: list[tuple[bytes, str, str | None]] = [
+    (b"", "invalid_json", None), (b"null", "invalid_json", None), (b"[]", "invalid_json", None),
+    (b'"str"', "invalid_json", None), (b"42", "invalid_json", None), (b"true", "invalid_json", None),
+    (b"{", "invalid_json", None), (b"\xff\xfe\x00", "invalid_json", None),
+    (b'{"messages": null}', "invalid_value", "messages"),
+    (b'{"model": "openchat-3.5", "messages": null}', "invalid_value", "messages"),
+    (b'{"model": "openchat-3.5", "messages": "hi"}', "invalid_value", "messages"),
+    (b'{"model": "openchat-3.5", "messages": [null]}', "invalid_value", "messages.0"),
+    (b'{"model": "openchat-3.5", "messages": [[]]}', "invalid_value", "messages.0"),
+    (b'{"model": "openchat-3.5", "messages": [{"role": "user"}]}', "invalid_value", "messages.0.content"),
+    (b'{"model": "openchat-3.5", "messages": [{"content": "hi"}]}', "invalid_value", "messages.0.role"),
+    (b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": 5}]}', "invalid_value",
+     "messages.0.content"),
+    (b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": {"text": "hi"}}]}', "invalid_value",
+     "messages.0.content"),
+    (b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": [{"text": "hi"}]}]}', "invalid_value",
+     "messages.0.content"),
+    (b'{"model": "openchat-3.5", "messages": [{"role": 1, "content": "hi"}]}', "invalid_value", "messages.0.role"),
+    (b'{"model": ["openchat-3.5"], "messages": [{"role": "user", "content": "hi"}]}', "invalid_value", "model"),
+    (HI + b', "stop": [1, 2]}', "invalid_value", "stop"),
+    (HI + b', "stop": ["a","b","c","d","e"]}', "invalid_value", "stop"),
+    (HI + b', "stream_options": 1, "stream": true}', "invalid_value", "stream_options"),
+    (HI + b', "max_tokens": 1e3}', "invalid_value", "max_tokens"),
+    (HI + b', "max_tokens": true}', "invalid_value", "max_tokens"),
+    (HI + b', "max_tokens": ' + b"9" * 40 + b"}", "context_length_exceeded", "messages"),
+    (HI + b', "temperature": NaN}', "invalid_value", "temperature"),
+    (HI + b', "temperature": Infinity}', "invalid_value", "temperature"),
+    (HI + b', "n": 0}', "invalid_value", "n"),
+    (b'{"model": "openchat-3.5", "messages": ' + b"[" * 200 + b"]" * 200 + b"}", "invalid_value", "messages.0"),
+    (HI + b"} trailing", "invalid_json", None),
 ]
 
 
-@pytest.mark.parametrize("body", ODD_BODIES, ids=range(len(ODD_BODIES)))
-async def test_odd_bodies_get_a_4xx_openai_error(served: Served, body: bytes) -> None:
+@pytest.mark.parametrize(("body", "code", "param"), ODD_BODIES, ids=range(len(ODD_BODIES)))
+async def test_odd_bodies_get_their_400_and_code(served: Served, body: bytes, code: str, param: str | None) -> None:
     response = await post_raw(served, body)
-    assert 400 <= response.status_code < 500, (response.status_code, response.text)
-    assert_openai_error(response, response.status_code)
+    error = assert_openai_error(response, 400, code=code)
+    assert error["param"] == param, error
     assert served.engine.requests == [], "an invalid request reached the engine"
 
 
@@ -249,3 +258,19 @@ async def test_bad_logit_bias_is_400_naming_it(served: Served, logit_bias: dict[
 async def test_logit_bias_reaches_the_engine(served: Served) -> None:
     assert (await served.chat(chat_body(logit_bias={"50": 5, "72": -100}))).status_code == 200
     assert served.engine.requests[0].sampling.logit_bias == ((50, 5.0), (72, -100.0))
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"[]", "the request body must be a JSON object"),
+    (b'{"model": "openchat-3.5", "messages": [{"role": "user"}]}', "'messages.0.content' is a required property"),
+    (b"{", "We could not parse the JSON body of your request: EOF while parsing an object at line 1 column 1"),
+    (HI + b', "temperature": 3}', "temperature: Input should be less than or equal to 2 (got 3)"),
+])
+async def test_the_message_says_what_is_wrong(served: Served, body: bytes, message: str) -> None:
+    assert assert_openai_error(await post_raw(served, body), 400)["message"] == message
+
+
+async def test_a_long_bad_value_is_cut_in_the_message(served: Served) -> None:
+    error = assert_openai_error(await served.chat(chat_body(stop=["x" * 300] * 5)), 400, param="stop")
+    quoted = repr(["x" * 300] * 5)
+    assert error["message"] == f"stop: Input should be a valid string (got {quoted[:100]}...)"

@@ -199,3 +199,27 @@ async def test_completion_and_chat_share_admission(serve_app) -> None:
         await served.release("holder")
         assert (await holder).status_code == 200
     assert_openai_error(refused, 429, code="queue_full")
+
+
+async def test_a_streamed_completion_carries_what_the_plain_one_does(serve_app) -> None:
+    # The plain answer is the oracle: per choice, the streamed texts and logprobs (echo included)
+    # put together are the plain choice's, with the text offsets running on across frames.
+    request = {"prompt": "Text", "max_tokens": 30, "echo": True, "logprobs": 2, "n": 2, "temperature": 0.7}
+    async with serve_app(stream_flush_interval_ms=60_000, response_chunk_size=4) as served:
+        served.engine.enqueue(*" a streamed answer")
+        plain = (await complete(served, **request)).json()
+        served.engine.enqueue(*" a streamed answer")
+        chunks = sse_chunks((await complete(served, **request, stream=True)).text)
+
+    assert len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["id"].startswith("cmpl-")
+    assert {(c["object"], c["model"], c["created"]) for c in chunks} == {("text_completion", MODEL,
+                                                                          chunks[0]["created"])}
+    for index, expected in enumerate(plain["choices"]):
+        frames = [c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["index"] == index]
+        assert len(frames) > 2  # the echo, then the answer in several frames
+        assert "".join(f["text"] for f in frames) == expected["text"] == "Text a streamed answer"
+        assert [f["finish_reason"] for f in frames] == [None] * (len(frames) - 1) + ["stop"]
+        for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+            streamed = [item for f in frames for item in f["logprobs"][key]]
+            assert streamed == expected["logprobs"][key], key

@@ -130,9 +130,12 @@ async def test_streaming_metrics_json_agrees_with_the_streams_made(serve_app) ->
     assert body["tokens_per_second"] > 0
 
 
-async def test_stream_chunks_count_content_frames_only(served: Served) -> None:
-    served.engine.enqueue(*"abcdefghijklmnopqrstuvwxy")
-    response = await served.chat(chat_body(stream=True, stream_options={"include_usage": True}))
+async def test_stream_chunks_count_content_frames_only(serve_app) -> None:
+    # No time-based flush within the test (a loaded machine would otherwise flush between tokens):
+    # frames come from response_chunk_size alone, so their number is known.
+    async with serve_app(stream_flush_interval_ms=60_000) as served:
+        served.engine.enqueue(*"abcdefghijklmnopqrstuvwxy")
+        response = await served.chat(chat_body(stream=True, stream_options={"include_usage": True}))
     content = content_frames(sse_chunks(response.text))
     assert len(content) == 4  # "a", 10, 10, then 4 with finish_reason
     assert total(scrape(served)["openchat_stream_chunks"], "openchat_stream_chunks_total") == len(content)

@@ -64,6 +64,9 @@ async def test_logprobs_with_top_alternatives_plain_and_streamed(served: Served)
     assert [t.token for t in content] == ["H", "i", "!"]
     assert all(len(t.top_logprobs) == 3 for t in content)
     assert content[0].bytes == list(b"H")
+    # The alternatives carry their own bytes, as OpenAI's do (the fake engine's: the token, then alt1, alt2).
+    assert [(a.token, a.bytes) for a in content[0].top_logprobs] == [("H", list(b"H")), ("alt1", list(b"alt1")),
+                                                                     ("alt2", list(b"alt2"))]
     assert content[0].top_logprobs[0].logprob >= content[0].top_logprobs[1].logprob
     streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
     assert [t.token for t in streamed] == ["H", "i", "!"]
@@ -101,13 +104,23 @@ async def test_json_object_response_format_constrains_generation(served: Served)
 
 
 async def test_vllm_sampling_extensions_reach_the_engine(served: Served) -> None:
-    await served.chat(chat_body(top_k=5, min_p=0.1, repetition_penalty=1.2, min_tokens=3, ignore_eos=True,
+    await served.chat(chat_body(top_k=5, min_p=0.1, repetition_penalty=1.2, min_tokens=3,
                                 stop_token_ids=[7, 9], seed=42, max_tokens=20))
     sampling = served.engine.requests[-1].sampling
     assert (sampling.top_k, sampling.min_p, sampling.repetition_penalty) == (5, 0.1, 1.2)
-    assert (sampling.min_tokens, sampling.ignore_eos, sampling.seed) == (3, True, 42)
+    assert (sampling.min_tokens, sampling.ignore_eos, sampling.seed) == (3, False, 42)
     # The model's own end-of-turn id stays: a client's stop ids add to it, never replace it.
     assert sampling.stop_token_ids == (2, 7, 9)
+
+
+async def test_ignore_eos_leaves_the_models_end_of_turn_out_of_the_stop_ids(served: Served) -> None:
+    # vLLM's ignore_eos ignores the model's EOS and generation_config's eos ids, but never a stop id:
+    # adding the end of turn to stop_token_ids would stop the answer there anyway (as it did: 8 of 40
+    # tokens, finish_reason "stop"). The client's own stop ids still stop it, as under `vllm serve`.
+    await served.chat(chat_body(ignore_eos=True, stop_token_ids=[7, 9], max_tokens=20))
+    sampling = served.engine.requests[-1].sampling
+    assert sampling.ignore_eos is True
+    assert sampling.stop_token_ids == (7, 9)
 
 
 @pytest.mark.parametrize(("field", "value"), [("min_p", 1.5), ("repetition_penalty", 0), ("min_tokens", -1),

@@ -12,6 +12,7 @@ from hxp_enterprise_llm.models.lockfile import (
     ModelsLock,
     read_lock,
     render_lock,
+    with_files,
     write_lock,
 )
 
@@ -67,3 +68,57 @@ def test_repository_lock_pins_openchat_and_knows_only_what_is_certain() -> None:
     assert {f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)} <= {f.path for f in entry.files}
     # Nothing guessed: every file other than the tokenizer is unlocked until `hxp-llm model lock`.
     assert set(entry.unlocked_files) == {f.path for f in entry.files} - {"tokenizer.model"}
+
+
+def test_rendered_file_tables_hold_only_the_formats_keys(tmp_path: Path) -> None:
+    entry = LockEntry("m", "o/m", "a" * 40, files=(LockedFile("sized", 5, "5" * 64), LockedFile("unsized", None, "")))
+    raw = tomllib.loads(render_lock(ModelsLock([entry])))
+    assert raw["version"] == 1
+    tables = {f["path"]: set(f) for f in raw["model"][0]["file"]}
+    assert tables == {"sized": {"path", "size", "sha256"}, "unsized": {"path", "sha256"}}
+    assert set(raw["model"][0]) == {"name", "repo_id", "revision", "file"}  # no note key when there is none
+
+
+def test_keys_left_out_read_as_unlocked_and_without_note(tmp_path: Path) -> None:
+    path = tmp_path / "models.lock"
+    path.write_text('version = 1\n[[model]]\nname = "m"\nrepo_id = "o/m"\nrevision = "r"\n'
+                    '[[model.file]]\npath = "w"\n', encoding="utf-8")
+    entry = read_lock(path).find("m")
+    assert entry.note == ""
+    assert entry.files == (LockedFile("w", None, ""),)
+    assert entry.unlocked_files == ["w"]
+    assert entry.file("absent") is None
+
+
+def test_lock_errors_say_what_was_expected(tmp_path: Path) -> None:
+    path = tmp_path / "models.lock"
+    path.write_text("version = 2\n", encoding="utf-8")
+    with pytest.raises(LockError, match=r"unsupported version 2, expected 1$"):
+        read_lock(path)
+    with pytest.raises(LockError, match=r"\(entries: a, b\)$"):
+        ModelsLock([LockEntry("a", "o/a", "1"), LockEntry("b", "o/b", "2")]).find("c")
+    with pytest.raises(LockError, match=r"\(entries: none\)$"):
+        ModelsLock().find("c")
+
+
+def test_with_files_sorts_the_files_by_path() -> None:
+    entry = with_files(LockEntry("m", "o/m", "r"), [LockedFile("b", 1, "b"), LockedFile("a", 2, "a")])
+    assert [f.path for f in entry.files] == ["a", "b"]
+    assert (entry.name, entry.repo_id, entry.revision) == ("m", "o/m", "r")
+
+
+def test_a_lock_without_models_and_broken_locks_read_as_what_they_are(tmp_path: Path) -> None:
+    path = tmp_path / "models.lock"
+    path.write_text("version = 1\n", encoding="utf-8")
+    assert read_lock(path).models == []
+    path.write_text("version = 1\n[[model\n", encoding="utf-8")
+    with pytest.raises(LockError, match=r"models.lock is not valid TOML: "):
+        read_lock(path)
+    path.write_text('version = 1\n[[model]]\nrepo_id = "o/m"\n', encoding="utf-8")
+    with pytest.raises(LockError, match=r"malformed model entry '\?': 'name'"):
+        read_lock(path)
+
+
+def test_the_file_keeps_non_ascii_text_readable() -> None:
+    rendered = render_lock(ModelsLock([LockEntry("m", "o/m", "r", note="ünïcode")]))
+    assert 'note = "ünïcode"' in rendered

@@ -93,7 +93,8 @@ class ModelConfigSchema(BaseModel):
                                          "sized for: openchat_slo_target_throughput_rps, scripts/validate's target")
     # --- realtime (spec)
     streaming_enabled: bool = True
-    concurrent_users: int = Field(50, ge=1, le=100_000)
+    concurrent_users: int = Field(50, ge=1, le=100_000, description="generation slots: sequences generating at "
+                                  "once (a request with n choices takes n)")
     response_chunk_size: int = Field(10, ge=1, le=4096)
     low_latency_mode: bool = True
     connection_timeout_seconds: float = Field(30, gt=0, le=86_400)
@@ -109,7 +110,8 @@ class ModelConfigSchema(BaseModel):
     model_aliases: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="other model ids requests may name (comma-separated)")
     api_key: SecretStr | None = Field(None, description="Bearer key for the API routes; None (and no "
-                                      "api_keys_file) = open")
+                                      "api_keys_file) = open. Give it by environment or api_keys_file: a "
+                                      "command-line flag is visible to every user in `ps`")
     api_keys_file: Path | None = Field(None, description="more Bearer keys, one per line (# comments); re-read "
                                        "on SIGHUP and when it changes, so keys rotate without a restart")
     metrics_host: str | None = Field(None, description="address the metrics port binds to; None = host")
@@ -143,7 +145,8 @@ class ModelConfigSchema(BaseModel):
     enable_prefix_caching: bool = Field(True, description="vLLM reuses the KV cache of a prompt prefix it has "
                                         "seen (a conversation's earlier turns, a shared system prompt); usage "
                                         "reports the reused tokens as prompt_tokens_details.cached_tokens")
-    max_queue_size: int = Field(100, ge=0, le=1_000_000, description="requests waiting for a slot")
+    max_queue_size: int = Field(100, ge=0, le=1_000_000, description="sequences waiting for a slot (a request "
+                                "with n choices counts n)")
     queue_timeout_seconds: float = Field(10, gt=0, le=86_400)
     stream_flush_interval_ms: float = Field(50, gt=0, le=60_000, description="low-latency partial chunk flush")
     stream_ping_seconds: float = Field(15, gt=0, le=3600)
@@ -161,6 +164,14 @@ class ModelConfigSchema(BaseModel):
     usage_log_backups: int = Field(10, ge=1, le=10_000, description="rotated usage logs kept (.1 newest)")
     otel_traces_endpoint: str | None = Field(None, description="OTLP/HTTP traces URL (e.g. http://collector:4318"
                                              "/v1/traces): one trace per request; None = tracing off")
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("empty: a blank key would be a key anyone can send; leave api_key unset for an "
+                             "open API, or set a real key")
+        return value
 
     @field_validator("model_aliases", mode="before")
     @classmethod

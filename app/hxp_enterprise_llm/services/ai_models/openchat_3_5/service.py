@@ -220,8 +220,10 @@ class OpenChat35Service:
         # Keeping the top k of a vocabulary of at most k tokens keeps them all: the same as off.
         top_k = int(requested["top_k"])
         requested["top_k"] = -1 if top_k >= builder.vocab_size else top_k
-        # The model's end of turn always stops it; the client's own stop ids come on top.
-        stop_ids = tuple(dict.fromkeys((*builder.stop_token_ids, *requested.pop("stop_token_ids", ()))))
+        # The model's end of turn stops it, unless the client asked to ignore it (`ignore_eos`, as vLLM
+        # ignores the EOS and generation_config's eos ids then); the client's own stop ids always stop it.
+        model_stop_ids = () if requested.get("ignore_eos") else builder.stop_token_ids
+        stop_ids = tuple(dict.fromkeys((*model_stop_ids, *requested.pop("stop_token_ids", ()))))
         options = SamplingOptions(**{**requested, "max_tokens": max_tokens, "stop_token_ids": stop_ids,
                                      "stop": tuple(requested.get("stop", ())),
                                      "logit_bias": tuple(requested.get("logit_bias", ()))})
