@@ -8,6 +8,7 @@ it installed; a weight file changed afterwards must still be refused.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from hxp_tools import demo_models
 REPO_ROOT = Path(__file__).resolve().parents[3]
 HXP_LLM = Path(sys.executable).parent / "hxp-llm"
 QUANTIZED = ["smollm2-135m-instruct-w4a16", "smollm2-135m-instruct-w8a8"]
+# No build here can have it (whatever the committed lock says, even one already planted like this).
+OTHER_HOSTS_SHA256 = hashlib.sha256(b"weights another CPU computed").hexdigest()
 EXIT_VERIFY_MISMATCH = 1  # `hxp-llm model verify`
 EXIT_SERVE_MODEL = 3  # `hxp-llm serve`
 
@@ -35,7 +38,7 @@ def other_host(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         entry = lock.find(name)
         assert entry.host_built, f"{name}: models.lock must list its host-built files"
         lock.upsert(replace(entry, files=tuple(
-            replace(f, sha256=f.sha256[::-1]) if f.path in entry.host_built else f for f in entry.files)))
+            replace(f, sha256=OTHER_HOSTS_SHA256) if f.path in entry.host_built else f for f in entry.files)))
     write_lock(lock, lock_path)
 
     # The real cached builds, hard-linked into a fresh cache (no models.host.lock: no first build here yet).
