@@ -39,6 +39,7 @@ class Engine:
     max_num_seqs: int
     max_num_batched_tokens: int
     enable_chunked_prefill: bool
+    enable_prefix_caching: bool
     kv_cache_space_gb: float
     target_latency_ms: float
     cpu_cores: float
@@ -51,7 +52,8 @@ class Engine:
         path = model_dir or config.model_path
         return cls(path if path.is_absolute() else ROOT / path, config.served_model_name, config.dtype,
                    config.enforce_eager, config.max_model_len, config.max_num_seqs, config.max_num_batched_tokens,
-                   config.enable_chunked_prefill, config.kv_cache_space_gb, config.target_latency_ms,
+                   config.enable_chunked_prefill, config.enable_prefix_caching, config.kv_cache_space_gb,
+                   config.target_latency_ms,
                    config.cpu_cores)
 
     def vllm_serve_flags(self) -> list[str]:
@@ -59,7 +61,10 @@ class Engine:
                 "--max-model-len", str(self.max_model_len), "--max-num-seqs", str(self.max_num_seqs),
                 "--max-num-batched-tokens", str(self.max_num_batched_tokens),
                 "--enable-chunked-prefill" if self.enable_chunked_prefill else "--no-enable-chunked-prefill",
-                "--enforce-eager" if self.enforce_eager else "--no-enforce-eager"]
+                "--enforce-eager" if self.enforce_eager else "--no-enforce-eager",
+                "--enable-prefix-caching" if self.enable_prefix_caching else "--no-enable-prefix-caching",
+                # Usage as ours reports it (OpenAI's prompt_tokens_details.cached_tokens); off by default there.
+                "--enable-prompt-tokens-details"]
 
 
 def our_server(args: argparse.Namespace, engine: Engine) -> ManagedServer:
