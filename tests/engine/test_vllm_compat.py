@@ -51,8 +51,12 @@ def test_the_vllm_command_runs_as_upstream_documents_it() -> None:
 
 
 def usage(body: dict[str, Any]) -> dict[str, Any]:
-    """The counts; vLLM also sends empty `*_details` keys (null), which carry nothing."""
-    return {k: v for k, v in body["usage"].items() if v is not None}
+    """The counts; vLLM also sends empty `*_details` keys (null), which carry nothing, and fields of its
+    own in prompt_tokens_details beside OpenAI's cached_tokens."""
+    counts = {k: v for k, v in body["usage"].items() if v is not None}
+    if "prompt_tokens_details" in counts:
+        counts["prompt_tokens_details"] = {"cached_tokens": counts["prompt_tokens_details"].get("cached_tokens")}
+    return counts
 
 
 def shape(value: Any) -> Any:
