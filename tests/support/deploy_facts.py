@@ -22,6 +22,7 @@ import yaml
 from hxp_enterprise_llm.cli_model import DEFAULT_MODELS_ROOT
 from support.compose_files import compose_defaults, read_env_file
 from support.kustomize import containers, one, render
+from support.quadlet import parse_unit
 
 GPU, CPU = "gpu", "cpu"
 COMPOSE_SERVICES = {GPU: "openchat-3.5", CPU: "openchat-3.5-cpu"}
@@ -190,22 +191,8 @@ def built_image(service: dict[str, Any]) -> str | None:
 # --- quadlet ------------------------------------------------------------------------------------------
 
 def unit_entries(text: str) -> list[tuple[str, str, str]]:
-    """(section, key, value) of a systemd unit file, in order (continuations joined)."""
-    entries, section, pending = [], "", ""
-    for raw in text.splitlines():
-        line = pending + raw.strip()
-        if line.endswith("\\"):
-            pending = line[:-1] + " "
-            continue
-        pending = ""
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("["):
-            section = line.strip("[]")
-            continue
-        key, _, value = line.partition("=")
-        entries.append((section, key.strip(), value.strip()))
-    return entries
+    """(section, key, value) of a systemd unit file, in order within each section."""
+    return [(section, key, value) for section, pairs in parse_unit(text).items() for key, value in pairs]
 
 
 def merged_unit(*texts: str) -> dict[tuple[str, str], list[str]]:

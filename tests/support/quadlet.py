@@ -39,6 +39,40 @@ def render(quadlet: Path, unit_dir: Path, output: Path) -> dict[str, str]:
     return {path.name: path.read_text(encoding="utf-8") for path in output.glob("*.service")}
 
 
+_SECTION = re.compile(r"^\[(?P<name>[A-Za-z][A-Za-z0-9 _-]*)\]$")
+_ASSIGNMENT = re.compile(r"^(?P<key>[A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?P<value>.*)$")
+
+
+def parse_unit(text: str) -> dict[str, list[tuple[str, str]]]:
+    """systemd unit syntax: sections, Key=Value (keys may repeat), comments, backslash continuations."""
+    sections: dict[str, list[tuple[str, str]]] = {}
+    current: str | None = None
+    pending = ""
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = pending + raw.strip()
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        pending = ""
+        if not line or line[0] in "#;":
+            continue
+        if match := _SECTION.match(line):
+            current = match["name"]
+            if current in sections:
+                raise ValueError(f"line {number}: section [{current}] appears twice")
+            sections[current] = []
+            continue
+        match = _ASSIGNMENT.match(line)
+        if match is None:
+            raise ValueError(f"line {number}: not a section header or Key=Value: {raw!r}")
+        if current is None:
+            raise ValueError(f"line {number}: assignment before the first section: {raw!r}")
+        sections[current].append((match["key"], match["value"].strip()))
+    if pending:
+        raise ValueError("file ends inside a line continuation")
+    return sections
+
+
 def service_section(unit_text: str, section: str) -> list[tuple[str, str]]:
     """Key=value pairs of one section of a generated unit, in order."""
     pairs: list[tuple[str, str]] = []

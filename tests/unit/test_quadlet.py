@@ -14,6 +14,7 @@ import yaml
 
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
 from support.compose_files import compose_defaults, read_env_file
+from support.quadlet import parse_unit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 UNIT_PATH = REPO_ROOT / "quadlet" / "citadel-llm@.container"
@@ -38,40 +39,6 @@ SecurityLabelLevel SecurityLabelNested SecurityLabelType ShmSize StartWithPod St
 SubGIDMap SubUIDMap Sysctl Timezone Tmpfs UIDMap Ulimit Unmask User UserNS Volume WorkingDir
 """
 DOCUMENTED_CONTAINER_KEYS = frozenset(_CONTAINER_OPTIONS_TABLE.split())
-
-_SECTION = re.compile(r"^\[(?P<name>[A-Za-z][A-Za-z0-9 _-]*)\]$")
-_ASSIGNMENT = re.compile(r"^(?P<key>[A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?P<value>.*)$")
-
-
-def parse_unit(text: str) -> dict[str, list[tuple[str, str]]]:
-    """systemd unit syntax: sections, Key=Value (keys may repeat), comments, backslash continuations."""
-    sections: dict[str, list[tuple[str, str]]] = {}
-    current: str | None = None
-    pending = ""
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = pending + raw.strip()
-        if line.endswith("\\"):
-            pending = line[:-1] + " "
-            continue
-        pending = ""
-        if not line or line[0] in "#;":
-            continue
-        if match := _SECTION.match(line):
-            current = match["name"]
-            if current in sections:
-                raise ValueError(f"line {number}: section [{current}] appears twice")
-            sections[current] = []
-            continue
-        match = _ASSIGNMENT.match(line)
-        if match is None:
-            raise ValueError(f"line {number}: not a section header or Key=Value: {raw!r}")
-        if current is None:
-            raise ValueError(f"line {number}: assignment before the first section: {raw!r}")
-        sections[current].append((match["key"], match["value"].strip()))
-    if pending:
-        raise ValueError("file ends inside a line continuation")
-    return sections
-
 
 def values(section: list[tuple[str, str]], key: str) -> list[str]:
     return [value for k, value in section if k == key]
