@@ -29,9 +29,7 @@ from pathlib import Path
 from hxp_enterprise_llm.bench.runner import LoadOptions
 from hxp_enterprise_llm.bench.stats import summarize
 from hxp_tools.quality_gate import ask_all, load_questions
-from hxp_tools.servers import ManagedServer, ServerFailed, machine_description
-
-ROOT = Path(__file__).resolve().parents[2]
+from hxp_tools.servers import ROOT, ManagedServer, ServerFailed, hxp_llm_serve, machine_description
 
 
 @dataclass(frozen=True)
@@ -127,18 +125,16 @@ def _kib(path: str, key: str) -> int:
 
 
 def server_for(variant: Variant, args: argparse.Namespace, compile_cache: Path, tag: str) -> ManagedServer:
-    argv = [str(ROOT / ".venv/bin/hxp-llm"), "serve", "--config", str(ROOT / variant.config),
-            "--host", "127.0.0.1", "--port", str(args.port), "--metrics-port", str(args.port + 1),
-            # 50 streams of 50 tokens on a busy 2-core host can outlast the demo's 30 s bound.
-            "--connection-timeout-seconds", "300", *variant.flags]
     # vLLM 0.32's AOT-compiled artifacts fail to load on CPU ("'function' object has no attribute
     # 'finalize_loading'") and every start compiles again; without AOT, torch inductor's own caches (FX graphs,
     # AOTAutograd, compiled kernels) make the warm start. Both live in this variant's cache directory (else
     # torch shares /tmp/torchinductor_<user> with every other run on the machine and "cold" is not cold).
     env = {"VLLM_CACHE_ROOT": str(compile_cache / "vllm"), "VLLM_USE_AOT_COMPILE": "0",
            "TORCHINDUCTOR_CACHE_DIR": str(compile_cache / "torchinductor")}
-    return ManagedServer(f"{variant.key} ({tag})", argv, f"http://127.0.0.1:{args.port}/health",
-                         args.logs / f"{variant.key}-{tag}.log", env=env)
+    # 50 streams of 50 tokens on a busy 2-core host can outlast the demo's 30 s bound.
+    return hxp_llm_serve(f"{variant.key} ({tag})", ROOT / variant.config, args.port, args.port + 1,
+                         args.logs / f"{variant.key}-{tag}.log", "--connection-timeout-seconds", "300",
+                         *variant.flags, env=env)
 
 
 def load_now() -> float:
