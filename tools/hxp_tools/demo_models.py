@@ -223,35 +223,9 @@ def build_smollm2(recipe: Recipe, out: Path) -> None:
 
 # --------------------------------------------------------------------------- openchat-3.5-tiny
 
-def _added_token(content: str) -> dict[str, Any]:
-    return {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
-            "single_word": False, "special": True}
-
-
-# As openchat/openchat-3.5-0106 ships them (openchat-facts.md), minus its chat template: that one
-# renders "GPT4 Correct System:", which the model never saw; the service builds prompts by token ids.
-OPENCHAT_TOKENIZER_CONFIG: dict[str, Any] = {
-    "add_bos_token": True,
-    "add_eos_token": False,
-    "added_tokens_decoder": {str(i): _added_token(t) for i, t in
-                             [(0, "<unk>"), (1, "<s>"), (2, "</s>"), (32000, "<|end_of_turn|>"),
-                              (32001, "<|pad_0|>")]},
-    "additional_special_tokens": ["<|end_of_turn|>", "<|pad_0|>"],
-    "bos_token": "<s>",
-    "clean_up_tokenization_spaces": False,
-    "eos_token": "<|end_of_turn|>",
-    "legacy": True,
-    "model_max_length": 8192,
-    "pad_token": None,
-    "sp_model_kwargs": {},
-    "spaces_between_special_tokens": False,
-    "tokenizer_class": "LlamaTokenizer",
-    "unk_token": "<unk>",
-    "use_default_system_prompt": True,
-}
-OPENCHAT_ADDED_TOKENS = {"<|end_of_turn|>": 32000, "<|pad_0|>": 32001}
-OPENCHAT_SPECIAL_TOKENS_MAP = {"additional_special_tokens": ["<|end_of_turn|>", "<|pad_0|>"],
-                               "bos_token": "<s>", "eos_token": "<|end_of_turn|>", "unk_token": "<unk>"}
+# As openchat/openchat-3.5-0106 ships them (openchat-facts.md), minus its chat template: that one renders
+# "GPT4 Correct System:", which the model never saw; the service builds prompts by token ids.
+OPENCHAT_TOKENIZER_FILES = Path(__file__).resolve().parent / "data" / "openchat-3.5-tiny"
 
 
 def build_openchat_tiny(recipe: Recipe, out: Path) -> None:
@@ -262,9 +236,8 @@ def build_openchat_tiny(recipe: Recipe, out: Path) -> None:
     recipe.wheel.extract("mistral_common/data/tokenizer.model.v1", out / "tokenizer.model")
     if sha256_file(out / "tokenizer.model") != OPENCHAT_TOKENIZER_SHA256:
         raise DemoModelError(f"{recipe.name}: tokenizer.model.v1 is not OpenChat-3.5's tokenizer.model")
-    write_json(out / "tokenizer_config.json", OPENCHAT_TOKENIZER_CONFIG)
-    write_json(out / "added_tokens.json", OPENCHAT_ADDED_TOKENS)
-    write_json(out / "special_tokens_map.json", OPENCHAT_SPECIAL_TOKENS_MAP)
+    for source in OPENCHAT_TOKENIZER_FILES.iterdir():
+        shutil.copyfile(source, out / source.name)
 
     # The fast tokenizer converted once here, so that vLLM and transformers load it without sentencepiece.
     def unk_like_the_original(data: dict[str, Any]) -> None:
