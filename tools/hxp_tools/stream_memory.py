@@ -5,7 +5,7 @@
 
 Sends STREAMS short streaming chats (max_tokens 1-2) from USERS clients and never reads
 `/metrics/streaming`, so nothing but the service itself may free what a finished stream left behind.
-RSS is read after the first BASELINE streams and at the end: the API process's own (from /proc, when
+RSS is read after the first BASELINE streams and at the end: the API process's own (psutil, when
 this script started the service; vLLM's engine core is a separate process) and the service's
 `openchat_process_resident_memory_bytes` (the API process plus the engine core). PASS when the API
 process grew less than --max-growth-percent (5). A benchmark that prints figures, not a timed test.
@@ -26,7 +26,8 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
+
+import psutil
 
 from hxp_enterprise_llm.bench.client import RequestResult, RequestSpec
 from hxp_tools.live import MODEL, LiveService, by_status, closed_loop, demo_service, load_average
@@ -56,13 +57,8 @@ def scripted_service() -> Iterator[tuple[LiveService, Callable[[], None]]]:
 
 
 def own_rss_bytes(pid: int | None) -> float:
-    """VmRSS of one process (NaN without a pid: a service this script did not start)."""
-    if pid is None:
-        return float("nan")
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return float(line.split()[1]) * 1024
-    return float("nan")
+    """RSS of one process (NaN without a pid: a service this script did not start)."""
+    return float("nan") if pid is None else float(psutil.Process(pid).memory_info().rss)
 
 
 def send_streams(service: LiveService, count: int, args: argparse.Namespace, results: list[RequestResult]) -> None:
