@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from hxp_tools.servers import ServerFailed, poll_health
 from support.promql import comparison_operands, metric_name, selectors, shipped_queries
 
 from .conftest import DEMO_MODEL, HEALTHY_WITHIN_SECONDS, IMAGE, container_env, missing_prerequisite
@@ -94,16 +95,14 @@ def stack(docker_client: Any, demo_model_dir: Callable[[str], Path]) -> Iterator
 
 
 def wait_healthy(stack: Stack) -> None:
-    deadline = time.monotonic() + HEALTHY_WITHIN_SECONDS
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{stack.api_url}/health", timeout=5).status_code == 200:
-                return
+    def still_running() -> str | None:
         stack.service.reload()
-        if stack.service.status != "running":
-            pytest.fail(f"service exited before turning healthy:\n{stack.logs()}")
-        time.sleep(1)
-    pytest.fail(f"service not healthy within {HEALTHY_WITHIN_SECONDS} s:\n{stack.logs()}")
+        return None if stack.service.status == "running" else "service exited before turning healthy"
+
+    try:
+        poll_health(f"{stack.api_url}/health", timeout_s=HEALTHY_WITHIN_SECONDS, still_running=still_running)
+    except ServerFailed as exc:
+        pytest.fail(f"{exc}:\n{stack.logs()}")
 
 
 def chat(max_tokens: int, stream: bool = False, **extra: Any) -> dict[str, Any]:

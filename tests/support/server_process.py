@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hxp_tools.servers import ManagedServer, free_port, poll_health
+from hxp_tools.servers import free_port, hxp_llm_serve, poll_health
 
 REPO = Path(__file__).resolve().parents[2]
 # Where scripts/setup builds the demo models; HXP_MODELS_DIR moves them (the one place tests read it).
@@ -31,13 +30,8 @@ class ServerProcess:
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.log_path = log_path
         self.states_seen: list[tuple[int, str]] = []
-        command = [str(Path(sys.executable).parent / "hxp-llm"), "serve", "--config", config, "--host", "127.0.0.1",
-                   "--port", str(self.port), "--metrics-port", str(self.metrics_port)]
-        if config == "config/demo-cpu.yaml":
-            command += ["--model-path", str(DEMO_MODEL)]
-        # The server runs from the checkout (the demo config's paths are relative to it).
-        self._server = ManagedServer("hxp-llm serve", [*command, *extra_args], f"{self.base_url}/health", log_path,
-                                     env=env, cwd=REPO)
+        extra = ("--model-path", str(DEMO_MODEL), *extra_args) if config == "config/demo-cpu.yaml" else extra_args
+        self._server = hxp_llm_serve("hxp-llm serve", config, self.port, self.metrics_port, log_path, *extra, env=env)
         self._server.start()
         self.process = self._server.process
         assert self.process is not None

@@ -28,6 +28,7 @@ from hxp_enterprise_llm.bench.stats import (
     summarize,
     verdict,
 )
+from hxp_tools.servers import free_port
 
 MODEL = "scripted-model"
 
@@ -288,11 +289,7 @@ def test_cli_exits_2_on_errors(server_url: str, capsys: pytest.CaptureFixture[st
 
 
 def test_cli_exits_2_when_server_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
-    import socket
-
-    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # free a moment ago: nothing listens there
     assert bench_main(["--base-url", f"http://127.0.0.1:{port}", "-n", "1", "--quiet"]) == EXIT_ERRORS
     assert "could not run" in capsys.readouterr().err
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import socket
 import subprocess
 import sys
 import threading
@@ -11,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from hxp_tools.servers import free_port
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "image-healthcheck"
 
@@ -51,9 +52,7 @@ def test_readiness_fails_while_loading_and_liveness_passes(loading_service):
 
 
 def test_no_answer_fails_both():
-    with socket.socket() as sock:  # a port that nothing listens on once the socket is closed
-        sock.bind(("127.0.0.1", 0))
-        unused = sock.getsockname()[1]
+    unused = free_port()  # nothing listens on it
     assert probe(unused, "ready").returncode == 1
     assert probe(unused, "live").returncode == 1
 

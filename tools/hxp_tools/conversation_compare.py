@@ -36,9 +36,7 @@ from hxp_enterprise_llm.bench.conversation import (
 )
 from hxp_enterprise_llm.bench.runner import LoadOptions
 from hxp_enterprise_llm.bench.stats import Slo
-from hxp_tools.servers import ManagedServer, ServerFailed, machine_description
-
-ROOT = Path(__file__).resolve().parents[2]
+from hxp_tools.servers import ROOT, ServerFailed, hxp_llm_serve, machine_description
 
 
 def measure(label: str, base_url: str, load: LoadOptions, options: ConversationOptions,
@@ -54,17 +52,14 @@ def single_replica(args: argparse.Namespace, load: LoadOptions, options: Convers
     figures = []
     for label, flag in (("prefix cache on", "--enable-prefix-caching"),
                         ("prefix cache off", "--no-enable-prefix-caching")):
-        port, metrics_port = args.port, args.port + 1
-        argv = [str(ROOT / ".venv/bin/hxp-llm"), "serve", "--config", args.config, "--host", "127.0.0.1",
-                "--port", str(port), "--metrics-port", str(metrics_port), flag,
-                # A benchmark measures slow answers rather than cutting them off: on a loaded machine the
-                # uncached turns' prefills can take longer than the service's interactive deadlines.
-                "--connection-timeout-seconds", str(args.timeout), "--queue-timeout-seconds", str(args.timeout)]
-        server = ManagedServer(f"hxp-llm serve ({label})", argv, f"http://127.0.0.1:{port}/health",
-                               args.logs / f"{flag.strip('-')}.log", cwd=ROOT)
+        # A benchmark measures slow answers rather than cutting them off: on a loaded machine the uncached
+        # turns' prefills can take longer than the service's interactive deadlines.
+        server = hxp_llm_serve(f"hxp-llm serve ({label})", args.config, args.port, args.port + 1,
+                               args.logs / f"{flag.strip('-')}.log", flag, "--connection-timeout-seconds",
+                               str(args.timeout), "--queue-timeout-seconds", str(args.timeout))
         with server:
             print(f"### {label}: healthy after {server.wait_healthy(args.start_timeout):.0f} s", flush=True)
-            figures.append(measure(label, f"http://127.0.0.1:{port}", load, options, slos))
+            figures.append(measure(label, f"http://127.0.0.1:{args.port}", load, options, slos))
     return figures
 
 
@@ -80,12 +75,8 @@ def two_replicas(args: argparse.Namespace, load: LoadOptions, options: Conversat
                                                    ("2 replicas, least connections", 2, None),
                                                    ("1 replica", 1, "X-Session-ID")]
         for salt, (label, pool, header) in enumerate(runs, start=1):
-            set_pool(stack, pool, args.start_timeout)  # backend replicas (keyless requests)
-            # Keyed requests use backend sessions: the same servers, put in the same states (set_pool's rule).
-            names = sorted((row["svname"] for row in stack.servers() if row["addr"] and row["svname"] != "BACKEND"),
-                           key=lambda name: int(name.removeprefix("replica")))
-            for index, name in enumerate(names):
-                stack.runtime_api(f"set server sessions/{name} state {'ready' if index < pool else 'maint'}")
+            # Keyless requests go to backend replicas, keyed ones to backend sessions: the same servers.
+            set_pool(stack, pool, args.start_timeout, backends=("replicas", "sessions"))
             run_options = replace(options, session_header=header, seed=options.seed + salt)
             figures.append(measure(label, stack.api_url, load, run_options, slos))
     return figures

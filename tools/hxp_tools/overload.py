@@ -16,53 +16,34 @@ import argparse
 import asyncio
 import collections
 import sys
-import time
 
-import httpx
-
-from hxp_enterprise_llm.bench.client import RequestResult, RequestSpec, send_chat_request
+from hxp_enterprise_llm.bench.client import RequestResult, RequestSpec
 from hxp_enterprise_llm.percentiles import percentile
-from hxp_tools.live import MODEL, LiveService, demo_service, load_average, stop_cleanly_on_sigterm
+from hxp_tools.live import MODEL, LiveService, by_status, closed_loop, demo_service, load_average
 
 
-def request(index: int, max_tokens: int) -> RequestSpec:
-    # logit_bias bans the end tokens: every admitted answer is max_tokens long.
-    return RequestSpec(MODEL, f"Client {index}: describe the sea in one paragraph.", max_tokens, temperature=0.7,
-                       extra_body={"logit_bias": {"0": -100, "2": -100}})
+def run(service: LiveService, clients: int, seconds: float, max_tokens: int) -> list[RequestResult]:
+    # logit_bias bans the end tokens: every admitted answer is max_tokens long. A new connection per request:
+    # on a shared keep-alive pool httpx may send on a connection uvicorn is closing after its 5 s idle
+    # timeout, a client-side ReadError that says nothing about the service.
+    def spec(index: int, turn: int) -> RequestSpec:
+        return RequestSpec(MODEL, f"Client {index}: describe the sea in one paragraph.", max_tokens,
+                           temperature=0.7, extra_body={"logit_bias": {"0": -100, "2": -100}})
 
-
-async def closed_loop(service: LiveService, clients: int, seconds: float, max_tokens: int) -> list[RequestResult]:
-    results: list[RequestResult] = []
-    deadline = time.monotonic() + seconds
-    # A new connection per request, as from many distinct clients. (With a shared keep-alive pool,
-    # httpx may send on a connection that uvicorn is closing after its 5 s idle timeout: a client-side
-    # ReadError that says nothing about the service.)
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=service.base_url, timeout=300, limits=limits) as client:
-
-        async def user(index: int) -> None:
-            while time.monotonic() < deadline:
-                result = await send_chat_request(client, request(index, max_tokens))
-                results.append(result)
-                if result.status in (429, 503):
-                    await asyncio.sleep(min(float(result.retry_after or 1), 1.0))
-
-        await asyncio.gather(*(user(i) for i in range(clients)))
-    return results
+    return asyncio.run(closed_loop(service.base_url, clients, spec, seconds, keepalive=False, backoff=True))
 
 
 def summarize(label: str, results: list[RequestResult]) -> dict[str, float]:
     admitted = [r for r in results if r.status == 200 and r.ok]
-    cut = [r.error for r in results if r.status == 200 and not r.ok]
+    cut = collections.Counter(r.error for r in results if r.status == 200 and not r.ok)
+    figures: dict[str, float] = {"admitted": len(admitted)}
     ttfts = [r.ttft for r in admitted if r.ttft is not None]
-    e2es = [r.e2e for r in admitted]
-    figures = {"admitted": len(admitted), "ttft_p50": percentile(ttfts, 50), "ttft_p95": percentile(ttfts, 95),
-               "e2e_p50": percentile(e2es, 50), "e2e_p95": percentile(e2es, 95)}
-    print(f"{label}: {len(results)} requests, {len(admitted)} admitted and completed, "
-          f"{len(cut)} admitted then ended by an error frame {dict(collections.Counter(cut))}; "
-          f"TTFT p50 {figures['ttft_p50'] * 1000:.0f} ms "
-          f"p95 {figures['ttft_p95'] * 1000:.0f} ms; e2e p50 {figures['e2e_p50'] * 1000:.0f} ms "
-          f"p95 {figures['e2e_p95'] * 1000:.0f} ms", flush=True)
+    for name, values in (("ttft", ttfts), ("e2e", [r.e2e for r in admitted])):
+        figures |= {f"{name}_p50": percentile(values, 50), f"{name}_p95": percentile(values, 95)}
+    print(f"{label}: {len(results)} requests, {len(admitted)} admitted and completed, {sum(cut.values())} admitted "
+          f"then ended by an error frame {dict(cut)}; " + "; ".join(
+              f"{name} p50 {figures[name + '_p50'] * 1000:.0f} ms p95 {figures[name + '_p95'] * 1000:.0f} ms"
+              for name in ("ttft", "e2e")), flush=True)
     return figures
 
 
@@ -74,35 +55,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--max-tokens", type=int, default=16)
     args = parser.parse_args(argv)
-    stop_cleanly_on_sigterm()
     capacity = args.users + args.queue
     clients = int(capacity * args.factor)
     print(f"overload: capacity {capacity} ({args.users} running + {args.queue} queued), {clients} clients, "
           f"{args.seconds:.0f} s; {load_average()}", flush=True)
-    extra = ["--concurrent-users", str(args.users), "--max-queue-size", str(args.queue)]
-    with demo_service(extra) as service:
+    with demo_service(["--concurrent-users", str(args.users), "--max-queue-size", str(args.queue)]) as service:
         rss_before = service.rss_bytes()
         baseline = summarize("baseline (clients = concurrent_users)",
-                             asyncio.run(closed_loop(service, args.users, min(args.seconds, 30), args.max_tokens)))
-        results = asyncio.run(closed_loop(service, clients, args.seconds, args.max_tokens))
+                             run(service, args.users, min(args.seconds, 30), args.max_tokens))
+        results = run(service, clients, args.seconds, args.max_tokens)
         rss_after = service.rss_bytes()
         gauges = {name: service.metric(name) for name in ("openchat_requests_running", "openchat_requests_waiting")}
-    statuses = collections.Counter(str(r.status) if r.status is not None else "dropped" for r in results)
     refusals = [r for r in results if r.status in (429, 503)]
     other_5xx = [r for r in results if r.status is not None and r.status >= 500 and r.status != 503]
     dropped = [r for r in results if r.status is None]
     loaded = summarize(f"overload ({args.factor:g}x capacity)", results)
-    print(f"overload: answers by status {dict(sorted(statuses.items()))}")
+    print(f"overload: answers by status {by_status(results)}")
     print(f"overload: refusals {len(refusals)}, with Retry-After {sum(1 for r in refusals if r.retry_after)}, "
           f"as a stream instead of before it {sum(1 for r in refusals if r.refused_as_stream)}")
     print(f"overload: 5xx other than 503 {len(other_5xx)}, dropped connections {len(dropped)}"
           + (f" (e.g. {dropped[0].error})" if dropped else ""))
-    ratio = loaded["e2e_p50"] / baseline["e2e_p50"] if baseline["e2e_p50"] else float("nan")
-    print(f"overload: admitted e2e p50 {ratio:.2f}x the baseline; TTFT p50 "
-          f"{loaded['ttft_p50'] / baseline['ttft_p50']:.2f}x")
+    ratios = {name: loaded[f"{name}_p50"] / baseline[f"{name}_p50"] if baseline[f"{name}_p50"] else float("nan")
+              for name in ("e2e", "ttft")}
+    print(f"overload: admitted e2e p50 {ratios['e2e']:.2f}x the baseline; TTFT p50 {ratios['ttft']:.2f}x")
     print(f"overload: RSS {rss_before / 2**20:.0f} MiB before, {rss_after / 2**20:.0f} MiB after "
-          f"({(rss_after - rss_before) / rss_before * 100:+.1f}%); gauges after: {gauges}")
-    print(f"overload: {load_average()}")
+          f"({(rss_after - rss_before) / rss_before * 100:+.1f}%); gauges after: {gauges}; {load_average()}")
     ok = (not other_5xx and not dropped and loaded["admitted"] > 0 and all(r.retry_after for r in refusals)
           and not any(r.refused_as_stream for r in refusals))
     print(f"overload: {'PASS' if ok else 'FAIL'}")

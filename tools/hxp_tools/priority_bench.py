@@ -15,88 +15,57 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
-import httpx
-
+from hxp_enterprise_llm.bench.client import RequestResult, RequestSpec
 from hxp_enterprise_llm.percentiles import percentile
-from hxp_tools.live import LiveService, demo_service, load_average, stop_cleanly_on_sigterm
+from hxp_tools.live import MODEL, LiveService, closed_loop, demo_service, load_average
 
 KEYS = "sk-interactive name=web priority=interactive\nsk-batch name=etl priority={batch_priority}\n"
 
 
-async def stream_ttft(client: httpx.AsyncClient, url: str, key: str, body: dict[str, Any]) -> tuple[int, float | None]:
-    """(status, seconds to the first content frame) of one streamed request."""
-    started = time.perf_counter()
-    async with client.stream("POST", url, json={**body, "stream": True},
-                             headers={"Authorization": f"Bearer {key}"}) as response:
-        if response.status_code != 200:
-            await response.aread()
-            return response.status_code, None
-        ttft = None
-        async for line in response.aiter_lines():
-            if ttft is None and line.startswith("data: ") and '"content":"' in line and '"content":""' not in line:
-                ttft = time.perf_counter() - started
-        return 200, ttft
+def spec(key: str, text: str, max_tokens: int) -> RequestSpec:
+    return RequestSpec(MODEL, text, max_tokens, temperature=0.7, headers={"Authorization": f"Bearer {key}"},
+                       extra_body={"logit_bias": {"0": -100, "2": -100}})  # every answer is max_tokens long
 
 
-def body(text: str, max_tokens: int) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": text}], "max_tokens": max_tokens, "temperature": 0.7,
-            "logit_bias": {"0": -100, "2": -100}}  # every answer is max_tokens long
-
-
-async def one_mode(service: LiveService, flood: int, interactive: int, batch_tokens: int) -> dict[str, Any]:
-    url = f"{service.base_url}/v1/chat/completions"
-    stop = asyncio.Event()
-    batch_statuses: list[int] = []
-    limits = httpx.Limits(max_connections=flood + 8, max_keepalive_connections=0)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-
-        async def batch_user(index: int) -> None:
-            while not stop.is_set():
-                status, _ = await stream_ttft(client, url, "sk-batch", body(f"Batch job {index}: summarise the sea.",
-                                                                               batch_tokens))
-                batch_statuses.append(status)
-                if status != 200:
-                    await asyncio.sleep(0.5)
-
-        flooders = [asyncio.create_task(batch_user(i)) for i in range(flood)]
-        await asyncio.sleep(5)  # let the flood fill the slots and the queue
-        ttfts = []
-        for index in range(interactive):
-            status, ttft = await stream_ttft(client, url, "sk-interactive", body(f"Quick question {index}: hi?", 16))
-            if status == 200 and ttft is not None:
-                ttfts.append(ttft)
-        stop.set()
-        for flooder in flooders:  # the batch clients hang up: the service aborts their requests
-            flooder.cancel()
-        await asyncio.gather(*flooders, return_exceptions=True)
-    return {"ttfts": ttfts, "batch_ok": batch_statuses.count(200), "batch_refused": len(batch_statuses)
-            - batch_statuses.count(200)}
+async def one_mode(service: LiveService, args: argparse.Namespace) -> tuple[list[float], list[RequestResult]]:
+    """(the interactive TTFTs, the batch answers) of one flood."""
+    batch: list[RequestResult] = []
+    flood = asyncio.create_task(closed_loop(
+        service.base_url, args.flood, lambda i, turn: spec("sk-batch", f"Batch job {i}: summarise the sea.",
+                                                           args.batch_tokens), results=batch, keepalive=False,
+        backoff=True))
+    await asyncio.sleep(5)  # let the flood fill the slots and the queue
+    interactive = await closed_loop(service.base_url, 1, lambda i, turn: spec(
+        "sk-interactive", f"Quick question {turn}: hi?", 16) if turn < args.interactive else None)
+    ttfts = [r.ttft for r in interactive if r.ok and r.ttft is not None]
+    flood.cancel()  # the batch clients hang up: the service aborts their requests
+    with contextlib.suppress(asyncio.CancelledError):
+        await flood
+    return ttfts, batch
 
 
 async def run(args: argparse.Namespace, keys: Path, service: LiveService) -> None:
-    results: dict[str, dict[str, Any]] = {"with priority": {"ttfts": [], "batch_ok": 0, "batch_refused": 0},
-                                          "without priority": {"ttfts": [], "batch_ok": 0, "batch_refused": 0}}
+    results: dict[str, tuple[list[float], list[RequestResult]]] = {"with priority": ([], []),
+                                                                   "without priority": ([], [])}
     for round_number in range(args.rounds):
         for mode, batch_priority in (("without priority", "interactive"), ("with priority", "batch")):
             keys.write_text(KEYS.format(batch_priority=batch_priority))
             await asyncio.sleep(2.5)  # the service re-reads a changed keys file within a second
-            figures = await one_mode(service, args.flood, args.interactive, args.batch_tokens)
+            ttfts, batch = await one_mode(service, args)
             print(f"round {round_number + 1}, {mode}: interactive TTFT "
-                  f"{', '.join(f'{t:.2f}' for t in figures['ttfts'])} s; {load_average()}", flush=True)
-            for name in ("batch_ok", "batch_refused"):
-                results[mode][name] += figures[name]
-            results[mode]["ttfts"] += figures["ttfts"]
+                  f"{', '.join(f'{t:.2f}' for t in ttfts)} s; {load_average()}", flush=True)
+            results[mode][0].extend(ttfts)
+            results[mode][1].extend(batch)
     print(f"\ninteractive TTFT under a flood of {args.flood} batch clients, {args.slots} slots, queue {args.queue} "
           "(shared, loaded machine: compare the two rows, not with other runs):")
-    for mode, figures in results.items():
-        ttfts = figures["ttfts"]
+    for mode, (ttfts, batch) in results.items():
+        answered = sum(1 for r in batch if r.status == 200)
         print(f"  {mode:<17} p50 {percentile(ttfts, 50):6.2f} s  p90 {percentile(ttfts, 90):6.2f} s  "
-              f"({len(ttfts)} requests; batch answered {figures['batch_ok']}, refused {figures['batch_refused']})")
+              f"({len(ttfts)} requests; batch answered {answered}, refused {len(batch) - answered})")
 
 
 def main() -> None:
@@ -108,7 +77,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch-tokens", type=int, default=32)
     args = parser.parse_args()
-    stop_cleanly_on_sigterm()
     keys = Path(tempfile.mkdtemp(prefix="hxp-priority-")) / "keys"
     keys.write_text(KEYS.format(batch_priority="batch"))
     extra = ["--api-keys-file", str(keys), "--concurrent-users", str(args.slots), "--max-queue-size",

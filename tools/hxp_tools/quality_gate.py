@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from hxp_enterprise_llm.bench.client import RequestSpec, send_chat_request
+from hxp_enterprise_llm.bench.runner import LoadOptions, discover_model, make_client
 
 QUESTIONS_FILE = Path(__file__).resolve().parent / "data" / "quality_questions.json"
 
@@ -90,23 +91,20 @@ def load_questions(path: Path = QUESTIONS_FILE) -> QuestionSet:
 
 async def ask_all(base_url: str, question_set: QuestionSet, model: str | None = None, concurrency: int = 8,
                   api_key: str | None = None, timeout_s: float = 300) -> Score:
-    """Every question as its own chat request (temperature 0), `concurrency` at a time, through the API."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    root = base_url.rstrip("/").removesuffix("/v1")
-    async with httpx.AsyncClient(base_url=f"{root}/v1", headers=headers, timeout=timeout_s) as client:
-        if model is None:
-            models = await client.get("/models")
-            models.raise_for_status()
-            model = models.json()["data"][0]["id"]
+    """Every question as its own chat request (temperature 0), `concurrency` at a time, through `hxp-llm bench`'s
+    client; a failed request raises (a gate must not score an error as a wrong answer)."""
+    options = LoadOptions(base_url=base_url, model=model, api_key=api_key, concurrency=concurrency, timeout_s=timeout_s)
+    async with make_client(options) as client:
+        model = model or await discover_model(client)
         gate = asyncio.Semaphore(concurrency)
 
         async def ask(question: Question) -> Answer:
-            body = {"model": model, "messages": [{"role": "user", "content": question.question}],
-                    "temperature": 0, "max_tokens": question_set.max_tokens, "stream": False}
             async with gate:
-                response = await client.post("/chat/completions", json=body)
-            response.raise_for_status()
-            return Answer(question, response.json()["choices"][0]["message"]["content"] or "")
+                result = await send_chat_request(client, RequestSpec(
+                    model, question.question, question_set.max_tokens, stream=False, temperature=0))
+            if not result.ok:
+                raise RuntimeError(f"quality gate, question {question.id}: {result.error}")
+            return Answer(question, result.text)
 
         answers = await asyncio.gather(*(ask(q) for q in question_set.questions))
     return Score(tuple(answers))

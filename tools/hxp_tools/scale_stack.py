@@ -16,9 +16,8 @@ from typing import Any
 
 import httpx
 
-from hxp_tools.servers import free_port
+from hxp_tools.servers import ROOT, free_port
 
-ROOT = Path(__file__).resolve().parents[2]  # tools/hxp_tools/scale_stack.py -> the checkout
 REPLICA_SERVICE = "openchat-3.5-replica"
 LB_SERVICE = "openchat-3.5-lb"
 BACKEND = "replicas"
@@ -116,11 +115,11 @@ def container_address(container: dict[str, Any], port: int = 11402) -> str:
     return next(f"{n['IPAddress']}:{port}" for n in container["NetworkSettings"]["Networks"].values())
 
 
-def set_pool(stack: ScaleStack, replicas: int, timeout: float) -> None:
-    """Leave the first `replicas` servers in the pool and put the others in maintenance."""
+def set_pool(stack: ScaleStack, replicas: int, timeout: float, backends: tuple[str, ...] = (BACKEND,)) -> None:
+    """Leave the first `replicas` servers in the pool of each backend and put the others in maintenance."""
     servers = sorted((row["svname"] for row in stack.servers() if row["addr"] and row["svname"] != "BACKEND"),
                      key=lambda name: int(name.removeprefix("replica")))
-    for index, name in enumerate(servers):
-        state = "ready" if index < replicas else "maint"
-        stack.runtime_api(f"set server replicas/{name} state {state}")
+    for backend in backends:
+        for index, name in enumerate(servers):
+            stack.runtime_api(f"set server {backend}/{name} state {'ready' if index < replicas else 'maint'}")
     stack.wait_pool(replicas, timeout)

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -150,6 +151,14 @@ class ManagedServer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def hxp_llm_serve(name: str, config: str | Path, port: int, metrics_port: int, log_path: Path, *extra: str,
+                  env: Mapping[str, str] | None = None) -> ManagedServer:
+    """`hxp-llm serve` of this venv on loopback, run from the checkout (configs name paths relative to it)."""
+    argv = [str(Path(sys.executable).parent / "hxp-llm"), "serve", "--config", str(config), "--host", "127.0.0.1",
+            "--port", str(port), "--metrics-port", str(metrics_port), *extra]
+    return ManagedServer(name, argv, f"http://127.0.0.1:{port}/health", log_path, env=env, cwd=ROOT)
 
 
 def machine_description() -> str:

@@ -13,53 +13,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import statistics
 import sys
-import time
 
-import httpx
-
-from hxp_enterprise_llm.bench.client import RequestSpec, send_chat_request
-from hxp_tools.live import MODEL, LiveService, demo_service, load_average, stop_cleanly_on_sigterm
+from hxp_enterprise_llm.bench.client import RequestResult, RequestSpec
+from hxp_tools.live import MODEL, LiveService, by_status, closed_loop, demo_service, load_average
 
 SAMPLE_SECONDS = 10.0
-
-
 Samples = list[tuple[float, float]]  # (seconds since the start, RSS bytes)
 
 
-async def soak(service: LiveService, users: int, seconds: float) -> tuple[Samples, collections.Counter[str]]:
-    samples: list[tuple[float, float]] = []
-    counts: collections.Counter[str] = collections.Counter()
-    started = time.monotonic()
-    deadline = started + seconds
-    limits = httpx.Limits(max_connections=users + 4, max_keepalive_connections=users + 4)
-    async with httpx.AsyncClient(base_url=service.base_url, timeout=300, limits=limits) as client:
+async def soak(service: LiveService, users: int, seconds: float) -> tuple[Samples, list[RequestResult]]:
+    samples: Samples = []
+    results: list[RequestResult] = []
+    clock = asyncio.get_running_loop().time
+    started = clock()
 
-        async def user(index: int) -> None:
-            turn = 0
-            while time.monotonic() < deadline:
-                spec = RequestSpec(MODEL, f"User {index}, turn {turn}: tell me a fact.", 48 + (turn % 4) * 16,
-                                   temperature=0.8)
-                result = await send_chat_request(client, spec)
-                counts[str(result.status) if result.status is not None else "dropped"] += 1
-                turn += 1
+    async def sampler() -> None:
+        while clock() - started < seconds:
+            rss = await asyncio.to_thread(service.rss_bytes)
+            samples.append((clock() - started, rss))
+            print(f"soak: {samples[-1][0]:5.0f} s  RSS {rss / 2**20:7.1f} MiB  requests {len(results)}", flush=True)
+            await asyncio.sleep(SAMPLE_SECONDS)
 
-        async def sampler() -> None:
-            while time.monotonic() < deadline:
-                rss = await asyncio.to_thread(service.rss_bytes)
-                elapsed = time.monotonic() - started
-                samples.append((elapsed, rss))
-                print(f"soak: {elapsed:5.0f} s  RSS {rss / 2**20:7.1f} MiB  requests {sum(counts.values())}",
-                      flush=True)
-                await asyncio.sleep(SAMPLE_SECONDS)
+    def spec(index: int, turn: int) -> RequestSpec:
+        return RequestSpec(MODEL, f"User {index}, turn {turn}: tell me a fact.", 48 + (turn % 4) * 16, temperature=0.8)
 
-        await asyncio.gather(sampler(), *(user(i) for i in range(users)))
-    return samples, counts
+    await asyncio.gather(sampler(), closed_loop(service.base_url, users, spec, seconds, results=results))
+    return samples, results
 
 
-def growth(samples: list[tuple[float, float]], warmup_s: float) -> tuple[float, float, float]:
+def growth(samples: Samples, warmup_s: float) -> tuple[float, float, float]:
     """(baseline MiB, final MiB, growth %) after warm-up: first minute vs last minute."""
     after = [(t, rss) for t, rss in samples if t >= warmup_s]
     if len(after) < 2:
@@ -77,32 +61,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-minutes", type=float, default=2.0)
     parser.add_argument("--max-growth-percent", type=float, default=5.0)
     parser.add_argument("--base-url", help="a running service (its metrics URL via --metrics-url)")
-    parser.add_argument("--metrics-url")
+    parser.add_argument("--metrics-url", default="http://127.0.0.1:11403/metrics")
     args = parser.parse_args(argv)
-    stop_cleanly_on_sigterm()
     print(f"soak: {args.users} users, {args.minutes:g} min, warm-up {args.warmup_minutes:g} min; {load_average()}",
           flush=True)
-    seconds = args.minutes * 60
-    if args.base_url:
-        service = LiveService(args.base_url.rstrip("/"), args.metrics_url or "http://127.0.0.1:11403/metrics")
-        samples, counts = asyncio.run(soak(service, args.users, seconds))
-    else:
-        with demo_service() as service:
-            samples, counts = asyncio.run(soak(service, args.users, seconds))
+    with demo_service(base_url=args.base_url, metrics_url=args.metrics_url) as service:
+        samples, results = asyncio.run(soak(service, args.users, args.minutes * 60))
     base, final, percent = growth(samples, args.warmup_minutes * 60)
-    print(f"soak: requests by status {dict(sorted(counts.items()))}")
+    counts = by_status(results)
+    print(f"soak: requests by status {counts}")
     print(f"soak: RSS after warm-up {base:.1f} MiB, at the end {final:.1f} MiB: growth {percent:+.2f}% "
-          f"(limit {args.max_growth_percent:g}%)")
-    print(f"soak: {load_average()}")
+          f"(limit {args.max_growth_percent:g}%); {load_average()}")
     # Memory is the verdict. A 503 (queue timeout) or 504 (the request budget, connection_timeout_seconds)
     # is the service's own answer when the machine is too slow for 50 users; any other 5xx or a dropped
     # connection fails the run.
     broken = {k: v for k, v in counts.items() if k == "dropped" or (k.startswith("5") and k not in ("503", "504"))}
     memory_ok = percent < args.max_growth_percent
     print(f"soak: memory {'PASS' if memory_ok else 'FAIL'}; other 5xx or dropped connections: {broken or 'none'}")
-    ok = memory_ok and not broken
-    print(f"soak: {'PASS' if ok else 'FAIL'}")
-    return 0 if ok else 1
+    print(f"soak: {'PASS' if memory_ok and not broken else 'FAIL'}")
+    return 0 if memory_ok and not broken else 1
 
 
 if __name__ == "__main__":

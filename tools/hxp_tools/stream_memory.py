@@ -5,7 +5,7 @@
 
 Sends STREAMS short streaming chats (max_tokens 1-2) from USERS clients and never reads
 `/metrics/streaming`, so nothing but the service itself may free what a finished stream left behind.
-RSS is read after the first BASELINE streams and at the end: the API process's own (from /proc, when
+RSS is read after the first BASELINE streams and at the end: the API process's own (psutil, when
 this script started the service; vLLM's engine core is a separate process) and the service's
 `openchat_process_resident_memory_bytes` (the API process plus the engine core). PASS when the API
 process grew less than --max-growth-percent (5). A benchmark that prints figures, not a timed test.
@@ -21,26 +21,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
-import httpx
+import psutil
 
-from hxp_enterprise_llm.bench.client import RequestSpec, send_chat_request
-from hxp_tools.live import MODEL, LiveService, demo_service, load_average, stop_cleanly_on_sigterm
-
-REPO = Path(__file__).resolve().parents[2]
+from hxp_enterprise_llm.bench.client import RequestResult, RequestSpec
+from hxp_tools.live import MODEL, LiveService, by_status, closed_loop, demo_service, load_average
+from hxp_tools.servers import ROOT
 
 
 @contextlib.contextmanager
 def scripted_service() -> Iterator[tuple[LiveService, Callable[[], None]]]:
     """The app on the unit tests' scripted engine, behind a real uvicorn in a thread of this process."""
-    sys.path.insert(0, str(REPO / "tests"))
+    sys.path.insert(0, str(ROOT / "tests"))
     from hxp_enterprise_llm.api.app import build_app
     from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
     from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
@@ -60,58 +57,42 @@ def scripted_service() -> Iterator[tuple[LiveService, Callable[[], None]]]:
 
 
 def own_rss_bytes(pid: int | None) -> float:
-    """VmRSS of one process (NaN without a pid: a service this script did not start)."""
-    if pid is None:
-        return float("nan")
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return float(line.split()[1]) * 1024
-    return float("nan")
+    """RSS of one process (NaN without a pid: a service this script did not start)."""
+    return float("nan") if pid is None else float(psutil.Process(pid).memory_info().rss)
 
 
-async def send_streams(service: LiveService, count: int, users: int, max_tokens: int,
-                       counts: collections.Counter[str]) -> None:
+def send_streams(service: LiveService, count: int, args: argparse.Namespace, results: list[RequestResult]) -> None:
     remaining = iter(range(count))
-    limits = httpx.Limits(max_connections=users, max_keepalive_connections=users)
-    async with httpx.AsyncClient(base_url=service.base_url, timeout=120, limits=limits) as client:
 
-        async def user() -> None:
-            for index in remaining:
-                spec = RequestSpec(MODEL, f"Say one word ({index}).", 1 + index % max_tokens, temperature=0.8)
-                result = await send_chat_request(client, spec)
-                counts[str(result.status) if result.status is not None else "dropped"] += 1
+    def spec(user: int, turn: int) -> RequestSpec | None:
+        index = next(remaining, None)
+        return None if index is None else RequestSpec(MODEL, f"Say one word ({index}).", 1 + index % args.max_tokens,
+                                                      temperature=0.8)
 
-        await asyncio.gather(*(user() for _ in range(users)))
-
-
-def measure(service: LiveService, pid: int | None, label: str, sent: int, started: float,
-            before_reading: Callable[[], None]) -> tuple[float, float]:
-    before_reading()
-    own, total = own_rss_bytes(pid), service.rss_bytes() if service.metrics_url else float("nan")
-    print(f"stream-memory: after {sent:6d} streams ({time.monotonic() - started:5.0f} s): API process RSS "
-          f"{own / 2**20:7.1f} MiB, with the engine core {total / 2**20:7.1f} MiB ({label}); {load_average()}",
-          flush=True)
-    return own, total
+    asyncio.run(closed_loop(service.base_url, args.users, spec, results=results))
 
 
 def run(service: LiveService, pid: int | None, args: argparse.Namespace,
         before_reading: Callable[[], None] = lambda: None) -> bool:
-    counts: collections.Counter[str] = collections.Counter()
+    results: list[RequestResult] = []
     started = time.monotonic()
-    asyncio.run(send_streams(service, args.baseline_after, args.users, args.max_tokens, counts))
-    base_own, base_total = measure(service, pid, "baseline", args.baseline_after, started,
-                                  before_reading)
     step = max(args.baseline_after, (args.streams - args.baseline_after) // 4)
-    sent = args.baseline_after
-    while sent < args.streams:
-        batch = min(step, args.streams - sent)
-        asyncio.run(send_streams(service, batch, args.users, args.max_tokens, counts))
-        sent += batch
-        end_own, end_total = measure(service, pid, "progress" if sent < args.streams else "end", sent,
-                                     started, before_reading)
+    readings: list[tuple[float, float]] = []  # (API process RSS, with the engine core) at each checkpoint
+    sent = 0
+    for checkpoint in [args.baseline_after, *range(args.baseline_after + step, args.streams, step), args.streams]:
+        send_streams(service, checkpoint - sent, args, results)
+        sent = checkpoint
+        before_reading()
+        readings.append((own_rss_bytes(pid), service.rss_bytes() if service.metrics_url else float("nan")))
+        label = "baseline" if len(readings) == 1 else "end" if sent == args.streams else "progress"
+        print(f"stream-memory: after {sent:6d} streams ({time.monotonic() - started:5.0f} s): API process RSS "
+              f"{readings[-1][0] / 2**20:7.1f} MiB, with the engine core {readings[-1][1] / 2**20:7.1f} MiB "
+              f"({label}); {load_average()}", flush=True)
+    (base_own, base_total), (end_own, end_total) = readings[0], readings[-1]
     base, end = (base_own, end_own) if pid is not None else (base_total, end_total)
     growth = (end - base) / base * 100
-    print(f"stream-memory: answers by status {dict(sorted(counts.items()))}")
+    counts = by_status(results)
+    print(f"stream-memory: answers by status {counts}")
     print(f"stream-memory: {'API process' if pid is not None else 'service'} RSS {base / 2**20:.1f} MiB after "
           f"{args.baseline_after} streams, {end / 2**20:.1f} MiB after {args.streams}: {growth:+.2f}% "
           f"(limit {args.max_growth_percent:g}%); with the engine core {base_total / 2**20:.1f} -> "
@@ -132,18 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-url", default="http://127.0.0.1:11403/metrics")
     parser.add_argument("--scripted", action="store_true", help="the app on the scripted engine, in this process")
     args = parser.parse_args(argv)
-    stop_cleanly_on_sigterm()
     print(f"stream-memory: {args.streams} streams of max_tokens <= {args.max_tokens} from {args.users} clients, "
           f"nobody polling /metrics/streaming; {load_average()}", flush=True)
     if args.scripted:
         with scripted_service() as (service, forget_requests):
             return 0 if run(service, os.getpid(), args, forget_requests) else 1
-    if args.base_url:
-        return 0 if run(LiveService(args.base_url.rstrip("/"), args.metrics_url), None, args) else 1
-    with demo_service() as service:
-        assert service.server is not None
-        assert service.server.process is not None
-        return 0 if run(service, service.server.process.pid, args) else 1
+    with demo_service(base_url=args.base_url, metrics_url=args.metrics_url) as service:
+        process = service.server.process if service.server else None
+        return 0 if run(service, process.pid if process else None, args) else 1
 
 
 if __name__ == "__main__":

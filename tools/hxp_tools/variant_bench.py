@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -26,12 +27,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import psutil
+
 from hxp_enterprise_llm.bench.runner import LoadOptions
 from hxp_enterprise_llm.bench.stats import summarize
 from hxp_tools.quality_gate import ask_all, load_questions
-from hxp_tools.servers import ManagedServer, ServerFailed, machine_description
-
-ROOT = Path(__file__).resolve().parents[2]
+from hxp_tools.servers import ROOT, ManagedServer, ServerFailed, hxp_llm_serve, machine_description
 
 
 @dataclass(frozen=True)
@@ -73,17 +74,17 @@ class Figures:
 
 
 class TreeMemorySampler:
-    """Peak summed RSS and PSS of every process in a process group (the server leads its own group).
+    """Peak summed RSS and PSS of a process and its children (the API process and vLLM's engine core).
 
     RSS counts pages shared between the API process and the engine core (torch's libraries, shared
     memory) once per process; PSS splits them, so its sum is what the processes really occupy.
     """
 
-    def __init__(self, pgid: int, interval_s: float = 0.5) -> None:
-        self.pgid = pgid
+    def __init__(self, server: ManagedServer, interval_s: float = 0.5) -> None:
+        assert server.process is not None, "start the server first"
+        self.root = psutil.Process(server.process.pid)
         self.interval_s = interval_s
-        self.peak_rss = 0
-        self.peak_pss = 0
+        self.peak_rss = self.peak_pss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -98,47 +99,24 @@ class TreeMemorySampler:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             rss = pss = 0
-            for pid in group_members(self.pgid):
-                rss += _kib(f"/proc/{pid}/status", "VmRSS:")
-                pss += _kib(f"/proc/{pid}/smaps_rollup", "Pss:")
-            self.peak_rss, self.peak_pss = max(self.peak_rss, rss << 10), max(self.peak_pss, pss << 10)
-
-
-def group_members(pgid: int) -> list[int]:
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            # After "(command)": state, ppid, pgrp, ...
-            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
-                members.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue  # the process ended while we looked
-    return members
-
-
-def _kib(path: str, key: str) -> int:
-    try:
-        for line in Path(path).read_text().splitlines():
-            if line.startswith(key):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+            with contextlib.suppress(psutil.Error):  # a process may end while we look
+                for process in [self.root, *self.root.children(recursive=True)]:
+                    info = process.memory_full_info()
+                    rss, pss = rss + info.rss, pss + info.pss
+            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
 
 
 def server_for(variant: Variant, args: argparse.Namespace, compile_cache: Path, tag: str) -> ManagedServer:
-    argv = [str(ROOT / ".venv/bin/hxp-llm"), "serve", "--config", str(ROOT / variant.config),
-            "--host", "127.0.0.1", "--port", str(args.port), "--metrics-port", str(args.port + 1),
-            # 50 streams of 50 tokens on a busy 2-core host can outlast the demo's 30 s bound.
-            "--connection-timeout-seconds", "300", *variant.flags]
     # vLLM 0.32's AOT-compiled artifacts fail to load on CPU ("'function' object has no attribute
     # 'finalize_loading'") and every start compiles again; without AOT, torch inductor's own caches (FX graphs,
     # AOTAutograd, compiled kernels) make the warm start. Both live in this variant's cache directory (else
     # torch shares /tmp/torchinductor_<user> with every other run on the machine and "cold" is not cold).
     env = {"VLLM_CACHE_ROOT": str(compile_cache / "vllm"), "VLLM_USE_AOT_COMPILE": "0",
            "TORCHINDUCTOR_CACHE_DIR": str(compile_cache / "torchinductor")}
-    return ManagedServer(f"{variant.key} ({tag})", argv, f"http://127.0.0.1:{args.port}/health",
-                         args.logs / f"{variant.key}-{tag}.log", env=env)
+    # 50 streams of 50 tokens on a busy 2-core host can outlast the demo's 30 s bound.
+    return hxp_llm_serve(f"{variant.key} ({tag})", ROOT / variant.config, args.port, args.port + 1,
+                         args.logs / f"{variant.key}-{tag}.log", "--connection-timeout-seconds", "300",
+                         *variant.flags, env=env)
 
 
 def load_now() -> float:
@@ -163,30 +141,23 @@ def measure(variant: Variant, args: argparse.Namespace) -> Figures:
             figures.start_s["compiled-cold"] = round(cold.wait_healthy(args.start_timeout), 1)
             figures.load_1m["start compiled-cold"] = load_now()
     tag = "compiled-warm" if variant.compiled else "eager"
-    server = server_for(variant, args, compile_cache, tag)
-    server.start()
-    assert server.process is not None
-    try:
-        with TreeMemorySampler(server.process.pid) as memory:
-            figures.start_s[tag] = round(server.wait_healthy(args.start_timeout), 1)
-            figures.load_1m[f"start {tag}"] = load_now()
-            base_url = f"http://127.0.0.1:{args.port}"
-            score = asyncio.run(ask_all(base_url, load_questions()))
-            figures.quality, figures.wrong = str(score), [a.question.id for a in score.answers if not a.correct]
-            figures.load_1m["quality"] = load_now()
-            for users, requests in ((1, args.single_requests), (50, args.multi_requests)):
-                options = LoadOptions(base_url=base_url, num_requests=requests, concurrency=users, max_tokens=50,
-                                      stream=True, ignore_eos=True, warmup=min(users, 2), timeout_s=600)
-                run = server.run_load(options, f"{variant.key}, {users} user(s)")
-                summary = summarize(run.results, run.duration_s)
-                setattr(figures, f"tok_s_{users}", round(summary.output_throughput, 1))
-                setattr(figures, f"ttft_p50_{users}_ms", round(summary.ttft.median, 0))
-                figures.errors += summary.failed
-                figures.load_1m[f"{users} user(s)"] = load_now()
-        figures.peak_rss_mib = round(memory.peak_rss / 2**20)
-        figures.peak_pss_mib = round(memory.peak_pss / 2**20)
-    finally:
-        server.stop()
+    with server_for(variant, args, compile_cache, tag) as server, TreeMemorySampler(server) as memory:
+        figures.start_s[tag] = round(server.wait_healthy(args.start_timeout), 1)
+        figures.load_1m[f"start {tag}"] = load_now()
+        base_url = f"http://127.0.0.1:{args.port}"
+        score = asyncio.run(ask_all(base_url, load_questions()))
+        figures.quality, figures.wrong = str(score), [a.question.id for a in score.answers if not a.correct]
+        figures.load_1m["quality"] = load_now()
+        for users, requests in ((1, args.single_requests), (50, args.multi_requests)):
+            options = LoadOptions(base_url=base_url, num_requests=requests, concurrency=users, max_tokens=50,
+                                  stream=True, ignore_eos=True, warmup=min(users, 2), timeout_s=600)
+            run = server.run_load(options, f"{variant.key}, {users} user(s)")
+            summary = summarize(run.results, run.duration_s)
+            setattr(figures, f"tok_s_{users}", round(summary.output_throughput, 1))
+            setattr(figures, f"ttft_p50_{users}_ms", round(summary.ttft.median, 0))
+            figures.errors += summary.failed
+            figures.load_1m[f"{users} user(s)"] = load_now()
+    figures.peak_rss_mib, figures.peak_pss_mib = round(memory.peak_rss / 2**20), round(memory.peak_pss / 2**20)
     return figures
 
 

@@ -161,18 +161,15 @@ async def test_client_errors_do_not_count_against_the_slo(serve_app) -> None:
 
 
 def test_metrics_port_answers_in_text_format_keeping_vllm_names() -> None:
-    import socket
-
     import httpx
     from prometheus_client import CollectorRegistry, Gauge
 
     from hxp_enterprise_llm.api.metrics import MetricsServer
+    from hxp_tools.servers import free_port
 
     registry = CollectorRegistry()
     Gauge("vllm:num_requests_running", "as vLLM names it", registry=registry).set(3)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = MetricsServer(registry, "127.0.0.1", port)
     server.start()
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hxp_enterprise_llm.models.lockfile import read_lock
-from hxp_tools import demo_models, memory_budget, quant_venv, quantized_models
+from hxp_tools import demo_models, memory_budget, quant_venv
 from hxp_tools.quality_gate import Answer, Question, Score, load_questions
 from support.compose_files import read_env_file
 
@@ -28,7 +28,7 @@ def test_question_set_is_large_enough_and_well_formed() -> None:
 
 
 def test_calibration_text_teaches_none_of_the_gate_questions() -> None:
-    calibration = json.loads(quantized_models.CALIBRATION.read_text(encoding="utf-8"))["conversations"]
+    calibration = json.loads(quant_venv.CALIBRATION.read_text(encoding="utf-8"))["conversations"]
     asked = {m["content"].lower() for conversation in calibration for m in conversation if m["role"] == "user"}
     for question in load_questions().questions:
         assert question.question.lower() not in asked, question.id
@@ -78,14 +78,14 @@ def test_quantized_recipe_hash_follows_calibration_worker_pins_and_source(monkey
     recipe = demo_models.RECIPES["smollm2-135m-instruct-w4a16"]
     before = recipe.recipe_hash()
     calibration = tmp_path / "calibration.json"
-    calibration.write_text(quantized_models.CALIBRATION.read_text(encoding="utf-8") + " ")
-    monkeypatch.setattr(quantized_models, "CALIBRATION", calibration)
+    calibration.write_text(quant_venv.CALIBRATION.read_text(encoding="utf-8") + " ")
+    monkeypatch.setattr(quant_venv, "CALIBRATION", calibration)
     assert recipe.recipe_hash() != before
     monkeypatch.undo()
     pins = tmp_path / "quantize.txt"
     pins.write_text(quant_venv.REQUIREMENTS.read_text().replace("llmcompressor==", "llmcompressor==9"))
-    monkeypatch.setattr(quant_venv, "REQUIREMENTS", pins)
-    monkeypatch.setattr(quantized_models, "pinned_versions", lambda: quant_venv.pinned_versions(pins))
+    pinned_versions = quant_venv.pinned_versions
+    monkeypatch.setattr(quant_venv, "pinned_versions", lambda: pinned_versions(pins))
     assert recipe.recipe_hash() != before
 
 
