@@ -78,10 +78,10 @@ class ScaleStack:
                                           check=True).stdout)
         return sorted(found, key=lambda c: int(c["Config"]["Labels"]["com.docker.compose.container-number"]))
 
-    def servers(self) -> list[dict[str, str]]:
-        """HAProxy's stats CSV rows of the replicas backend (its servers and the BACKEND total)."""
+    def servers(self, backend: str = BACKEND) -> list[dict[str, str]]:
+        """HAProxy's stats CSV rows of a backend (its servers and the BACKEND total)."""
         text = httpx.get(self.stats_url, timeout=5).text
-        return [row for row in csv.DictReader(io.StringIO(text.lstrip("# "))) if row["pxname"] == BACKEND]
+        return [row for row in csv.DictReader(io.StringIO(text.lstrip("# "))) if row["pxname"] == backend]
 
     def up(self) -> dict[str, str]:
         """Address -> HAProxy server name, for the servers in the pool: UP and last checked 200 (HAProxy
@@ -89,10 +89,10 @@ class ScaleStack:
         return {row["addr"]: row["svname"] for row in self.servers()
                 if row["svname"] != "BACKEND" and row["status"] == "UP" and row["check_status"] == "L7OK"}
 
-    def backend_counters(self) -> dict[str, int]:
-        """Retries, redispatches, connection and response errors, 4xx/5xx sent, for the whole backend."""
-        (backend,) = [row for row in self.servers() if row["svname"] == "BACKEND"]
-        return {key: int(backend[key] or 0) for key in ("wretr", "wredis", "econ", "eresp", "hrsp_4xx", "hrsp_5xx")}
+    def backend_counters(self, backend: str = BACKEND) -> dict[str, int]:
+        """Retries, redispatches, connection and response errors, 4xx/5xx sent, for a whole backend."""
+        (total,) = [row for row in self.servers(backend) if row["svname"] == "BACKEND"]
+        return {key: int(total[key] or 0) for key in ("wretr", "wredis", "econ", "eresp", "hrsp_4xx", "hrsp_5xx")}
 
     def runtime_api(self, command: str) -> str:
         """One command on HAProxy's Runtime API (bound to 127.0.0.1 inside its container)."""
