@@ -72,13 +72,18 @@ def single_replica(args: argparse.Namespace, load: LoadOptions, options: Convers
     return figures
 
 
+def long_deadlines(timeout: float) -> dict[str, str]:
+    """The replicas' request deadlines for a benchmark, as single_replica passes them on the command line."""
+    return {f"OPENCHAT_3_5_{name}_TIMEOUT_SECONDS": f"{timeout:g}" for name in ("CONNECTION", "QUEUE")}
+
+
 def two_replicas(args: argparse.Namespace, load: LoadOptions, options: ConversationOptions,
                  slos: list[Slo]) -> list[dict[str, Any]]:
     from hxp_tools.scale_stack import ScaleStack, set_pool
 
     figures = []
     with ScaleStack(f"hxp-bench-conv-{os.getpid()}", replicas=2, service_image=args.image, lb_image=args.lb_image,
-                    models_root=args.models_root) as stack:
+                    models_root=args.models_root, replica_env=long_deadlines(args.timeout)) as stack:
         print(f"### 2 replicas in the pool after {stack.wait_pool(2, args.start_timeout):.0f} s", flush=True)
         runs: list[tuple[str, int, str | None]] = [("2 replicas, session affinity", 2, "X-Session-ID"),
                                                    ("2 replicas, least connections", 2, None),
@@ -102,7 +107,7 @@ def rolling_restart(args: argparse.Namespace, load: LoadOptions, options: Conver
 
     figures = []
     with ScaleStack(f"hxp-bench-conv-{os.getpid()}", replicas=2, service_image=args.image, lb_image=args.lb_image,
-                    models_root=args.models_root) as stack:
+                    models_root=args.models_root, replica_env=long_deadlines(args.timeout)) as stack:
         print(f"### 2 replicas in the pool after {stack.wait_pool(2, args.start_timeout):.0f} s", flush=True)
         backends = ("sessions", "replicas")  # keyed turns, and the keyless /tokenize of each round's start
         before = {name: stack.backend_counters(name) for name in backends}

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -29,11 +30,20 @@ class StackFailed(RuntimeError):
 
 
 class ScaleStack:
-    """`docker compose --profile scale` under project `project`, reached on free loopback ports."""
+    """`docker compose --profile scale` under project `project`, reached on free loopback ports.
+
+    `replica_env`: settings for the replicas beyond the env files (e.g. a benchmark's longer request
+    deadlines), given to compose as an override file."""
 
     def __init__(self, project: str, *, replicas: int, service_image: str, lb_image: str,
-                 models_root: Path, cpu_cores: int | None = None) -> None:
+                 models_root: Path, cpu_cores: int | None = None, replica_env: dict[str, str] | None = None) -> None:
         self.project = project
+        self.files = ["-f", str(ROOT / "compose.yaml")]
+        if replica_env:
+            override = Path(tempfile.mkdtemp(prefix=f"{project}-")) / "compose.override.json"
+            override.write_text(json.dumps({"services": {REPLICA_SERVICE: {"environment": replica_env}}}),
+                                encoding="utf-8")
+            self.files += ["-f", str(override)]
         api_port, stats_port = free_port(), free_port()
         self.api_url = f"http://127.0.0.1:{api_port}"
         self.stats_url = f"http://127.0.0.1:{stats_port}/stats;csv"
@@ -45,7 +55,7 @@ class ScaleStack:
                      "OPENCHAT_3_5_CPU_CORES": str(cpu_cores or os.cpu_count() or 1)}
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["docker", "compose", "-p", self.project, "--profile", "scale", *args],
+        return subprocess.run(["docker", "compose", *self.files, "-p", self.project, "--profile", "scale", *args],
                               cwd=ROOT, env=self.env, capture_output=True, text=True, check=check)
 
     def __enter__(self) -> ScaleStack:
