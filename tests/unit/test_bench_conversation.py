@@ -107,6 +107,7 @@ def test_own_cached_tokens_count_only_the_cache_hit_beyond_the_shared_prefix() -
     assert later.own_cached_ratio == pytest.approx(184 / 500)
     first = summarize_conversations(run).per_turn[0]
     assert (first.own_prompt_tokens, first.own_cached_tokens) == (50, 0)
+    assert later.replica_known == 0  # no balancer named a replica
     unknown = summarize_conversations(replace(run, shared_prefix_tokens=None))
     assert math.isnan(unknown.later_turns.own_cached_ratio)  # a server without /tokenize: no S, no own ratio
     assert conversation_figures(run, unknown)["later_turns"]["own_cached_ratio"] is None
@@ -114,3 +115,14 @@ def test_own_cached_tokens_count_only_the_cache_hit_beyond_the_shared_prefix() -
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def test_same_replica_counts_turns_answered_where_the_users_previous_turn_was() -> None:
+    placement = {1: ("replica1", "replica1", "replica2", "replica2"), 2: ("replica2", None, "replica2", "replica2")}
+    turns = [Turn(user, index, RequestResult(ok=True, ttft=0.1, prompt_tokens=10, served_by=replica))
+             for user, replicas in placement.items() for index, replica in enumerate(replicas, start=1)]
+    run = ConversationRun(ConversationOptions(users=2, turns=4), "m", 5, 5, turns, 1.0)
+    summary = summarize_conversations(run)
+    # user 1: turn 2 stays, 3 moves, 4 stays; user 2: turn 2 and 3 have an unnamed neighbour, 4 stays.
+    assert [(f.same_replica, f.replica_known) for f in summary.per_turn] == [(0, 0), (1, 1), (0, 1), (2, 2)]
+    assert (summary.later_turns.same_replica, summary.later_turns.replica_known) == (3, 4)

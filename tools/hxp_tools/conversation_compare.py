@@ -141,14 +141,14 @@ def comparison(figures: list[dict[str, Any]]) -> str:
     """TTFT p50 per turn, the cached ratios (whole prompt, own tokens) of every run; ratios against the first run."""
     turns = [row["turn"] for row in figures[0]["per_turn"]]
     header = f"{'run':<38}" + "".join(f"{'t' + str(t):>8}" for t in turns) + f"{'t2..N':>9}{'cached 2..N':>13}" \
-        f"{'own 2..N':>10}{'failed':>8}{'goodput':>9}"
+        f"{'own 2..N':>10}{'same replica':>14}{'failed':>8}{'goodput':>9}"
     lines = ["TTFT p50 (ms) per turn", header, "-" * len(header)]
     for row in figures:
         ttfts = {r["turn"]: r["ttft_p50_ms"] for r in row["per_turn"]}
         later = row["later_turns"]
         lines.append(f"{row['label']:<38}" + "".join(f"{_ms(ttfts.get(t)):>8}" for t in turns)
                      + f"{_ms(later['ttft_p50_ms']):>9}{_pct(later['cached_ratio']):>13}"
-                     f"{_pct(later['own_cached_ratio']):>10}{row['failed']:>8}"
+                     f"{_pct(later['own_cached_ratio']):>10}{_share(later):>14}{row['failed']:>8}"
                      f"{row['goodput_rps']:>9.2f}")
     base = figures[0]["later_turns"]["ttft_p50_ms"]
     for row in figures[1:]:
@@ -160,6 +160,11 @@ def comparison(figures: list[dict[str, Any]]) -> str:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
+
+
+def _share(turns: dict[str, Any]) -> str:
+    """Later turns answered by the replica of the user's previous turn, of those whose replicas are known."""
+    return f"{turns['same_replica']}/{turns['replica_known']}" if turns["replica_known"] else "-"
 
 
 def _pct(value: float | None) -> str:

@@ -99,6 +99,10 @@ class TurnFigures:
     usage_with_cached: int  # answers whose usage carried prompt_tokens_details.cached_tokens
     own_prompt_tokens: int  # prompt tokens after the shared prefix (module docstring); 0 when unknown
     own_cached_tokens: int  # of those, served from the cache
+    # Behind a balancer that names the replica (X-Served-By): answers from the replica that answered
+    # the same user's previous turn, out of those where both answers named one.
+    same_replica: int = 0
+    replica_known: int = 0
 
     @property
     def cached_ratio(self) -> float:
@@ -189,23 +193,28 @@ async def run_conversations(load: LoadOptions, options: ConversationOptions) -> 
     return ConversationRun(options, model, measured, shared, [t for turns in per_user for t in turns], duration)
 
 
-def _figures(index: int, turns: Sequence[Turn], shared: int | None) -> TurnFigures:
+def _figures(index: int, turns: Sequence[Turn], shared: int | None,
+             previous: dict[tuple[int, int], Turn]) -> TurnFigures:
     ok = [t.result for t in turns if t.result.ok]
     own = [] if shared is None else ok
+    pairs = [(t.result.served_by, before.result.served_by) for t in turns
+             if (before := previous.get((t.user, t.index - 1))) and t.result.served_by and before.result.served_by]
     return TurnFigures(
         index=index, requests=len(turns), failed=len(turns) - len(ok),
         ttft=Distribution.of_seconds([r.ttft for r in ok if r.ttft is not None]),
         prompt_tokens=sum(r.prompt_tokens for r in ok), cached_tokens=sum(r.cached_tokens or 0 for r in ok),
         usage_with_cached=sum(1 for r in ok if r.cached_tokens is not None),
         own_prompt_tokens=sum(r.prompt_tokens - (shared or 0) for r in own),
-        own_cached_tokens=sum(max(0, (r.cached_tokens or 0) - (shared or 0)) for r in own))
+        own_cached_tokens=sum(max(0, (r.cached_tokens or 0) - (shared or 0)) for r in own),
+        same_replica=sum(1 for now, before in pairs if now == before), replica_known=len(pairs))
 
 
 def summarize_conversations(run: ConversationRun, slos: Sequence[Slo] = ()) -> ConversationSummary:
     indexes = sorted({t.index for t in run.turns})
     shared = run.shared_prefix_tokens
-    per_turn = [_figures(i, [t for t in run.turns if t.index == i], shared) for i in indexes]
-    later = _figures(0, [t for t in run.turns if t.index >= 2], shared)
+    by_key = {(t.user, t.index): t for t in run.turns}
+    per_turn = [_figures(i, [t for t in run.turns if t.index == i], shared, by_key) for i in indexes]
+    later = _figures(0, [t for t in run.turns if t.index >= 2], shared, by_key)
     overall = summarize([t.result for t in run.turns], run.duration_s, slos)
     return ConversationSummary(per_turn, overall, later)
 
@@ -218,13 +227,14 @@ def render_conversation_table(run: ConversationRun, summary: ConversationSummary
              f"{options.think_time_s:g} s, {key}, model {run.model}; shared prefix "
              f"{run.shared_prefix_tokens if run.shared_prefix_tokens is not None else 'unknown'} tokens",
              f"{'turn':>6}{'requests':>10}{'failed':>8}{'TTFT p50 ms':>13}{'TTFT p95 ms':>13}"
-             f"{'prompt tok':>12}{'cached':>9}{'own cached':>12}{'usage has cached':>18}"]
+             f"{'prompt tok':>12}{'cached':>9}{'own cached':>12}{'usage has cached':>18}{'same replica':>14}"]
     for figures in [*summary.per_turn, summary.later_turns]:
         label = str(figures.index) if figures.index else "2..N"
         lines.append(f"{label:>6}{figures.requests:>10}{figures.failed:>8}{figures.ttft.median:>13.1f}"
                      f"{figures.ttft.p95:>13.1f}{figures.prompt_tokens:>12}{figures.cached_ratio:>9.1%}"
                      f"{figures.own_cached_ratio:>12.1%}"
-                     f"{figures.usage_with_cached:>14}/{figures.requests - figures.failed}")
+                     f"{figures.usage_with_cached:>14}/{figures.requests - figures.failed}"
+                     f"{f'{figures.same_replica}/{figures.replica_known}' if figures.replica_known else '-':>14}")
     overall = summary.overall
     slo = f"goodput {overall.goodput:.2f} req/s ({', '.join(map(str, overall.slos))})" if overall.slos else \
         f"{overall.request_throughput:.2f} req/s (no SLO given: goodput = throughput)"
@@ -240,7 +250,8 @@ def conversation_figures(run: ConversationRun, summary: ConversationSummary) -> 
                 "prompt_tokens": figures.prompt_tokens, "cached_tokens": figures.cached_tokens,
                 "cached_ratio": _finite(figures.cached_ratio), "usage_with_cached": figures.usage_with_cached,
                 "own_prompt_tokens": figures.own_prompt_tokens, "own_cached_tokens": figures.own_cached_tokens,
-                "own_cached_ratio": _finite(figures.own_cached_ratio)}
+                "own_cached_ratio": _finite(figures.own_cached_ratio),
+                "same_replica": figures.same_replica, "replica_known": figures.replica_known}
 
     overall = summary.overall
     return {"options": asdict(run.options), "model": run.model, "system_prompt_tokens": run.system_prompt_tokens,
