@@ -177,7 +177,7 @@ def write_plot(path: Path, figures: list[dict[str, Any]]) -> None:
     require_matplotlib()
     import matplotlib.pyplot as plt
 
-    fig, (ttft_axis, cache_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ttft_axis, cache_axis) = plt.subplots(1, 2, figsize=(12, 5.5))
     for row in figures:
         turns = [r["turn"] for r in row["per_turn"]]
         (line,) = ttft_axis.plot(turns, [r["ttft_p50_ms"] for r in row["per_turn"]], marker="o", label=row["label"])
@@ -188,9 +188,11 @@ def write_plot(path: Path, figures: list[dict[str, Any]]) -> None:
     options = figures[0]["options"]
     ttft_axis.set(title="TTFT p50 by turn", xlabel="turn", ylabel="ms", yscale="log")
     cache_axis.set(title="prompt tokens served from the prefix cache", xlabel="turn", ylabel="%", ylim=(0, 100))
+    ttft_axis.legend(fontsize="small")
+    # Below the axes: the own-token lines run through the middle of the panel.
+    cache_axis.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
     for axis in (ttft_axis, cache_axis):
         axis.grid(alpha=0.3)
-        axis.legend(fontsize="small")
     fig.suptitle(f"{options['users']} users x {options['turns']} turns, shared system prompt of "
                  f"{figures[0]['system_prompt_tokens']} tokens (shared 2-core machine)")
     fig.tight_layout()
