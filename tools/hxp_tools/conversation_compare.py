@@ -73,8 +73,10 @@ def single_replica(args: argparse.Namespace, load: LoadOptions, options: Convers
 
 
 def long_deadlines(timeout: float) -> dict[str, str]:
-    """The replicas' request deadlines for a benchmark, as single_replica passes them on the command line."""
-    return {f"OPENCHAT_3_5_{name}_TIMEOUT_SECONDS": f"{timeout:g}" for name in ("CONNECTION", "QUEUE")}
+    """The replicas' request deadlines for a benchmark, as single_replica passes them on the command line.
+    The drain deadline goes with them: with the service's own settings (30 s each) a drain never stops a
+    request its own deadline would have let finish, and a rolling restart must keep that true."""
+    return {f"OPENCHAT_3_5_{name}_TIMEOUT_SECONDS": f"{timeout:g}" for name in ("CONNECTION", "QUEUE", "DRAIN")}
 
 
 def two_replicas(args: argparse.Namespace, load: LoadOptions, options: ConversationOptions,
@@ -116,7 +118,9 @@ def rolling_restart(args: argparse.Namespace, load: LoadOptions, options: Conver
         with restart_log.open("w", encoding="utf-8") as log:
             # Started with the first round, so the first replica drains while conversations are running.
             restart = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "rolling-restart"), "-p",
-                                        stack.project, "--stats-url", stack.stats_url], stdout=log,
+                                        stack.project, "--stats-url", stack.stats_url,
+                                        # The replica may drain for as long as long_deadlines allows.
+                                        "--grace", f"{args.timeout + 15:g}"], stdout=log,
                                        stderr=subprocess.STDOUT)
             started = time.monotonic()
             salt = 0
