@@ -9,7 +9,9 @@ printed side by side: TTFT p50 per turn index, the cached-token ratio, goodput.
 `scale` profile with 2 replicas behind HAProxy, and the workload three ways: with a session header
 (HAProxy's session affinity), without one (least connections), and with one replica in the pool (the
 reference a perfect affinity would reach). Every run salts the system prompt, so no run finds the
-previous run's blocks in a cache.
+previous run's blocks in a cache. `--scale --rolling-restart` instead runs scripts/rolling-restart on the
+2 replicas while the workload runs with the session header, round after round until the restart is done,
+and reports every failed request and HAProxy's retry and error counters.
 
     scripts/bench-conversations --json .build/conversations.json --plot docs/bench-conversations.png
 """
@@ -20,8 +22,10 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -63,13 +67,20 @@ def single_replica(args: argparse.Namespace, load: LoadOptions, options: Convers
     return figures
 
 
+def long_deadlines(timeout: float) -> dict[str, str]:
+    """The replicas' request deadlines for a benchmark, as single_replica passes them on the command line.
+    The drain deadline goes with them: with the service's own settings (30 s each) a drain never stops a
+    request its own deadline would have let finish, and a rolling restart must keep that true."""
+    return {f"OPENCHAT_3_5_{name}_TIMEOUT_SECONDS": f"{timeout:g}" for name in ("CONNECTION", "QUEUE", "DRAIN")}
+
+
 def two_replicas(args: argparse.Namespace, load: LoadOptions, options: ConversationOptions,
                  slos: list[Slo]) -> list[dict[str, Any]]:
     from hxp_tools.scale_stack import ScaleStack, set_pool
 
     figures = []
     with ScaleStack(f"hxp-bench-conv-{os.getpid()}", replicas=2, service_image=args.image, lb_image=args.lb_image,
-                    models_root=args.models_root) as stack:
+                    models_root=args.models_root, replica_env=long_deadlines(args.timeout)) as stack:
         print(f"### 2 replicas in the pool after {stack.wait_pool(2, args.start_timeout):.0f} s", flush=True)
         runs: list[tuple[str, int, str | None]] = [("2 replicas, session affinity", 2, "X-Session-ID"),
                                                    ("2 replicas, least connections", 2, None),
@@ -82,17 +93,57 @@ def two_replicas(args: argparse.Namespace, load: LoadOptions, options: Conversat
     return figures
 
 
+def rolling_restart(args: argparse.Namespace, load: LoadOptions, options: ConversationOptions,
+                    slos: list[Slo]) -> list[dict[str, Any]]:
+    """Conversation rounds with affinity on while scripts/rolling-restart restarts both replicas."""
+    from hxp_tools.scale_stack import ScaleStack
+
+    figures = []
+    with ScaleStack(f"hxp-bench-conv-{os.getpid()}", replicas=2, service_image=args.image, lb_image=args.lb_image,
+                    models_root=args.models_root, replica_env=long_deadlines(args.timeout)) as stack:
+        print(f"### 2 replicas in the pool after {stack.wait_pool(2, args.start_timeout):.0f} s", flush=True)
+        backends = ("sessions", "replicas")  # keyed turns, and the keyless /tokenize of each round's start
+        before = {name: stack.backend_counters(name) for name in backends}
+        restart_log = args.logs / "rolling-restart.log"
+        restart_log.parent.mkdir(parents=True, exist_ok=True)
+        with restart_log.open("w", encoding="utf-8") as log:
+            # Started with the first round, so the first replica drains while conversations are running.
+            restart = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "rolling-restart"), "-p",
+                                        stack.project, "--stats-url", stack.stats_url,
+                                        # The replica may drain for as long as long_deadlines allows.
+                                        "--grace", f"{args.timeout + 15:g}"], stdout=log,
+                                       stderr=subprocess.STDOUT)
+            started = time.monotonic()
+            salt = 0
+            while restart.poll() is None or salt == 0:
+                salt += 1
+                run_options = replace(options, session_header="X-Session-ID", seed=options.seed + salt)
+                figures.append(measure(f"affinity, rolling restart, round {salt}", stack.api_url, load,
+                                       run_options, slos))
+            code = restart.wait()
+        after = {name: stack.backend_counters(name) for name in backends}
+        print(f"\n### rolling restart exit {code} after {time.monotonic() - started:.0f} s; "
+              f"log {restart_log}:\n{restart_log.read_text(encoding='utf-8')}", flush=True)
+        counters = {name: {key: after[name][key] - before[name][key] for key in after[name]} for name in backends}
+        print(f"HAProxy backends during the rounds (retries, redispatches, errors, 4xx/5xx sent): {counters}",
+              flush=True)
+        for row in figures:
+            row["rolling_restart"] = {"exit_code": code, "backend_counters": counters}
+    return figures
+
+
 def comparison(figures: list[dict[str, Any]]) -> str:
-    """TTFT p50 per turn and the cached ratio of every run; ratios against the first run."""
+    """TTFT p50 per turn, the cached ratios (whole prompt, own tokens) of every run; ratios against the first run."""
     turns = [row["turn"] for row in figures[0]["per_turn"]]
-    header = f"{'run':<32}" + "".join(f"{'t' + str(t):>8}" for t in turns) + f"{'t2..N':>9}{'cached 2..N':>13}" \
-        f"{'failed':>8}{'goodput':>9}"
+    header = f"{'run':<38}" + "".join(f"{'t' + str(t):>8}" for t in turns) + f"{'t2..N':>9}{'cached 2..N':>13}" \
+        f"{'own 2..N':>10}{'same replica':>14}{'failed':>8}{'goodput':>9}"
     lines = ["TTFT p50 (ms) per turn", header, "-" * len(header)]
     for row in figures:
         ttfts = {r["turn"]: r["ttft_p50_ms"] for r in row["per_turn"]}
         later = row["later_turns"]
-        lines.append(f"{row['label']:<32}" + "".join(f"{_ms(ttfts.get(t)):>8}" for t in turns)
-                     + f"{_ms(later['ttft_p50_ms']):>9}{_pct(later['cached_ratio']):>13}{row['failed']:>8}"
+        lines.append(f"{row['label']:<38}" + "".join(f"{_ms(ttfts.get(t)):>8}" for t in turns)
+                     + f"{_ms(later['ttft_p50_ms']):>9}{_pct(later['cached_ratio']):>13}"
+                     f"{_pct(later['own_cached_ratio']):>10}{_share(later):>14}{row['failed']:>8}"
                      f"{row['goodput_rps']:>9.2f}")
     base = figures[0]["later_turns"]["ttft_p50_ms"]
     for row in figures[1:]:
@@ -106,6 +157,11 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+def _share(turns: dict[str, Any]) -> str:
+    """Later turns answered by the replica of the user's previous turn, of those whose replicas are known."""
+    return f"{turns['same_replica']}/{turns['replica_known']}" if turns["replica_known"] else "-"
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
@@ -116,18 +172,22 @@ def write_plot(path: Path, figures: list[dict[str, Any]]) -> None:
     require_matplotlib()
     import matplotlib.pyplot as plt
 
-    fig, (ttft_axis, cache_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ttft_axis, cache_axis) = plt.subplots(1, 2, figsize=(12, 5.5))
     for row in figures:
         turns = [r["turn"] for r in row["per_turn"]]
-        ttft_axis.plot(turns, [r["ttft_p50_ms"] for r in row["per_turn"]], marker="o", label=row["label"])
+        (line,) = ttft_axis.plot(turns, [r["ttft_p50_ms"] for r in row["per_turn"]], marker="o", label=row["label"])
         cache_axis.plot(turns, [100 * (r["cached_ratio"] or 0) for r in row["per_turn"]], marker="o",
-                        label=row["label"])
+                        color=line.get_color(), label=f"{row['label']}: whole prompt")
+        cache_axis.plot(turns, [100 * (r["own_cached_ratio"] or 0) for r in row["per_turn"]], marker="s",
+                        linestyle="--", color=line.get_color(), label=f"{row['label']}: own tokens")
     options = figures[0]["options"]
     ttft_axis.set(title="TTFT p50 by turn", xlabel="turn", ylabel="ms", yscale="log")
     cache_axis.set(title="prompt tokens served from the prefix cache", xlabel="turn", ylabel="%", ylim=(0, 100))
+    ttft_axis.legend(fontsize="small")
+    # Below the axes: the own-token lines run through the middle of the panel.
+    cache_axis.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
     for axis in (ttft_axis, cache_axis):
         axis.grid(alpha=0.3)
-        axis.legend()
     fig.suptitle(f"{options['users']} users x {options['turns']} turns, shared system prompt of "
                  f"{figures[0]['system_prompt_tokens']} tokens (shared 2-core machine)")
     fig.tight_layout()
@@ -146,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="config/demo-cpu.yaml", help="single replica: the served config")
     parser.add_argument("--port", type=int, default=11502, help="single replica: API port (metrics: +1)")
     parser.add_argument("--scale", action="store_true", help="2 replicas behind HAProxy instead (Docker)")
+    parser.add_argument("--rolling-restart", action="store_true",
+                        help="with --scale: scripts/rolling-restart while the workload runs with affinity")
     parser.add_argument("--image", default=os.environ.get("HXP_LLM_CPU_IMAGE", "hxp-enterprise-llm:cpu"))
     parser.add_argument("--lb-image", default=os.environ.get("HXP_LB_IMAGE", "hxp-haproxy:bookworm"))
     parser.add_argument("--models-root", type=Path, default=Path(os.environ.get("HXP_MODELS_DIR", ROOT / "models")))
@@ -160,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     options = ConversationOptions(users=args.users, turns=args.turns, system_prompt_tokens=args.system_prompt_tokens,
                                   think_time_s=args.think_time)
     print(f"machine: {machine_description()}", flush=True)
-    runner: Callable[..., list[dict[str, Any]]] = two_replicas if args.scale else single_replica
+    if args.rolling_restart and not args.scale:
+        parser.error("--rolling-restart needs --scale")
+    runner: Callable[..., list[dict[str, Any]]] = (
+        (rolling_restart if args.rolling_restart else two_replicas) if args.scale else single_replica)
     try:
         figures = runner(args, load, options, args.slo)
     except ServerFailed as exc:

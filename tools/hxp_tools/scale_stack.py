@@ -9,6 +9,7 @@ import io
 import json
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -28,11 +29,20 @@ class StackFailed(RuntimeError):
 
 
 class ScaleStack:
-    """`docker compose --profile scale` under project `project`, reached on free loopback ports."""
+    """`docker compose --profile scale` under project `project`, reached on free loopback ports.
+
+    `replica_env`: settings for the replicas beyond the env files (e.g. a benchmark's longer request
+    deadlines), given to compose as an override file."""
 
     def __init__(self, project: str, *, replicas: int, service_image: str, lb_image: str,
-                 models_root: Path, cpu_cores: int | None = None) -> None:
+                 models_root: Path, cpu_cores: int | None = None, replica_env: dict[str, str] | None = None) -> None:
         self.project = project
+        self.files = ["-f", str(ROOT / "compose.yaml")]
+        if replica_env:
+            override = Path(tempfile.mkdtemp(prefix=f"{project}-")) / "compose.override.json"
+            override.write_text(json.dumps({"services": {REPLICA_SERVICE: {"environment": replica_env}}}),
+                                encoding="utf-8")
+            self.files += ["-f", str(override)]
         api_port, stats_port = free_port(), free_port()
         self.api_url = f"http://127.0.0.1:{api_port}"
         self.stats_url = f"http://127.0.0.1:{stats_port}/stats;csv"
@@ -44,7 +54,7 @@ class ScaleStack:
                      "OPENCHAT_3_5_CPU_CORES": str(cpu_cores or os.cpu_count() or 1)}
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["docker", "compose", "-p", self.project, "--profile", "scale", *args],
+        return subprocess.run(["docker", "compose", *self.files, "-p", self.project, "--profile", "scale", *args],
                               cwd=ROOT, env=self.env, capture_output=True, text=True, check=check)
 
     def __enter__(self) -> ScaleStack:
@@ -77,10 +87,10 @@ class ScaleStack:
                                           check=True).stdout)
         return sorted(found, key=lambda c: int(c["Config"]["Labels"]["com.docker.compose.container-number"]))
 
-    def servers(self) -> list[dict[str, str]]:
-        """HAProxy's stats CSV rows of the replicas backend (its servers and the BACKEND total)."""
+    def servers(self, backend: str = BACKEND) -> list[dict[str, str]]:
+        """HAProxy's stats CSV rows of a backend (its servers and the BACKEND total)."""
         text = httpx.get(self.stats_url, timeout=5).text
-        return [row for row in csv.DictReader(io.StringIO(text.lstrip("# "))) if row["pxname"] == BACKEND]
+        return [row for row in csv.DictReader(io.StringIO(text.lstrip("# "))) if row["pxname"] == backend]
 
     def up(self) -> dict[str, str]:
         """Address -> HAProxy server name, for the servers in the pool: UP and last checked 200 (HAProxy
@@ -88,10 +98,10 @@ class ScaleStack:
         return {row["addr"]: row["svname"] for row in self.servers()
                 if row["svname"] != "BACKEND" and row["status"] == "UP" and row["check_status"] == "L7OK"}
 
-    def backend_counters(self) -> dict[str, int]:
-        """Retries, redispatches, connection and response errors, 4xx/5xx sent, for the whole backend."""
-        (backend,) = [row for row in self.servers() if row["svname"] == "BACKEND"]
-        return {key: int(backend[key] or 0) for key in ("wretr", "wredis", "econ", "eresp", "hrsp_4xx", "hrsp_5xx")}
+    def backend_counters(self, backend: str = BACKEND) -> dict[str, int]:
+        """Retries, redispatches, connection and response errors, 4xx/5xx sent, for a whole backend."""
+        (total,) = [row for row in self.servers(backend) if row["svname"] == "BACKEND"]
+        return {key: int(total[key] or 0) for key in ("wretr", "wredis", "econ", "eresp", "hrsp_4xx", "hrsp_5xx")}
 
     def runtime_api(self, command: str) -> str:
         """One command on HAProxy's Runtime API (bound to 127.0.0.1 inside its container)."""

@@ -64,6 +64,7 @@ class RequestResult:
     sent_at: float = 0.0
     retry_after: str | None = None  # a refusal's Retry-After header
     refused_as_stream: bool = False  # a refusal that came as SSE bytes (a service must refuse before streaming)
+    served_by: str | None = None  # X-Served-By: which replica a balancer (our HAProxy config) chose
 
     @property
     def finished_at(self) -> float:
@@ -130,6 +131,7 @@ async def send_chat_request(client: httpx.AsyncClient, spec: RequestSpec,
     try:
         async with client.stream("POST", CHAT_PATH, json=spec.body(), headers=spec.headers or None) as response:
             result.status = response.status_code
+            result.served_by = response.headers.get("x-served-by")
             if response.status_code >= 400:
                 raw = await response.aread()
                 result.retry_after = response.headers.get("retry-after")
