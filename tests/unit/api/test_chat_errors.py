@@ -274,3 +274,10 @@ async def test_a_long_bad_value_is_cut_in_the_message(served: Served) -> None:
     error = assert_openai_error(await served.chat(chat_body(stop=["x" * 300] * 5)), 400, param="stop")
     quoted = repr(["x" * 300] * 5)
     assert error["message"] == f"stop: Input should be a valid string (got {quoted[:100]}...)"
+
+
+async def test_a_bad_value_of_exactly_100_characters_is_quoted_whole(served: Served) -> None:
+    stop = ["x" * 16] * 5  # repr: 100 characters, the most that is quoted uncut
+    assert len(repr(stop)) == 100
+    error = assert_openai_error(await served.chat(chat_body(stop=stop)), 400, param="stop")
+    assert error["message"] == f"stop: Input should be a valid string (got {stop!r})"
