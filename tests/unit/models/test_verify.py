@@ -219,3 +219,13 @@ def test_an_unreadable_directory_is_named_not_reported_as_missing_files(locked_m
     where = str(model_dir) if unreadable == "." else f"'{unreadable}'"
     assert where in message
     assert "missing" not in message
+
+
+def test_a_dangling_symlink_in_place_of_a_file_is_named_unreadable(locked_model: LockedModel) -> None:
+    target = locked_model.model_dir / "config.json"
+    target.unlink()
+    target.symlink_to("gone.json")
+    report = verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None, raise_on_problem=False)
+    assert [(p.kind, p.path) for p in report.problems] == [("unreadable", "config.json")]  # not "missing"
+    assert report.error().args[0] == (f"model file 'config.json' in {locked_model.model_dir} cannot be read: "
+                                      "expected a readable file, actual No such file or directory")
