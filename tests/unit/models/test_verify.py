@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from model_fixtures import FIXTURE_FILES, LockedModel
 
 from hxp_enterprise_llm.models.lockfile import LockedFile
+from hxp_enterprise_llm.models.progress import HashProgress
 from hxp_enterprise_llm.models.stamps import VerifiedStamps
 from hxp_enterprise_llm.models.verify import ModelIntegrityError, UnlockedModelError, verify_model_dir
 
@@ -181,44 +185,74 @@ def test_a_symlink_loop_ends_the_walk(locked_model: LockedModel) -> None:
 def test_an_unreadable_directory_is_named_not_reported_as_missing_files(locked_model: LockedModel,
                                                                         unreadable: str) -> None:
     # As the image's non-root user meets a model directory it may not read. Root reads everything,
-    # so the check runs in a child process as `nobody` (setpriv, util-linux).
+    # so the check runs in a forked child that has become `nobody` (the package is imported already).
+    if os.getuid() != 0:
+        pytest.skip("needs root to run the check as another user")
     import shutil
-    import subprocess
-    import sys
-
-    setpriv = shutil.which("setpriv")
-    if setpriv is None or os.getuid() != 0:
-        pytest.skip("needs root and setpriv to run the check as another user")
     import tempfile
 
     outside = Path(tempfile.mkdtemp(prefix="hxp-unreadable-"))  # pytest's tmp_path is root-only
-    model_dir = outside / locked_model.model_dir.name
-    shutil.copytree(locked_model.model_dir, model_dir)
-    lock_path = Path(shutil.copy(locked_model.lock_path, outside))
-    # `nobody` may not read the checkout (a clone under `mktemp -d` is 0700): it gets its own copy of the
-    # package, which needs only the standard library for this check.
-    package = Path(__import__("hxp_enterprise_llm").__file__).parent
-    shutil.copytree(package, outside / "pkg" / package.name, ignore=shutil.ignore_patterns("__pycache__"))
-    for path in [outside, *outside.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    (model_dir / unreadable).chmod(0o700)
-    script = ("import sys, pathlib; from hxp_enterprise_llm.models.lockfile import read_lock\n"
-              "from hxp_enterprise_llm.models.verify import verify_model_dir\n"
-              "entry = read_lock(pathlib.Path(sys.argv[2])).models[0]\n"
-              "report = verify_model_dir(pathlib.Path(sys.argv[1]), entry, progress=None, raise_on_problem=False)\n"
-              "print([(p.kind, p.path) for p in report.problems]); print(report.error().args[0])")
-    result = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-S",
-                             "-c", script, str(model_dir), str(lock_path)],
-                            capture_output=True, text=True, timeout=60, check=False,
-                            env={**os.environ, "PYTHONPATH": str(outside / "pkg"), "PYTHONDONTWRITEBYTECODE": "1"})
-    shutil.rmtree(outside)
-    assert result.returncode == 0, result.stderr
-    kinds, message = result.stdout.splitlines()
-    assert kinds == repr([("unreadable", unreadable)])
-    assert "Permission denied" in message
-    where = str(model_dir) if unreadable == "." else f"'{unreadable}'"
-    assert where in message
-    assert "missing" not in message
+    try:
+        model_dir = outside / locked_model.model_dir.name
+        shutil.copytree(locked_model.model_dir, model_dir)
+        for path in [outside, *outside.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        (model_dir / unreadable).chmod(0o700)
+        assert verify_model_dir(model_dir, locked_model.entry, progress=None).ok  # root reads it all
+        kinds, message = _as_nobody(lambda: _problems(model_dir, locked_model))
+    finally:
+        shutil.rmtree(outside)
+    assert kinds == [("unreadable", unreadable)]
+    where = f"model directory {model_dir}" if unreadable == "." else f"model file 'nested' in {model_dir}"
+    assert message == f"{where} cannot be read: expected a directory readable by uid 65534, actual Permission denied"
+
+
+def _problems(model_dir: Path, locked_model: LockedModel) -> tuple[list[tuple[str, str]], str]:
+    report = verify_model_dir(model_dir, locked_model.entry, progress=None, raise_on_problem=False)
+    return [(p.kind, p.path) for p in report.problems], report.error().args[0]
+
+
+def _as_nobody(check: Callable[[], object]) -> Any:
+    """check() run in a forked child that dropped root for uid and gid 65534; its result, or its error re-raised."""
+    import pickle
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        status = 0
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                result: object = ("ok", check())
+            except BaseException as exc:  # noqa: BLE001 - handed to the parent, which raises it
+                result = ("error", repr(exc))
+            with os.fdopen(write_end, "wb") as pipe:
+                pickle.dump(result, pipe)
+        except BaseException:  # noqa: BLE001
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, "the child as nobody failed"
+    assert data, "the child as nobody did not report"
+    outcome, value = pickle.loads(data)
+    assert outcome == "ok", value
+    return value
+
+
+def test_the_progress_display_counts_every_byte_hashed(locked_model: LockedModel) -> None:
+    stream = io.StringIO()
+    verify_model_dir(locked_model.model_dir, locked_model.entry,
+                     progress=HashProgress(stream, log_interval=3600, quiet_below=0))
+    total = sum(len(b) for b in FIXTURE_FILES.values())
+    assert stream.getvalue().startswith(
+        f"verifying fixture-model: {total / 1e9:.2f} GB / {total / 1e9:.2f} GB (100%), ")
 
 
 def test_a_dangling_symlink_in_place_of_a_file_is_named_unreadable(locked_model: LockedModel) -> None:
@@ -229,3 +263,22 @@ def test_a_dangling_symlink_in_place_of_a_file_is_named_unreadable(locked_model:
     assert [(p.kind, p.path) for p in report.problems] == [("unreadable", "config.json")]  # not "missing"
     assert report.error().args[0] == (f"model file 'config.json' in {locked_model.model_dir} cannot be read: "
                                       "expected a readable file, actual No such file or directory")
+
+
+class _RemovesAFileOnStart(HashProgress):
+    """Progress display during which another process deletes a model file (between listing and hashing)."""
+
+    def __init__(self, victim: Path) -> None:
+        super().__init__(io.StringIO())
+        self.victim = victim
+
+    def start(self, total_bytes: int, label: str) -> None:
+        super().start(total_bytes, label)
+        self.victim.unlink()
+
+
+def test_a_file_that_vanishes_before_it_is_hashed_is_named_unreadable(locked_model: LockedModel) -> None:
+    report = verify_model_dir(locked_model.model_dir, locked_model.entry, raise_on_problem=False,
+                              progress=_RemovesAFileOnStart(locked_model.model_dir / WEIGHTS))
+    assert [(p.kind, p.path) for p in report.problems] == [("unreadable", WEIGHTS)]
+    assert report.problems[0].actual == "No such file or directory"
