@@ -51,7 +51,11 @@ class Group:
 GROUPS: dict[str, Group] = {
     "api": Group(
         modules={"api/errors.py": "api/errors.py", "api/lifecycle.py": "api/lifecycle.py",
-                 "orchestration/": "orchestration", "services/streaming/": "services/streaming"},
+                 # One run per module of the package: each gets its own score (and a run short enough to finish).
+                 **{f"orchestration/{name}": f"orchestration/{name}" for name in (
+                     "admission.py", "generation.py", "interactive_orchestrator.py", "key_policy.py", "quotas.py",
+                     "request_record.py", "service_state.py")},
+                 "services/streaming/": "services/streaming"},
         # The spec's Python streaming API (ResponseStreamer.stream_response) is tested outside tests/unit/api.
         tests=("tests/unit/api", "tests/unit/test_spec_python_snippets.py"),
         # It builds a wheel from the clone's app/ folder, which the scratch copy has as src/.
@@ -188,13 +192,14 @@ def _results(work: Path) -> dict[str, str]:
 
 def report(modules: list[Module]) -> int:
     """Print a score per module; 1 if any module has no results, mutants not checked, or a score under the bar."""
-    print(f"{'module':<24} {'mutants':>7} {'killed':>7} {'(timeout)':>9} {'survived':>8} {'no tests':>8} "
+    width = max(len(module.label) for module in modules)
+    print(f"{'module':<{width}} {'mutants':>7} {'killed':>7} {'(timeout)':>9} {'survived':>8} {'no tests':>8} "
           f"{'score':>6} {'unchecked':>9}")
     below = 0
     for module in modules:
         counts = Counter(_results(module.work).values())
         if not counts:
-            print(f"{module.label:<24} no results (run `scripts/mutation {module.label}`)")
+            print(f"{module.label:<{width}} no results (run `scripts/mutation {module.label}`)")
             below += 1
             continue
         killed = sum(counts[s] for s in DETECTED)
@@ -204,7 +209,7 @@ def report(modules: list[Module]) -> int:
         unchecked = sum(n for status, n in counts.items() if status not in DETECTED | UNDETECTED)
         below += score < PASS_SCORE or unchecked > 0
         # Timeouts count as killed but are shown: on a loaded machine they can be slowness, not a hang.
-        print(f"{module.label:<24} {counted:>7} {killed:>7} {counts['timeout']:>9} "
+        print(f"{module.label:<{width}} {counted:>7} {killed:>7} {counts['timeout']:>9} "
               f"{counts['survived'] + counts['suspicious']:>8} {counts['no tests']:>8} {score:>5.1f}% {unchecked:>9}")
     return 1 if below else 0
 
