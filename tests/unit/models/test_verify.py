@@ -64,10 +64,18 @@ def test_a_truncated_file_fails_on_size_before_any_hashing(locked_model: LockedM
     assert f"expected {size} bytes, actual {size - 1000} bytes" in report.error().args[0]
 
 
-def test_a_deleted_file_fails_as_missing(locked_model: LockedModel) -> None:
+@pytest.mark.parametrize("size_known", [True, False])
+def test_a_deleted_file_fails_as_missing(locked_model: LockedModel, size_known: bool) -> None:
     (locked_model.model_dir / "config.json").unlink()
-    with pytest.raises(ModelIntegrityError, match=r"model file 'config.json' in .* is missing"):
-        verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None)
+    entry = locked_model.entry
+    if not size_known:  # an entry locked without sizes: the file is named by its hash alone
+        entry = replace(entry, files=tuple(replace(f, size=None) for f in entry.files))
+    locked = entry.file("config.json")
+    with pytest.raises(ModelIntegrityError) as caught:
+        verify_model_dir(locked_model.model_dir, entry, progress=None)
+    size = f"{len(FIXTURE_FILES['config.json'])} bytes, " if size_known else ""
+    assert caught.value.args[0] == (f"model file 'config.json' in {locked_model.model_dir} is missing: "
+                                    f"expected {size}sha256 {locked.sha256}, actual: no such file")
 
 
 @pytest.mark.parametrize("extra", ["model-00003-of-00002.safetensors", "nested/deeper/x.bin", ".hidden"])
@@ -167,12 +175,21 @@ def test_serial_and_parallel_hashing_agree(locked_model: LockedModel) -> None:
     assert kinds == [[("sha256", "config.json")]] * 2
 
 
-def test_a_fifo_in_place_of_a_file_is_reported_not_read(locked_model: LockedModel) -> None:
-    target = locked_model.model_dir / "config.json"
-    target.unlink()
-    os.mkfifo(target)
-    with pytest.raises(ModelIntegrityError, match="'config.json' in .* cannot be read: expected a regular file"):
-        verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None)
+def test_fifos_in_place_of_files_are_reported_not_read(locked_model: LockedModel) -> None:
+    for name in ("config.json", "tokenizer_config.json"):  # two: the listing goes on after the first
+        (locked_model.model_dir / name).unlink()
+        os.mkfifo(locked_model.model_dir / name)
+    report = verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None, raise_on_problem=False)
+    assert sorted((p.kind, p.path) for p in report.problems) == [("unreadable", "config.json"),
+                                                                 ("unreadable", "tokenizer_config.json")]
+    assert report.problems[0].describe(locked_model.model_dir).endswith(
+        " cannot be read: expected a regular file, actual a special file")
+
+
+def test_a_symlink_loop_is_not_followed_and_the_walk_goes_on(locked_model: LockedModel) -> None:
+    (locked_model.model_dir / "a-loop").symlink_to(".")  # walked before nested/, which must still be listed
+    report = verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None, raise_on_problem=False)
+    assert [(p.kind, p.path) for p in report.problems] == [("extra", "a-loop")]
 
 
 def test_a_symlink_loop_ends_the_walk(locked_model: LockedModel) -> None:
@@ -259,14 +276,17 @@ def test_the_progress_display_counts_every_byte_hashed(locked_model: LockedModel
         f"verifying fixture-model: {total / 1e9:.2f} GB / {total / 1e9:.2f} GB (100%), ")
 
 
-def test_a_dangling_symlink_in_place_of_a_file_is_named_unreadable(locked_model: LockedModel) -> None:
-    target = locked_model.model_dir / "config.json"
-    target.unlink()
-    target.symlink_to("gone.json")
+def test_dangling_symlinks_in_place_of_files_are_named_unreadable(locked_model: LockedModel) -> None:
+    for name in ("config.json", "tokenizer_config.json"):  # two: the listing goes on after the first
+        (locked_model.model_dir / name).unlink()
+        (locked_model.model_dir / name).symlink_to("gone.json")
     report = verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None, raise_on_problem=False)
-    assert [(p.kind, p.path) for p in report.problems] == [("unreadable", "config.json")]  # not "missing"
-    assert report.error().args[0] == (f"model file 'config.json' in {locked_model.model_dir} cannot be read: "
-                                      "expected a readable file, actual No such file or directory")
+    assert sorted((p.kind, p.path) for p in report.problems) == [("unreadable", "config.json"),
+                                                                 ("unreadable", "tokenizer_config.json")]
+    problem = next(p for p in report.problems if p.path == "config.json")  # "missing" too, before the fix
+    assert problem.describe(locked_model.model_dir) == (
+        f"model file 'config.json' in {locked_model.model_dir} cannot be read: "
+        "expected a readable file, actual No such file or directory")
 
 
 class _RemovesAFileOnStart(HashProgress):
