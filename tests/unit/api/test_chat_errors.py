@@ -265,6 +265,8 @@ async def test_logit_bias_reaches_the_engine(served: Served) -> None:
     (b'{"model": "openchat-3.5", "messages": [{"role": "user"}]}', "'messages.0.content' is a required property"),
     (b"{", "We could not parse the JSON body of your request: EOF while parsing an object at line 1 column 1"),
     (HI + b', "temperature": 3}', "temperature: Input should be less than or equal to 2 (got 3)"),
+    (HI + b', "functions": []}', "Unrecognized request argument supplied: functions (this service does not implement "
+                                 "it, and does not drop it silently)"),
 ])
 async def test_the_message_says_what_is_wrong(served: Served, body: bytes, message: str) -> None:
     assert assert_openai_error(await post_raw(served, body), 400)["message"] == message
