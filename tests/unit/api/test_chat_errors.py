@@ -89,6 +89,18 @@ async def test_fields_that_cannot_do_what_they_say_are_400_naming_them(served: S
     assert served.engine.requests == [], "a refused request reached the engine"
 
 
+@pytest.mark.parametrize(("unsupported", "param", "code", "message"), [
+    ({"store": True}, "store", "unsupported_parameter",
+     "store: stored completions are not supported; send false or leave it out"),
+    ({"response_format": {"type": "json_schema"}}, "response_format", "invalid_value",
+     "response_format: json_schema is required with type 'json_schema' and only then (got {'type': 'json_schema'})"),
+], ids=["request-check", "nested-check"])
+async def test_a_check_across_fields_names_its_field_once(served: Served, unsupported: dict[str, Any], param: str,
+                                                        code: str, message: str) -> None:
+    error = assert_openai_error(await served.chat(chat_body(**unsupported)), 400, param=param, code=code)
+    assert error["message"] == message
+
+
 async def test_an_unknown_field_in_a_message_is_refused_not_dropped(served: Served) -> None:
     body = {"messages": [{"role": "user", "content": "hi", "name": "alice"}]}
     assert_openai_error(await served.chat(body), 400, param="messages.0.name", code="unsupported_parameter")
