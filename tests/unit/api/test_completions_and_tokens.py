@@ -229,3 +229,16 @@ async def test_a_streamed_completion_carries_what_the_plain_one_does(serve_app, 
         for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
             streamed = [item for f in frames for item in f["logprobs"][key]]
             assert streamed == expected["logprobs"][key], key
+
+
+def test_legacy_logprob_lists_word_for_word() -> None:
+    # The prompt's first token has nothing before it: no logprob, and its text is the one given.
+    from hxp_enterprise_llm.services.core.engine import TokenLogprob
+    from hxp_enterprise_llm.services.streaming.logprob_format import completion_logprobs
+
+    entries = [None,
+               TokenLogprob(1, "Hé", -0.25, (("Hé", -0.25), ("x", -1.0), ("y", -2.0))),
+               TokenLogprob(2, "!", -0.5, (("?", -0.4), ("?", -0.6), ("!", -0.5)))]  # "?" twice: the best kept
+    lists = completion_logprobs(entries, 2, text_offset=5, none_token="<s>").model_dump()
+    assert lists == {"tokens": ["<s>", "Hé", "!"], "token_logprobs": [None, -0.25, -0.5],
+                     "top_logprobs": [None, {"Hé": -0.25, "x": -1.0}, {"?": -0.4}], "text_offset": [5, 8, 10]}

@@ -150,3 +150,21 @@ async def test_sampling_parameters_reach_the_engine(served: Served) -> None:
         7, 0.25, 0.5, 20, 11)
     assert sampling.stop == ("END", "STOP")
     assert (sampling.presence_penalty, sampling.frequency_penalty) == (0.5, -0.5)
+
+
+async def test_a_source_that_ends_at_once_still_ends_the_stream_with_zero_usage() -> None:
+    from collections.abc import AsyncIterator
+
+    from hxp_enterprise_llm.services.core.engine import TokenDelta
+    from hxp_enterprise_llm.services.streaming.response_streamer import IteratorSource, ResponseStreamer
+
+    async def nothing() -> AsyncIterator[TokenDelta]:
+        return
+        yield
+
+    frames = [f async for f in ResponseStreamer(include_usage=True).frames(IteratorSource(nothing()))]
+    assert frames[-1] == "data: [DONE]\n\n"
+    chunks = [json.loads(f[6:]) for f in frames[:-1]]
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]] == [None, "stop"]
+    assert chunks[-1]["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
+                                   "prompt_tokens_details": {"cached_tokens": 0}}
