@@ -267,6 +267,12 @@ async def test_bad_logit_bias_is_400_naming_it(served: Served, logit_bias: dict[
     assert error["param"].startswith("logit_bias"), error
 
 
+async def test_a_bad_logit_bias_key_with_a_colon_still_names_logit_bias(served: Served) -> None:
+    # The request-level check's message starts "logit_bias: ..."; the key's own colon must not move the name.
+    error = assert_openai_error(await served.chat(chat_body(logit_bias={"a:b": 1})), 400, param="logit_bias")
+    assert error["message"] == "logit_bias: keys must be token ids, got 'a:b'"
+
+
 async def test_logit_bias_reaches_the_engine(served: Served) -> None:
     assert (await served.chat(chat_body(logit_bias={"50": 5, "72": -100}))).status_code == 200
     assert served.engine.requests[0].sampling.logit_bias == ((50, 5.0), (72, -100.0))
