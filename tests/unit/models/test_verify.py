@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +14,12 @@ from model_fixtures import FIXTURE_FILES, LockedModel
 from hxp_enterprise_llm.models.lockfile import LockedFile
 from hxp_enterprise_llm.models.progress import HashProgress
 from hxp_enterprise_llm.models.stamps import VerifiedStamps
-from hxp_enterprise_llm.models.verify import ModelIntegrityError, UnlockedModelError, verify_model_dir
+from hxp_enterprise_llm.models.verify import (
+    ModelIntegrityError,
+    UnlockedModelError,
+    default_workers,
+    verify_model_dir,
+)
 
 WEIGHTS = "model-00001-of-00002.safetensors"
 
@@ -83,8 +89,11 @@ def test_an_added_file_fails_as_unexpected(locked_model: LockedModel, extra: str
     target = locked_model.model_dir / extra
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(b"not in the lock")
-    with pytest.raises(ModelIntegrityError, match=rf"unexpected file '{extra}' in "):
+    with pytest.raises(ModelIntegrityError) as caught:
         verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None)
+    assert caught.value.args[0] == (
+        f"unexpected file '{extra}' in {locked_model.model_dir}: expected absent (not listed in models.lock entry "
+        "'fixture-model'), actual a file of 15 bytes; remove it, or re-lock if it belongs to the model")
 
 
 def test_huggingface_hub_download_metadata_is_not_part_of_the_model(locked_model: LockedModel) -> None:
@@ -305,4 +314,42 @@ def test_a_file_that_vanishes_before_it_is_hashed_is_named_unreadable(locked_mod
     report = verify_model_dir(locked_model.model_dir, locked_model.entry, raise_on_problem=False,
                               progress=_RemovesAFileOnStart(locked_model.model_dir / WEIGHTS))
     assert [(p.kind, p.path) for p in report.problems] == [("unreadable", WEIGHTS)]
-    assert report.problems[0].actual == "No such file or directory"
+    assert report.error().args[0] == (f"model file '{WEIGHTS}' in {locked_model.model_dir} cannot be read: "
+                                      "expected a readable file, actual No such file or directory")
+
+
+class _RewritesAFileOnStart(HashProgress):
+    """Progress display during which a model file is rewritten with the same bytes and its mtime put back."""
+
+    def __init__(self, target: Path) -> None:
+        super().__init__(io.StringIO())
+        self.target = target
+
+    def start(self, total_bytes: int, label: str) -> None:
+        super().start(total_bytes, label)
+        st = self.target.stat()
+        self.target.write_bytes(self.target.read_bytes())
+        os.utime(self.target, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_a_file_rewritten_while_it_was_hashed_is_not_stamped(locked_model: LockedModel, tmp_path: Path) -> None:
+    stamps = VerifiedStamps(tmp_path / "state")
+    first = verify_model_dir(locked_model.model_dir, locked_model.entry, stamps=stamps,
+                             progress=_RewritesAFileOnStart(locked_model.model_dir / WEIGHTS))
+    assert first.ok  # the same bytes: it matches, but its identity (ctime) moved under the hashing
+    second = verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None, stamps=stamps)
+    assert second.mode == "full"
+    assert verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None, stamps=stamps).mode == "stamp"
+
+
+def test_the_report_gives_the_threads_used_and_the_time_taken(locked_model: LockedModel, tmp_path: Path) -> None:
+    stamps = VerifiedStamps(tmp_path / "state")
+    for mode in ("full", "stamp"):
+        before = time.monotonic()
+        report = verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None, stamps=stamps)
+        took = time.monotonic() - before
+        assert report.mode == mode
+        assert 0 <= report.seconds <= took  # within the call, whatever the machine's speed
+    full = verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None)
+    assert full.workers == default_workers(len(FIXTURE_FILES)) >= 1
+    assert verify_model_dir(locked_model.model_dir, locked_model.entry, workers=3, progress=None).workers == 3
