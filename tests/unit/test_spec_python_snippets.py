@@ -47,7 +47,8 @@ def test_stream_response_follows_the_services_chunking_and_leaves_the_streamer_a
 def test_stream_response_passes_the_sampling_and_the_streamers_usage_setting() -> None:
     engine = FakeEngine()
     engine.enqueue(*"Streaming works")
-    service = OpenChat35Service(OpenChat35Config(prompt_format="chat_template"), engine=engine)
+    config = OpenChat35Config(prompt_format="chat_template", served_model_name="house-model")
+    service = OpenChat35Service(config, engine=engine)
 
     async def run() -> list[str]:
         streamer = ResponseStreamer(include_usage=True)
@@ -59,6 +60,7 @@ def test_stream_response_passes_the_sampling_and_the_streamers_usage_setting() -
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
     assert chunks[-1]["choices"] == []
     assert chunks[-1]["usage"]["completion_tokens"] == 4
+    assert {c["model"] for c in chunks} == {"house-model"}  # the service's name, not the streamer's default
 
 
 def test_stream_response_without_a_service_says_what_it_needs() -> None:
