@@ -169,6 +169,7 @@ async def test_a_source_without_a_finish_reason_ends_its_choice_with_stop(texts:
     assert frames[-1] == "data: [DONE]\n\n"
     chunks = [json.loads(f[6:]) for f in frames[:-1]]
     choices = [c["choices"][0] for c in chunks if c["choices"]]
+    assert {c["model"] for c in chunks} == {"openchat-3.5"}  # the spec's ResponseStreamer() defaults
     assert [(c["delta"].get("content"), c["finish_reason"]) for c in choices[1:]] == (
         [("a", None), ("b", "stop")] if texts else [(None, "stop")])
     assert chunks[-1]["usage"] == {"prompt_tokens": 3 if texts else 0, "completion_tokens": len(texts),
