@@ -193,3 +193,43 @@ async def test_a_chunk_shows_at_most_top_logprobs_alternatives(top: int) -> None
     [token] = json.loads(frames[1][6:])["choices"][0]["logprobs"]["content"]
     assert (token["token"], token["logprob"]) == ("a", -0.1)
     assert [t["token"] for t in token["top_logprobs"]] == ["a", "b"][:top]
+
+
+async def test_text_without_token_ids_counts_a_token_each_and_empty_text_none() -> None:
+    # A plain iterator's deltas may carry text alone: each non-empty one is a token for the chunking.
+    from collections.abc import AsyncIterator
+
+    from hxp_enterprise_llm.services.core.engine import TokenDelta
+    from hxp_enterprise_llm.services.streaming.response_streamer import IteratorSource, ResponseStreamer
+
+    async def deltas() -> AsyncIterator[TokenDelta]:
+        for n, text in enumerate(["a", "", "b", "c"], start=1):
+            yield TokenDelta(text, (), 3, n)
+
+    streamer = ResponseStreamer(chunk_size=2, flush_interval=None)
+    frames = [f async for f in streamer.frames(IteratorSource(deltas()))]
+    choices = [json.loads(f[6:])["choices"][0] for f in frames[:-1]]
+    assert [(c["delta"].get("content"), c["finish_reason"]) for c in choices[1:]] == [
+        ("a", None), ("bc", None), (None, "stop")]
+
+
+async def test_an_unexpected_error_mid_stream_ends_it_with_an_error_frame() -> None:
+    from hxp_enterprise_llm.services.core.engine import TokenDelta
+    from hxp_enterprise_llm.services.streaming.response_streamer import ResponseStreamer
+
+    class Failing:
+        def __init__(self) -> None:
+            self.sent = False
+
+        async def next(self, wait: float | None = None) -> TokenDelta:
+            if self.sent:
+                raise RuntimeError("a bug")
+            self.sent = True
+            return TokenDelta("a", (1,), 3, 1)
+
+    streamer = ResponseStreamer(completion_id="chatcmpl-x")
+    frames = [f async for f in streamer.frames(Failing())]
+    assert frames[-1] == "data: [DONE]\n\n"
+    assert json.loads(frames[-2][6:]) == {"error": {
+        "message": "stream chatcmpl-x failed; see the service log", "type": "server_error", "param": None,
+        "code": "internal_error"}}
