@@ -121,3 +121,17 @@ async def test_models_endpoints(served: Served) -> None:
     assert card.json()["id"] == MODEL
     assert card.json()["max_model_len"] == 4096
     assert_openai_error(await served.client.get("/v1/models/gpt-4"), 404, param="model")
+
+
+def test_failed_is_final_and_listeners_hear_each_change_once() -> None:
+    from hxp_enterprise_llm.orchestration.service_state import Health, ServiceState
+
+    heard: list[tuple[ServiceState, str]] = []
+    health = Health(listeners=[lambda state, detail: heard.append((state, detail))])
+    health.set(ServiceState.READY, "model loaded")
+    health.set(ServiceState.READY, "model loaded again")  # no change: nothing to hear
+    health.set(ServiceState.FAILED, "engine died")
+    health.set(ServiceState.DRAINING, "SIGTERM")  # a drain must not hide the dead engine from the probes
+    health.set(ServiceState.READY, "late ready")
+    assert (health.state, health.detail) == (ServiceState.FAILED, "engine died")
+    assert heard == [(ServiceState.READY, "model loaded"), (ServiceState.FAILED, "engine died")]
