@@ -9,7 +9,7 @@ import pytest
 from api_harness import MODEL, Served, assert_openai_error, chat_body, eventually
 
 from hxp_enterprise_llm.api.app import EXIT_ENGINE_FAILED
-from hxp_enterprise_llm.orchestration.service_state import ServiceState
+from hxp_enterprise_llm.orchestration.service_state import Health, ServiceState
 from support.fake_engine import FakeEngine
 
 pytestmark = pytest.mark.anyio
@@ -124,8 +124,6 @@ async def test_models_endpoints(served: Served) -> None:
 
 
 def test_failed_is_final_and_listeners_hear_each_change_once() -> None:
-    from hxp_enterprise_llm.orchestration.service_state import Health, ServiceState
-
     heard: list[tuple[ServiceState, str]] = []
     health = Health(listeners=[lambda state, detail: heard.append((state, detail))])
     health.set(ServiceState.READY, "model loaded")
