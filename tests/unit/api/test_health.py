@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import time
 
 import pytest
@@ -123,7 +124,8 @@ async def test_models_endpoints(served: Served) -> None:
     assert_openai_error(await served.client.get("/v1/models/gpt-4"), 404, param="model")
 
 
-def test_failed_is_final_and_listeners_hear_each_change_once() -> None:
+def test_failed_is_final_and_listeners_hear_each_change_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="hxp_enterprise_llm.orchestration.service_state")
     heard: list[tuple[ServiceState, str]] = []
     health = Health(listeners=[lambda state, detail: heard.append((state, detail))])
     health.set(ServiceState.READY, "model loaded")
@@ -133,3 +135,6 @@ def test_failed_is_final_and_listeners_hear_each_change_once() -> None:
     health.set(ServiceState.READY, "late ready")
     assert (health.state, health.detail) == (ServiceState.FAILED, "engine died")
     assert heard == [(ServiceState.READY, "model loaded"), (ServiceState.FAILED, "engine died")]
+    # The operator's record of each change, in the service log.
+    assert [r.getMessage() for r in caplog.records] == ["service state loading -> ready: model loaded",
+                                                        "service state ready -> failed: engine died"]
