@@ -145,7 +145,8 @@ def _refresh(module: Module) -> Path:
     files = sorted(source.rglob("*.py")) if source.is_dir() else [source]
     changed = [path for path in files
                if path.read_bytes() != (work / module.source / path.relative_to(source)).read_bytes()]
-    if changed or len(files) != len(list((work / module.source).rglob("*.py")) if source.is_dir() else files):
+    copied = list((work / module.source).rglob("*.py")) if source.is_dir() else [work / module.source]
+    if changed or len(copied) != len(files):  # a module file edited, added or removed
         # mutmut keeps the mutants it generated from the old source: only a full run mutates the new one.
         sys.exit(f"[mutation] {module.label}: its source changed since the last run; run it in full")
     settings = (work / "mutmut-settings.toml").read_text(encoding="utf-8")
