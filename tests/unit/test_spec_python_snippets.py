@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
 from hxp_enterprise_llm.services.streaming.response_streamer import ResponseStreamer
@@ -40,3 +42,31 @@ def test_stream_response_follows_the_services_chunking_and_leaves_the_streamer_a
     assert streamer.chunk_size == 10  # the streamer's own settings were not changed
     assert engine.started
     assert service.ready  # a service the caller passed in stays the caller's
+
+
+def test_stream_response_passes_the_sampling_and_the_streamers_usage_setting() -> None:
+    engine = FakeEngine()
+    engine.enqueue(*"Streaming works")
+    config = OpenChat35Config(prompt_format="chat_template", served_model_name="house-model")
+    service = OpenChat35Service(config, engine=engine)
+
+    async def run() -> list[str]:
+        streamer = ResponseStreamer(include_usage=True)
+        return [frame async for frame in streamer.stream_response("Test streaming", service, max_tokens=4)]
+
+    chunks = [json.loads(f[6:]) for f in asyncio.run(run())[:-1]]
+    assert engine.requests[-1].sampling.max_tokens == 4
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "Stre"
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == 4
+    assert {c["model"] for c in chunks} == {"house-model"}  # the service's name, not the streamer's default
+
+
+def test_stream_response_without_a_service_says_what_it_needs() -> None:
+    async def run() -> list[str]:
+        return [frame async for frame in ResponseStreamer().stream_response("Test streaming")]
+
+    with pytest.raises(TypeError) as raised:
+        asyncio.run(run())
+    assert str(raised.value) == "stream_response needs a service or a service config, e.g. OpenChat35Config()"

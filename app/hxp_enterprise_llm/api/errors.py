@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hxp_enterprise_llm.api.lifecycle import record_of, request_id_of
+from hxp_enterprise_llm.api.lifecycle import record_of
 from hxp_enterprise_llm.schemas.errors import (
     InvalidRequestError,
     MethodNotAllowedError,
@@ -86,6 +86,5 @@ def error_response(request: Request, error: ServiceError) -> JSONResponse:
         record.fail(error)
     elif error.rejection_reason is not None:
         request.app.state.ctx.metrics.reject(error.rejection_reason)
-    headers = dict(error.headers)
-    headers["X-Request-ID"] = request_id_of(request.scope)
-    return JSONResponse(error.body(), status_code=error.status_code, headers=headers)
+    # X-Request-ID is not set here: the lifecycle middleware gives every response its one.
+    return JSONResponse(error.body(), status_code=error.status_code, headers=dict(error.headers))

@@ -39,10 +39,6 @@ class ClientStalled(Exception):
     """A send stayed blocked until the request's deadline: the client stopped reading."""
 
 
-def request_id_of(scope: Scope) -> str:
-    return str(scope.get("state", {}).get("request_id", "-"))
-
-
 def open_record(request: Request, route: str) -> RequestRecord:
     """The route's first step: the record this request's figures, outcome and log line come from."""
     client = f"{request.client.host}:{request.client.port}" if request.client else ""

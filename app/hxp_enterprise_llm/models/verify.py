@@ -202,9 +202,11 @@ def verify_model_dir(
     report = VerifyReport(model_dir=model_dir, entry=entry, files_checked=len(entry.files))
     stats, unreadable = list_model_files(model_dir)
     unlisted_dirs = [p.path for p in unreadable if p.expected.startswith("a directory")]
-    report.problems = unreadable + [  # files inside a directory that could not be listed are not "missing"
+    unread_files = {p.path for p in unreadable}
+    report.problems = unreadable + [  # files that could not be read, or listed, are not "missing" too
         p for p in check_layout(entry, stats)
-        if not (p.kind == "missing" and any(d == "." or p.path.startswith(d + "/") for d in unlisted_dirs))]
+        if not (p.kind == "missing" and (p.path in unread_files
+                                         or any(d == "." or p.path.startswith(d + "/") for d in unlisted_dirs)))]
     if report.problems:
         return _finish(report, raise_on_problem)
 

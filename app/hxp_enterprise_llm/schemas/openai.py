@@ -74,7 +74,8 @@ class ResponseFormat(BaseModel):
     @model_validator(mode="after")
     def _schema_when_asked(self) -> ResponseFormat:
         if (self.type == "json_schema") != (self.json_schema is not None):
-            raise ValueError("response_format: json_schema is required with type 'json_schema' and only then")
+            # No "response_format:" here: a nested model's error already has the field as its path.
+            raise ValueError("json_schema is required with type 'json_schema' and only then")
         return self
 
 

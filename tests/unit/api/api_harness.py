@@ -180,8 +180,10 @@ class RawExchange:
     """One HTTP request sent straight to the ASGI app, with the client's side under the test's control."""
 
     def __init__(self, app: FastAPI, body: dict[str, Any], *, request_id: str,
-                 path: str = CHAT, headers: dict[str, str] | None = None, stall_body: bool = False) -> None:
+                 path: str = CHAT, headers: dict[str, str] | None = None, stall_body: bool = False,
+                 client: tuple[str, int] | None = ("198.51.100.9", 50000)) -> None:
         self._app = app
+        self._client = client  # None: a server on a Unix socket knows no client address
         self._body = json.dumps(body).encode()
         self.request_id = request_id
         self.path = path
@@ -201,7 +203,7 @@ class RawExchange:
         scope = {
             "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
             "scheme": "http", "path": self.path, "raw_path": self.path.encode(), "query_string": b"",
-            "root_path": "", "server": ("test", 80), "client": ("198.51.100.9", 50000),
+            "root_path": "", "server": ("test", 80), "client": self._client,
             "headers": [(k.encode(), v.encode()) for k, v in
                         {**self.headers, "content-length": str(len(self._body))}.items()],
         }

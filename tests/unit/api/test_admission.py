@@ -230,9 +230,10 @@ async def test_engine_dying_mid_answer_is_503_engine_failed_and_fatal(serve_app)
     async with serve_app() as served:
         served.engine.enqueue(*("x" * 50), hold_after=1)
         served.engine.enqueue(*("y" * 50), hold_after=1)
+        # One after the other: the engine hands its scripts out in arrival order ("x" then "y").
         plain = RawExchange(served.app, chat_body(max_tokens=4000), request_id="plain").start()
-        stream = RawExchange(served.app, chat_body(stream=True, max_tokens=4000), request_id="stream").start()
         await served.started("plain")
+        stream = RawExchange(served.app, chat_body(stream=True, max_tokens=4000), request_id="stream").start()
         await served.started("stream")
         await eventually(lambda: b'"content":"y"' in stream.body, "the stream started")
         served.engine.kill()

@@ -89,6 +89,18 @@ async def test_fields_that_cannot_do_what_they_say_are_400_naming_them(served: S
     assert served.engine.requests == [], "a refused request reached the engine"
 
 
+@pytest.mark.parametrize(("unsupported", "param", "code", "message"), [
+    ({"store": True}, "store", "unsupported_parameter",
+     "store: stored completions are not supported; send false or leave it out"),
+    ({"response_format": {"type": "json_schema"}}, "response_format", "invalid_value",
+     "response_format: json_schema is required with type 'json_schema' and only then (got {'type': 'json_schema'})"),
+], ids=["request-check", "nested-check"])
+async def test_a_check_across_fields_names_its_field_once(served: Served, unsupported: dict[str, Any], param: str,
+                                                        code: str, message: str) -> None:
+    error = assert_openai_error(await served.chat(chat_body(**unsupported)), 400, param=param, code=code)
+    assert error["message"] == message
+
+
 async def test_an_unknown_field_in_a_message_is_refused_not_dropped(served: Served) -> None:
     body = {"messages": [{"role": "user", "content": "hi", "name": "alice"}]}
     assert_openai_error(await served.chat(body), 400, param="messages.0.name", code="unsupported_parameter")
@@ -255,6 +267,12 @@ async def test_bad_logit_bias_is_400_naming_it(served: Served, logit_bias: dict[
     assert error["param"].startswith("logit_bias"), error
 
 
+async def test_a_bad_logit_bias_key_with_a_colon_still_names_logit_bias(served: Served) -> None:
+    # The request-level check's message starts "logit_bias: ..."; the key's own colon must not move the name.
+    error = assert_openai_error(await served.chat(chat_body(logit_bias={"a:b": 1})), 400, param="logit_bias")
+    assert error["message"] == "logit_bias: keys must be token ids, got 'a:b'"
+
+
 async def test_logit_bias_reaches_the_engine(served: Served) -> None:
     assert (await served.chat(chat_body(logit_bias={"50": 5, "72": -100}))).status_code == 200
     assert served.engine.requests[0].sampling.logit_bias == ((50, 5.0), (72, -100.0))
@@ -265,6 +283,8 @@ async def test_logit_bias_reaches_the_engine(served: Served) -> None:
     (b'{"model": "openchat-3.5", "messages": [{"role": "user"}]}', "'messages.0.content' is a required property"),
     (b"{", "We could not parse the JSON body of your request: EOF while parsing an object at line 1 column 1"),
     (HI + b', "temperature": 3}', "temperature: Input should be less than or equal to 2 (got 3)"),
+    (HI + b', "functions": []}', "Unrecognized request argument supplied: functions (this service does not implement "
+                                 "it, and does not drop it silently)"),
 ])
 async def test_the_message_says_what_is_wrong(served: Served, body: bytes, message: str) -> None:
     assert assert_openai_error(await post_raw(served, body), 400)["message"] == message
@@ -274,3 +294,10 @@ async def test_a_long_bad_value_is_cut_in_the_message(served: Served) -> None:
     error = assert_openai_error(await served.chat(chat_body(stop=["x" * 300] * 5)), 400, param="stop")
     quoted = repr(["x" * 300] * 5)
     assert error["message"] == f"stop: Input should be a valid string (got {quoted[:100]}...)"
+
+
+async def test_a_bad_value_of_exactly_100_characters_is_quoted_whole(served: Served) -> None:
+    stop = ["x" * 16] * 5  # repr: 100 characters, the most that is quoted uncut
+    assert len(repr(stop)) == 100
+    error = assert_openai_error(await served.chat(chat_body(stop=stop)), 400, param="stop")
+    assert error["message"] == f"stop: Input should be a valid string (got {stop!r})"

@@ -201,10 +201,12 @@ async def test_completion_and_chat_share_admission(serve_app) -> None:
     assert_openai_error(refused, 429, code="queue_full")
 
 
-async def test_a_streamed_completion_carries_what_the_plain_one_does(serve_app) -> None:
+@pytest.mark.parametrize(("echo", "logprobs"), [(True, 2), (False, 2), (True, None)])
+async def test_a_streamed_completion_carries_what_the_plain_one_does(serve_app, echo: bool,
+                                                                      logprobs: int | None) -> None:
     # The plain answer is the oracle: per choice, the streamed texts and logprobs (echo included)
     # put together are the plain choice's, with the text offsets running on across frames.
-    request = {"prompt": "Text", "max_tokens": 30, "echo": True, "logprobs": 2, "n": 2, "temperature": 0.7}
+    request = {"prompt": "Text", "max_tokens": 30, "echo": echo, "logprobs": logprobs, "n": 2, "temperature": 0.7}
     async with serve_app(stream_flush_interval_ms=60_000, response_chunk_size=4) as served:
         served.engine.enqueue(*" a streamed answer")
         plain = (await complete(served, **request)).json()
@@ -217,9 +219,26 @@ async def test_a_streamed_completion_carries_what_the_plain_one_does(serve_app) 
                                                                           chunks[0]["created"])}
     for index, expected in enumerate(plain["choices"]):
         frames = [c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["index"] == index]
-        assert len(frames) > 2  # the echo, then the answer in several frames
-        assert "".join(f["text"] for f in frames) == expected["text"] == "Text a streamed answer"
+        assert len(frames) > 2  # (the echo, then) the answer in several frames
+        assert "".join(f["text"] for f in frames) == expected["text"] == ("Text" if echo else "") + " a streamed answer"
         assert [f["finish_reason"] for f in frames] == [None] * (len(frames) - 1) + ["stop"]
+        if logprobs is None:
+            assert expected["logprobs"] is None
+            assert [f["logprobs"] for f in frames] == [None] * len(frames)
+            continue
         for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
             streamed = [item for f in frames for item in f["logprobs"][key]]
             assert streamed == expected["logprobs"][key], key
+
+
+def test_legacy_logprob_lists_word_for_word() -> None:
+    # The prompt's first token has nothing before it: no logprob, and its text is the one given.
+    from hxp_enterprise_llm.services.core.engine import TokenLogprob
+    from hxp_enterprise_llm.services.streaming.logprob_format import completion_logprobs
+
+    entries = [None,
+               TokenLogprob(1, "Hé", -0.25, (("Hé", -0.25), ("x", -1.0), ("y", -2.0))),
+               TokenLogprob(2, "!", -0.5, (("?", -0.4), ("?", -0.6), ("!", -0.5)))]  # "?" twice: the best kept
+    lists = completion_logprobs(entries, 2, text_offset=5, none_token="<s>").model_dump()
+    assert lists == {"tokens": ["<s>", "Hé", "!"], "token_logprobs": [None, -0.25, -0.5],
+                     "top_logprobs": [None, {"Hé": -0.25, "x": -1.0}, {"?": -0.4}], "text_offset": [5, 8, 10]}

@@ -7,6 +7,8 @@ token every 20 ms and a 50 ms budget, a frame carries a few tokens, never a full
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from api_harness import chat_body, content_frames, sse_chunks
 
@@ -70,3 +72,34 @@ async def test_a_token_without_text_yet_does_not_spin_the_stream() -> None:
     assert frames[-1] == "data: [DONE]\n\n"
     assert "".join(frames).count('"content":"Hi"') == 1
     assert source.calls < 10, f"the streamer polled {source.calls} times while waiting for one token"
+
+
+async def test_a_plain_iterator_that_pauses_still_gets_its_pending_text_flushed() -> None:
+    """IteratorSource (the streamer over any async iterator) honours the budget: text waiting in a
+    chunk goes out while the iterator is paused; here it stays paused until the reader has that text."""
+    import asyncio
+    from collections.abc import AsyncIterator
+
+    from hxp_enterprise_llm.services.core.engine import TokenDelta
+    from hxp_enterprise_llm.services.streaming.response_streamer import IteratorSource, ResponseStreamer
+
+    seen_b = asyncio.Event()
+
+    async def deltas() -> AsyncIterator[TokenDelta]:
+        yield TokenDelta("a", (1,), 3, 1)  # the first token goes out at once
+        yield TokenDelta("b", (2,), 3, 2)  # pending: a chunk is 10 tokens
+        await seen_b.wait()
+        yield TokenDelta("c", (3,), 3, 3, finish_reason="stop")
+
+    async def read() -> list[str]:
+        frames = []
+        async for frame in ResponseStreamer(chunk_size=10, flush_interval=0.01).frames(IteratorSource(deltas())):
+            frames.append(frame)
+            if '"content":"b"' in frame:
+                seen_b.set()
+        return frames
+
+    # A bound for a hang (without the budget the stream would wait for "c" forever), not a measurement.
+    frames = await asyncio.wait_for(read(), timeout=30)
+    texts = [json.loads(f[6:])["choices"][0]["delta"].get("content") for f in frames[:-1]]
+    assert texts == ["", "a", "b", "c"]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import time
 
 import pytest
 from api_harness import MODEL, Served, assert_openai_error, chat_body, eventually
 
 from hxp_enterprise_llm.api.app import EXIT_ENGINE_FAILED
-from hxp_enterprise_llm.orchestration.service_state import ServiceState
+from hxp_enterprise_llm.orchestration.service_state import Health, ServiceState
 from support.fake_engine import FakeEngine
 
 pytestmark = pytest.mark.anyio
@@ -121,3 +122,19 @@ async def test_models_endpoints(served: Served) -> None:
     assert card.json()["id"] == MODEL
     assert card.json()["max_model_len"] == 4096
     assert_openai_error(await served.client.get("/v1/models/gpt-4"), 404, param="model")
+
+
+def test_failed_is_final_and_listeners_hear_each_change_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="hxp_enterprise_llm.orchestration.service_state")
+    heard: list[tuple[ServiceState, str]] = []
+    health = Health(listeners=[lambda state, detail: heard.append((state, detail))])
+    health.set(ServiceState.READY, "model loaded")
+    health.set(ServiceState.READY, "model loaded again")  # no change: nothing to hear
+    health.set(ServiceState.FAILED, "engine died")
+    health.set(ServiceState.DRAINING, "SIGTERM")  # a drain must not hide the dead engine from the probes
+    health.set(ServiceState.READY, "late ready")
+    assert (health.state, health.detail) == (ServiceState.FAILED, "engine died")
+    assert heard == [(ServiceState.READY, "model loaded"), (ServiceState.FAILED, "engine died")]
+    # The operator's record of each change, in the service log.
+    assert [r.getMessage() for r in caplog.records] == ["service state loading -> ready: model loaded",
+                                                        "service state ready -> failed: engine died"]

@@ -182,3 +182,13 @@ def test_metrics_port_answers_in_text_format_keeping_vllm_names() -> None:
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     assert "vllm:num_requests_running 3.0" in response.text
     assert missing.status_code == 404
+
+
+async def test_requests_that_reach_no_route_are_counted_once_as_invalid(served: Served) -> None:
+    # They open no request record: the error handler counts the refusal itself.
+    assert (await served.client.get("/v1/no-such-route")).status_code == 404
+    assert (await served.client.get("/v1/chat/completions")).status_code == 405
+    families = scrape(served)
+    assert [(s.labels["reason"], s.value) for s in families["openchat_rejections"]
+            if s.name == "openchat_rejections_total"] == [("invalid", 2)]
+    assert total(families["openchat_requests"], "openchat_requests_total") == 0

@@ -58,3 +58,37 @@ async def test_two_streams_with_one_client_id_leaving_one_leaves_the_other_intac
     assert sorted((line["request_id"], line["outcome"]) for line in lines) == \
         [(SHARED_ID, "disconnected"), (SHARED_ID, "ok")]
     assert sorted(line["engine_request_id"] for line in lines) == sorted(engine_ids)
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status"), [
+    ("POST", "/v1/chat/completions", {"messages": "hi"}, 400),
+    ("GET", "/v1/no-such-route", None, 404),
+    ("GET", "/v1/chat/completions", None, 405),
+], ids=["invalid", "no-route", "wrong-method"])
+async def test_an_error_answer_carries_the_request_id_once(served, method: str, path: str, body: Any,
+                                                           status: int) -> None:
+    sent = await served.client.request(method, path, json=body, headers={"X-Request-ID": "error-id"})
+    fresh = await served.client.request(method, path, json=body)
+    assert (sent.status_code, fresh.status_code) == (status, status)
+    assert sent.headers.get_list("x-request-id") == ["error-id"]
+    [generated] = fresh.headers.get_list("x-request-id")
+    assert len(generated) == 32
+    assert int(generated, 16) >= 0  # uuid4().hex
+
+
+@pytest.mark.parametrize(("sent", "echoed"), [
+    ("a" * 128, True),  # the longest id kept
+    ("a" * 129, False),
+    ("", False),
+    ("tab\there", False),  # not printable: it would break the one-line log record
+    ("ünïcode-ok", True),
+], ids=["128", "129", "empty", "control", "latin-1"])
+async def test_a_client_id_is_kept_only_when_it_is_sane(served, sent: str, echoed: bool) -> None:
+    response = await served.chat(chat_body(), headers={"X-Request-ID": sent.encode("latin-1")})
+    assert response.status_code == 200
+    [returned] = response.headers.get_list("x-request-id")
+    if echoed:
+        assert returned.encode("latin-1") == sent.encode("latin-1")
+    else:
+        assert len(returned) == 32
+        assert int(returned, 16) >= 0  # uuid4().hex

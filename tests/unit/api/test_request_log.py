@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 import pytest
-from api_harness import Served, chat_body
+from api_harness import RawExchange, Served, chat_body
 
 from hxp_enterprise_llm.api.request_log import REQUEST_LOGGER, JsonFormatter
 
@@ -48,6 +48,18 @@ async def test_one_json_line_per_request_with_its_id_status_and_tokens(
     assert by_id[ids[2]]["status"] == 400
     assert by_id[ids[3]]["status"] == 404
     assert all(line["level"] == "INFO" for line in lines)
+
+
+@pytest.mark.parametrize(("client", "logged"), [(("198.51.100.9", 50000), "198.51.100.9:50000"), (None, "")],
+                         ids=["tcp", "unix-socket"])
+async def test_the_line_names_the_client_address_when_there_is_one(
+        served: Served, caplog: pytest.LogCaptureFixture, client: tuple[str, int] | None, logged: str) -> None:
+    caplog.set_level(logging.INFO, logger=REQUEST_LOGGER)
+    exchange = RawExchange(served.app, chat_body(), request_id="addr", client=client).start()
+    await exchange.finished()
+    assert exchange.status == 200
+    [line] = request_lines(caplog)
+    assert line["client"] == logged
 
 
 async def test_client_request_id_is_kept_and_a_bad_one_replaced(

@@ -150,3 +150,86 @@ async def test_sampling_parameters_reach_the_engine(served: Served) -> None:
         7, 0.25, 0.5, 20, 11)
     assert sampling.stop == ("END", "STOP")
     assert (sampling.presence_penalty, sampling.frequency_penalty) == (0.5, -0.5)
+
+
+@pytest.mark.parametrize("texts", [[], ["a", "b"]], ids=["nothing", "unfinished"])
+async def test_a_source_without_a_finish_reason_ends_its_choice_with_stop(texts: list[str]) -> None:
+    # A plain iterator has no finish reasons: when it ends, so does the choice, its pending text included.
+    from collections.abc import AsyncIterator
+
+    from hxp_enterprise_llm.services.core.engine import TokenDelta
+    from hxp_enterprise_llm.services.streaming.response_streamer import IteratorSource, ResponseStreamer
+
+    async def deltas() -> AsyncIterator[TokenDelta]:
+        for n, text in enumerate(texts, start=1):
+            yield TokenDelta(text, (n,), 3, n)
+
+    streamer = ResponseStreamer(include_usage=True, flush_interval=None)
+    frames = [f async for f in streamer.frames(IteratorSource(deltas()))]
+    assert frames[-1] == "data: [DONE]\n\n"
+    chunks = [json.loads(f[6:]) for f in frames[:-1]]
+    choices = [c["choices"][0] for c in chunks if c["choices"]]
+    assert {c["model"] for c in chunks} == {"openchat-3.5"}  # the spec's ResponseStreamer() defaults
+    assert [(c["delta"].get("content"), c["finish_reason"]) for c in choices[1:]] == (
+        [("a", None), ("b", "stop")] if texts else [(None, "stop")])
+    assert chunks[-1]["usage"] == {"prompt_tokens": 3 if texts else 0, "completion_tokens": len(texts),
+                                   "total_tokens": 3 + len(texts) if texts else 0,
+                                   "prompt_tokens_details": {"cached_tokens": 0}}
+
+
+@pytest.mark.parametrize("top", [0, 1])
+async def test_a_chunk_shows_at_most_top_logprobs_alternatives(top: int) -> None:
+    # vLLM gives the chosen token's entry among the alternatives even when none are asked for.
+    from collections.abc import AsyncIterator
+
+    from hxp_enterprise_llm.services.core.engine import TokenDelta, TokenLogprob
+    from hxp_enterprise_llm.services.streaming.response_streamer import IteratorSource, ResponseStreamer
+
+    async def deltas() -> AsyncIterator[TokenDelta]:
+        entry = TokenLogprob(1, "a", -0.1, (("a", -0.1), ("b", -2.0)))
+        yield TokenDelta("a", (1,), 3, 1, finish_reason="stop", logprobs=(entry,))
+
+    frames = [f async for f in ResponseStreamer(top_logprobs=top).frames(IteratorSource(deltas()))]
+    [token] = json.loads(frames[1][6:])["choices"][0]["logprobs"]["content"]
+    assert (token["token"], token["logprob"]) == ("a", -0.1)
+    assert [t["token"] for t in token["top_logprobs"]] == ["a", "b"][:top]
+
+
+async def test_text_without_token_ids_counts_a_token_each_and_empty_text_none() -> None:
+    # A plain iterator's deltas may carry text alone: each non-empty one is a token for the chunking.
+    from collections.abc import AsyncIterator
+
+    from hxp_enterprise_llm.services.core.engine import TokenDelta
+    from hxp_enterprise_llm.services.streaming.response_streamer import IteratorSource, ResponseStreamer
+
+    async def deltas() -> AsyncIterator[TokenDelta]:
+        for n, text in enumerate(["a", "", "b", "c"], start=1):
+            yield TokenDelta(text, (), 3, n)
+
+    streamer = ResponseStreamer(chunk_size=2, flush_interval=None)
+    frames = [f async for f in streamer.frames(IteratorSource(deltas()))]
+    choices = [json.loads(f[6:])["choices"][0] for f in frames[:-1]]
+    assert [(c["delta"].get("content"), c["finish_reason"]) for c in choices[1:]] == [
+        ("a", None), ("bc", None), (None, "stop")]
+
+
+async def test_an_unexpected_error_mid_stream_ends_it_with_an_error_frame() -> None:
+    from hxp_enterprise_llm.services.core.engine import TokenDelta
+    from hxp_enterprise_llm.services.streaming.response_streamer import ResponseStreamer
+
+    class Failing:
+        def __init__(self) -> None:
+            self.sent = False
+
+        async def next(self, wait: float | None = None) -> TokenDelta:
+            if self.sent:
+                raise RuntimeError("a bug")
+            self.sent = True
+            return TokenDelta("a", (1,), 3, 1)
+
+    streamer = ResponseStreamer(completion_id="chatcmpl-x")
+    frames = [f async for f in streamer.frames(Failing())]
+    assert frames[-1] == "data: [DONE]\n\n"
+    assert json.loads(frames[-2][6:]) == {"error": {
+        "message": "stream chatcmpl-x failed; see the service log", "type": "server_error", "param": None,
+        "code": "internal_error"}}

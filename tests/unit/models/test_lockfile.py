@@ -1,18 +1,22 @@
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from hxp_enterprise_llm.models.lockfile import (
+    HOST_LOCK_NAME,
     LockedFile,
     LockEntry,
     LockError,
     ModelsLock,
+    read_host_lock,
     read_lock,
     render_lock,
     with_files,
+    with_host_builds,
     write_lock,
 )
 
@@ -122,3 +126,28 @@ def test_a_lock_without_models_and_broken_locks_read_as_what_they_are(tmp_path: 
 def test_the_file_keeps_non_ascii_text_readable() -> None:
     rendered = render_lock(ModelsLock([LockEntry("m", "o/m", "r", note="ünïcode")]))
     assert 'note = "ünïcode"' in rendered
+
+
+def test_host_built_files_are_verified_as_this_machine_built_them(tmp_path: Path) -> None:
+    # The reference lock's sha256 of a host-built file is the reference machine's; this machine's own
+    # first build (models.host.lock, the same name and revision) replaces it, and only for those files.
+    entry = LockEntry("m", "built", "built:r1", files=(LockedFile("config.json", 2, "c" * 64),
+                                                        LockedFile("w.safetensors", 9, "a" * 64)),
+                      host_built=("w.safetensors",))
+    path = tmp_path / "models.lock"
+    write_lock(ModelsLock([entry]), path)
+    assert read_lock(path).models[0].host_built == ("w.safetensors",)
+    assert read_host_lock(tmp_path) is None  # nothing built on this machine yet
+    assert with_host_builds(entry, None) == entry
+
+    own = LockEntry("m", "built", "built:r1", files=(LockedFile("config.json", 2, "d" * 64),
+                                                      LockedFile("w.safetensors", 9, "b" * 64)))
+    other_recipe = LockEntry("m", "built", "built:r0", files=(LockedFile("w.safetensors", 9, "e" * 64),))
+    other_model = LockEntry("n", "built", "built:r1", files=(LockedFile("w.safetensors", 9, "f" * 64),))
+    write_lock(ModelsLock([other_recipe, other_model, own]), tmp_path / HOST_LOCK_NAME)
+    host_lock = read_host_lock(tmp_path)
+    assert host_lock is not None
+    verified = with_host_builds(entry, host_lock)
+    assert verified.files == (LockedFile("config.json", 2, "c" * 64), LockedFile("w.safetensors", 9, "b" * 64))
+    assert with_host_builds(replace(entry, revision="built:r2"), host_lock) == replace(entry, revision="built:r2")
+    assert with_host_builds(replace(entry, host_built=()), host_lock) == replace(entry, host_built=())

@@ -1,15 +1,25 @@
 from __future__ import annotations
 
+import io
 import os
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from model_fixtures import FIXTURE_FILES, LockedModel
 
 from hxp_enterprise_llm.models.lockfile import LockedFile
+from hxp_enterprise_llm.models.progress import HashProgress
 from hxp_enterprise_llm.models.stamps import VerifiedStamps
-from hxp_enterprise_llm.models.verify import ModelIntegrityError, UnlockedModelError, verify_model_dir
+from hxp_enterprise_llm.models.verify import (
+    ModelIntegrityError,
+    UnlockedModelError,
+    default_workers,
+    verify_model_dir,
+)
 
 WEIGHTS = "model-00001-of-00002.safetensors"
 
@@ -60,10 +70,18 @@ def test_a_truncated_file_fails_on_size_before_any_hashing(locked_model: LockedM
     assert f"expected {size} bytes, actual {size - 1000} bytes" in report.error().args[0]
 
 
-def test_a_deleted_file_fails_as_missing(locked_model: LockedModel) -> None:
+@pytest.mark.parametrize("size_known", [True, False])
+def test_a_deleted_file_fails_as_missing(locked_model: LockedModel, size_known: bool) -> None:
     (locked_model.model_dir / "config.json").unlink()
-    with pytest.raises(ModelIntegrityError, match=r"model file 'config.json' in .* is missing"):
-        verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None)
+    entry = locked_model.entry
+    if not size_known:  # an entry locked without sizes: the file is named by its hash alone
+        entry = replace(entry, files=tuple(replace(f, size=None) for f in entry.files))
+    locked = entry.file("config.json")
+    with pytest.raises(ModelIntegrityError) as caught:
+        verify_model_dir(locked_model.model_dir, entry, progress=None)
+    size = f"{len(FIXTURE_FILES['config.json'])} bytes, " if size_known else ""
+    assert caught.value.args[0] == (f"model file 'config.json' in {locked_model.model_dir} is missing: "
+                                    f"expected {size}sha256 {locked.sha256}, actual: no such file")
 
 
 @pytest.mark.parametrize("extra", ["model-00003-of-00002.safetensors", "nested/deeper/x.bin", ".hidden"])
@@ -71,8 +89,11 @@ def test_an_added_file_fails_as_unexpected(locked_model: LockedModel, extra: str
     target = locked_model.model_dir / extra
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(b"not in the lock")
-    with pytest.raises(ModelIntegrityError, match=rf"unexpected file '{extra}' in "):
+    with pytest.raises(ModelIntegrityError) as caught:
         verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None)
+    assert caught.value.args[0] == (
+        f"unexpected file '{extra}' in {locked_model.model_dir}: expected absent (not listed in models.lock entry "
+        "'fixture-model'), actual a file of 15 bytes; remove it, or re-lock if it belongs to the model")
 
 
 def test_huggingface_hub_download_metadata_is_not_part_of_the_model(locked_model: LockedModel) -> None:
@@ -163,59 +184,172 @@ def test_serial_and_parallel_hashing_agree(locked_model: LockedModel) -> None:
     assert kinds == [[("sha256", "config.json")]] * 2
 
 
-def test_a_fifo_in_place_of_a_file_is_reported_not_read(locked_model: LockedModel) -> None:
-    target = locked_model.model_dir / "config.json"
-    target.unlink()
-    os.mkfifo(target)
-    with pytest.raises(ModelIntegrityError, match="'config.json' in .* cannot be read: expected a regular file"):
-        verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None)
+def test_fifos_in_place_of_files_are_reported_not_read(locked_model: LockedModel) -> None:
+    for name in ("config.json", "tokenizer_config.json"):  # two: the listing goes on after the first
+        (locked_model.model_dir / name).unlink()
+        os.mkfifo(locked_model.model_dir / name)
+    report = verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None, raise_on_problem=False)
+    assert sorted((p.kind, p.path) for p in report.problems) == [("unreadable", "config.json"),
+                                                                 ("unreadable", "tokenizer_config.json")]
+    assert report.problems[0].describe(locked_model.model_dir).endswith(
+        " cannot be read: expected a regular file, actual a special file")
+
+
+def test_a_symlink_loop_is_not_followed_and_the_walk_goes_on(locked_model: LockedModel) -> None:
+    (locked_model.model_dir / "a-loop").symlink_to(".")  # walked before nested/, which must still be listed
+    report = verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None, raise_on_problem=False)
+    assert [(p.kind, p.path) for p in report.problems] == [("extra", "a-loop")]
 
 
 def test_a_symlink_loop_ends_the_walk(locked_model: LockedModel) -> None:
     (locked_model.model_dir / "nested" / "loop").symlink_to("..")
-    with pytest.raises(ModelIntegrityError, match="unexpected file 'nested/loop' in .*: expected absent"):
+    with pytest.raises(ModelIntegrityError) as caught:
         verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None)
+    assert caught.value.args[0] == (
+        f"unexpected file 'nested/loop' in {locked_model.model_dir}: expected absent (no directory symlinks back "
+        "into the model), actual a symlink to a directory listed already; remove it, or re-lock if it belongs "
+        "to the model")
 
 
 @pytest.mark.parametrize("unreadable", [".", "nested"])
 def test_an_unreadable_directory_is_named_not_reported_as_missing_files(locked_model: LockedModel,
                                                                         unreadable: str) -> None:
     # As the image's non-root user meets a model directory it may not read. Root reads everything,
-    # so the check runs in a child process as `nobody` (setpriv, util-linux).
+    # so the check runs in a forked child that has become `nobody` (the package is imported already).
+    if os.getuid() != 0:
+        pytest.skip("needs root to run the check as another user")
     import shutil
-    import subprocess
-    import sys
-
-    setpriv = shutil.which("setpriv")
-    if setpriv is None or os.getuid() != 0:
-        pytest.skip("needs root and setpriv to run the check as another user")
     import tempfile
 
     outside = Path(tempfile.mkdtemp(prefix="hxp-unreadable-"))  # pytest's tmp_path is root-only
-    model_dir = outside / locked_model.model_dir.name
-    shutil.copytree(locked_model.model_dir, model_dir)
-    lock_path = Path(shutil.copy(locked_model.lock_path, outside))
-    # `nobody` may not read the checkout (a clone under `mktemp -d` is 0700): it gets its own copy of the
-    # package, which needs only the standard library for this check.
-    package = Path(__import__("hxp_enterprise_llm").__file__).parent
-    shutil.copytree(package, outside / "pkg" / package.name, ignore=shutil.ignore_patterns("__pycache__"))
-    for path in [outside, *outside.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    (model_dir / unreadable).chmod(0o700)
-    script = ("import sys, pathlib; from hxp_enterprise_llm.models.lockfile import read_lock\n"
-              "from hxp_enterprise_llm.models.verify import verify_model_dir\n"
-              "entry = read_lock(pathlib.Path(sys.argv[2])).models[0]\n"
-              "report = verify_model_dir(pathlib.Path(sys.argv[1]), entry, progress=None, raise_on_problem=False)\n"
-              "print([(p.kind, p.path) for p in report.problems]); print(report.error().args[0])")
-    result = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-S",
-                             "-c", script, str(model_dir), str(lock_path)],
-                            capture_output=True, text=True, timeout=60, check=False,
-                            env={**os.environ, "PYTHONPATH": str(outside / "pkg"), "PYTHONDONTWRITEBYTECODE": "1"})
-    shutil.rmtree(outside)
-    assert result.returncode == 0, result.stderr
-    kinds, message = result.stdout.splitlines()
-    assert kinds == repr([("unreadable", unreadable)])
-    assert "Permission denied" in message
-    where = str(model_dir) if unreadable == "." else f"'{unreadable}'"
-    assert where in message
-    assert "missing" not in message
+    try:
+        model_dir = outside / locked_model.model_dir.name
+        shutil.copytree(locked_model.model_dir, model_dir)
+        for path in [outside, *outside.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        (model_dir / unreadable).chmod(0o700)
+        assert verify_model_dir(model_dir, locked_model.entry, progress=None).ok  # root reads it all
+        kinds, message = _as_nobody(lambda: _problems(model_dir, locked_model))
+    finally:
+        shutil.rmtree(outside)
+    assert kinds == [("unreadable", unreadable)]
+    where = f"model directory {model_dir}" if unreadable == "." else f"model file 'nested' in {model_dir}"
+    assert message == f"{where} cannot be read: expected a directory readable by uid 65534, actual Permission denied"
+
+
+def _problems(model_dir: Path, locked_model: LockedModel) -> tuple[list[tuple[str, str]], str]:
+    report = verify_model_dir(model_dir, locked_model.entry, progress=None, raise_on_problem=False)
+    return [(p.kind, p.path) for p in report.problems], report.error().args[0]
+
+
+def _as_nobody(check: Callable[[], object]) -> Any:
+    """check() run in a forked child that dropped root for uid and gid 65534; its result, or its error re-raised."""
+    import pickle
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        status = 0
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                result: object = ("ok", check())
+            except BaseException as exc:  # noqa: BLE001 - handed to the parent, which raises it
+                result = ("error", repr(exc))
+            with os.fdopen(write_end, "wb") as pipe:
+                pickle.dump(result, pipe)
+        except BaseException:  # noqa: BLE001
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, "the child as nobody failed"
+    assert data, "the child as nobody did not report"
+    outcome, value = pickle.loads(data)
+    assert outcome == "ok", value
+    return value
+
+
+def test_the_progress_display_counts_every_byte_hashed(locked_model: LockedModel) -> None:
+    stream = io.StringIO()
+    verify_model_dir(locked_model.model_dir, locked_model.entry,
+                     progress=HashProgress(stream, log_interval=3600, quiet_below=0))
+    total = sum(len(b) for b in FIXTURE_FILES.values())
+    assert stream.getvalue().startswith(
+        f"verifying fixture-model: {total / 1e9:.2f} GB / {total / 1e9:.2f} GB (100%), ")
+
+
+def test_dangling_symlinks_in_place_of_files_are_named_unreadable(locked_model: LockedModel) -> None:
+    for name in ("config.json", "tokenizer_config.json"):  # two: the listing goes on after the first
+        (locked_model.model_dir / name).unlink()
+        (locked_model.model_dir / name).symlink_to("gone.json")
+    report = verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None, raise_on_problem=False)
+    assert sorted((p.kind, p.path) for p in report.problems) == [("unreadable", "config.json"),
+                                                                 ("unreadable", "tokenizer_config.json")]
+    problem = next(p for p in report.problems if p.path == "config.json")  # "missing" too, before the fix
+    assert problem.describe(locked_model.model_dir) == (
+        f"model file 'config.json' in {locked_model.model_dir} cannot be read: "
+        "expected a readable file, actual No such file or directory")
+
+
+class _RemovesAFileOnStart(HashProgress):
+    """Progress display during which another process deletes a model file (between listing and hashing)."""
+
+    def __init__(self, victim: Path) -> None:
+        super().__init__(io.StringIO())
+        self.victim = victim
+
+    def start(self, total_bytes: int, label: str) -> None:
+        super().start(total_bytes, label)
+        self.victim.unlink()
+
+
+def test_a_file_that_vanishes_before_it_is_hashed_is_named_unreadable(locked_model: LockedModel) -> None:
+    report = verify_model_dir(locked_model.model_dir, locked_model.entry, raise_on_problem=False,
+                              progress=_RemovesAFileOnStart(locked_model.model_dir / WEIGHTS))
+    assert [(p.kind, p.path) for p in report.problems] == [("unreadable", WEIGHTS)]
+    assert report.error().args[0] == (f"model file '{WEIGHTS}' in {locked_model.model_dir} cannot be read: "
+                                      "expected a readable file, actual No such file or directory")
+
+
+class _RewritesAFileOnStart(HashProgress):
+    """Progress display during which a model file is rewritten with the same bytes and its mtime put back."""
+
+    def __init__(self, target: Path) -> None:
+        super().__init__(io.StringIO())
+        self.target = target
+
+    def start(self, total_bytes: int, label: str) -> None:
+        super().start(total_bytes, label)
+        st = self.target.stat()
+        self.target.write_bytes(self.target.read_bytes())
+        os.utime(self.target, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_a_file_rewritten_while_it_was_hashed_is_not_stamped(locked_model: LockedModel, tmp_path: Path) -> None:
+    stamps = VerifiedStamps(tmp_path / "state")
+    first = verify_model_dir(locked_model.model_dir, locked_model.entry, stamps=stamps,
+                             progress=_RewritesAFileOnStart(locked_model.model_dir / WEIGHTS))
+    assert first.ok  # the same bytes: it matches, but its identity (ctime) moved under the hashing
+    second = verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None, stamps=stamps)
+    assert second.mode == "full"
+    assert verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None, stamps=stamps).mode == "stamp"
+
+
+def test_the_report_gives_the_threads_used_and_the_time_taken(locked_model: LockedModel, tmp_path: Path) -> None:
+    stamps = VerifiedStamps(tmp_path / "state")
+    for mode in ("full", "stamp"):
+        before = time.monotonic()
+        report = verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None, stamps=stamps)
+        took = time.monotonic() - before
+        assert report.mode == mode
+        assert 0 <= report.seconds <= took  # within the call, whatever the machine's speed
+    full = verify_model_dir(locked_model.model_dir, locked_model.entry, progress=None)
+    assert full.workers == default_workers(len(FIXTURE_FILES)) >= 1
+    assert verify_model_dir(locked_model.model_dir, locked_model.entry, workers=3, progress=None).workers == 3

@@ -53,6 +53,9 @@ def test_the_summary_gives_size_time_and_rate() -> None:
                           seconds=2.0, workers=2)
     assert report.summary() == ("/models/m matches models.lock entry 'm' (o/m@r): 3 files, 3.00 GB hashed in "
                                 "2.0 s (1500 MB/s, 2 threads)")
+    quick = VerifyReport(MODEL_DIR, LockEntry("m", "o/m", "r"), files_checked=1, bytes_hashed=300_000_000,
+                         seconds=0.5, workers=1)  # a small model takes under a second: its rate still counts
+    assert quick.summary().endswith("0.30 GB hashed in 0.5 s (600 MB/s, 1 threads)")
     instant = VerifyReport(MODEL_DIR, LockEntry("m", "o/m", "r"), files_checked=1, bytes_hashed=5, seconds=0.0)
     assert "(0 MB/s, 0 threads)" in instant.summary()
     stamp = VerifyReport(MODEL_DIR, LockEntry("m", "o/m", "r"), mode="stamp", files_checked=3)
