@@ -101,6 +101,19 @@ def sse_frame(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
+# Stands for the text in a frame template; JSON-encoded it cannot be mistaken for other frame content.
+TEXT_SLOT = "\u0000hxp-text\u0000"
+ENCODED_TEXT_SLOT = json.dumps(TEXT_SLOT)
+
+
+def _template(frame: str) -> tuple[str, str] | None:
+    """A frame made around TEXT_SLOT, split at the slot: (before, after); None if the slot is not there once."""
+    if frame.count(ENCODED_TEXT_SLOT) != 1:
+        return None
+    head, _, tail = frame.partition(ENCODED_TEXT_SLOT)
+    return head, tail
+
+
 @dataclass
 class _Choice:
     """One choice's text not sent yet, and when its oldest unsent token arrived (the flush budget runs from there)."""
@@ -130,6 +143,7 @@ class ResponseStreamer:
         self.top_logprobs = top_logprobs  # None: no logprobs in the chunks
         self.content_frames = 0  # frames carrying text or a finish reason (not role, usage, error)
         self.error: ServiceError | None = None  # what ended the stream early, if anything
+        self._templates: dict[int, tuple[str, str] | None] = {}  # per choice: its text-only frame, split at the text
 
     @classmethod
     def for_config(cls, config: ModelConfigSchema, *, model: str | None = None, include_usage: bool = False,
@@ -166,11 +180,27 @@ class ResponseStreamer:
 
     def _content(self, choice: _Choice, text: str, finish_reason: str | None) -> str:
         self.content_frames += 1
+        if self.top_logprobs is None and finish_reason is None and text:
+            return self._text_frame(choice.index, text)
         logprobs = None
         if self.top_logprobs is not None:
             logprobs, choice.pending_logprobs = choice.pending_logprobs, []
         delta = DeltaMessage(content=text) if text or finish_reason is None else DeltaMessage()
         return self._frame(self._choice_payload(choice.index, delta, logprobs, finish_reason))
+
+    def _plain_text_frame(self, index: int, text: str) -> str:
+        """A frame with only text in it (no logprobs, no finish reason), built field by field."""
+        return self._frame(self._choice_payload(index, DeltaMessage(content=text), None, None))
+
+    def _text_frame(self, index: int, text: str) -> str:
+        """The same frame from a template made once per choice: most frames of a stream are these, and
+        building them field by field (models, dumps, a dict per frame) cost more than the text itself."""
+        if index not in self._templates:
+            self._templates[index] = _template(self._plain_text_frame(index, TEXT_SLOT))
+        template = self._templates[index]
+        if template is None:  # the slot's text occurs elsewhere in the frame (a model name with it, say)
+            return self._plain_text_frame(index, text)
+        return f"{template[0]}{json.dumps(text, ensure_ascii=False)}{template[1]}"
 
     # --- the stream
 
@@ -315,8 +345,15 @@ class CompletionStreamer(ResponseStreamer):
             body["usage"] = usage.model_dump()
         return sse_frame(body)
 
+    def _plain_text_frame(self, index: int, text: str) -> str:
+        return self._frame(CompletionChoice(index=index, text=text, logprobs=None,
+                                            finish_reason=None).model_dump() | {"logprobs": None})
+
     def _content(self, choice: _Choice, text: str, finish_reason: str | None) -> str:
         self.content_frames += 1
+        if self.top_logprobs is None and finish_reason is None and text:
+            self._offsets[choice.index] += len(text)
+            return self._text_frame(choice.index, text)
         logprobs = None
         if self.top_logprobs is not None:
             entries, choice.pending_logprobs = choice.pending_logprobs, []
