@@ -2,8 +2,10 @@
 
 Chunking policy for real-time use: the role frame goes out at once and the first token is flushed
 the moment it arrives (time to first token is never delayed by batching); after that, text is sent
-every `chunk_size` tokens, or sooner when `flush_interval` passes with tokens pending (low-latency
-mode), so a slow engine never makes the reader wait for a full chunk. Text that ends inside a
+every `chunk_size` tokens, or sooner once `flush_interval` has passed since the choice's previous
+frame (low-latency mode): a slow engine never makes the reader wait for a full chunk, no token waits
+longer than the budget, and a token that comes after a longer gap than that goes out at once (under
+load, when every token comes slower than the budget, that is every token: no waiting, no timer). Text that ends inside a
 multi-byte character (U+FFFD from the detokenizer) is held back until it completes.
 
 The streamer depends on nothing above the schemas: it reads any `DeltaSource` (the orchestrator's
@@ -116,12 +118,12 @@ def _template(frame: str) -> tuple[str, str] | None:
 
 @dataclass
 class _Choice:
-    """One choice's text not sent yet, and when its oldest unsent token arrived (the flush budget runs from there)."""
+    """One choice's text not sent yet, and when its previous frame went out (the flush budget runs from there)."""
 
     index: int
     pending_text: str = ""
     pending_tokens: int = 0
-    pending_since: float = 0.0
+    last_sent: float = 0.0
     pending_logprobs: list[Any] = field(default_factory=list)
     first_sent: bool = False
     finished: bool = False
@@ -234,22 +236,21 @@ class ResponseStreamer:
 
     def _flush_wait(self, choices: list[_Choice], now: float) -> float | None:
         """How long the next delta may take before pending text must go out (None: no limit)."""
-        pending = [c.pending_since for c in choices if c.pending_tokens]
+        pending = [c.last_sent for c in choices if c.pending_tokens]
         if not pending or not self.flush_interval:
             return None
         return max(0.0, min(pending) + self.flush_interval - now)
 
     def _budget_spent(self, choice: _Choice, now: float) -> bool:
-        return bool(self.flush_interval) and now - choice.pending_since >= (self.flush_interval or 0)
+        return bool(self.flush_interval) and now - choice.last_sent >= (self.flush_interval or 0)
 
     def _flush_due(self, choices: list[_Choice], now: float) -> list[str]:
-        return [frame for c in choices if c.pending_tokens and self._budget_spent(c, now) for frame in self._flush(c)]
+        return [frame for c in choices if c.pending_tokens and self._budget_spent(c, now)
+                for frame in self._flush(c, now)]
 
     def _take(self, choice: _Choice, delta: Delta, now: float) -> list[str]:
         """Add a delta to its choice; the frames it makes due (its first token, a full chunk, a spent budget)."""
         new_tokens = max(len(delta.token_ids), 1 if delta.text else 0)
-        if new_tokens and not choice.pending_tokens:
-            choice.pending_since = now
         choice.pending_text += delta.text
         choice.pending_tokens += new_tokens
         choice.pending_logprobs.extend(getattr(delta, "logprobs", None) or ())
@@ -258,7 +259,7 @@ class ResponseStreamer:
             return [self._content(choice, choice.pending_text, str(delta.finish_reason))]
         if choice.first_sent and choice.pending_tokens < self.chunk_size and not self._budget_spent(choice, now):
             return []
-        frames = self._flush(choice)
+        frames = self._flush(choice, now)
         choice.first_sent = choice.first_sent or bool(frames)
         return frames
 
@@ -273,7 +274,7 @@ class ResponseStreamer:
             frames.append(self._frame(None, usage=_usage(last)))
         return [*frames, DONE_FRAME]
 
-    def _flush(self, choice: _Choice) -> list[str]:
+    def _flush(self, choice: _Choice, now: float) -> list[str]:
         """The choice's complete text so far as one frame; half a character waits for the next token.
 
         The pending count restarts either way: tokens that decoded to no text yet (half a character)
@@ -281,7 +282,10 @@ class ResponseStreamer:
         """
         text, choice.pending_text = _split_complete(choice.pending_text)
         choice.pending_tokens = 0
-        return [self._content(choice, text, None)] if text else []
+        if not text:
+            return []
+        choice.last_sent = now
+        return [self._content(choice, text, None)]
 
     async def stream_response(self, prompt: Any, config: Any = None, **sampling: Any) -> AsyncIterator[str]:
         """The spec's convenience form: SSE frames for a prompt (a string or chat messages).
