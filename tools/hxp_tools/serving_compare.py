@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -66,7 +67,7 @@ def http_round(server: ManagedServer, args: argparse.Namespace, engine: Engine, 
         many = bench_serve(args, engine, base_url, args.users, args.prompts, args.out / f"{tag}-many.json")
         cpu_per_token = (process_cpu_seconds(pid) - cpu_before) / many["total_output_tokens"]
         if profiler is not None:
-            profiler.terminate()  # py-spy writes what it sampled when interrupted
+            profiler.send_signal(signal.SIGINT)  # py-spy writes what it sampled on Ctrl-C (on SIGTERM, nothing)
             profiler.wait(timeout=60)
             print(profile_summary(args.out / f"{tag}.pyspy"), flush=True)
         one = bench_serve(args, engine, base_url, 1, args.single_prompts, args.out / f"{tag}-one.json")
