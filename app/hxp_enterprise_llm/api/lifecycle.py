@@ -67,9 +67,22 @@ class RequestLifecycleMiddleware:
         request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
         state["request_id"] = request_id
         sent_status: int | None = None
+        # One timer per request, armed at its first recorded send, not one per send: it cancels a send
+        # that is still blocked when the deadline comes (a send that does not block never sees it).
+        loop = asyncio.get_running_loop()
+        deadline_timer: asyncio.TimerHandle | None = None
+        blocked_send: asyncio.Task[object] | None = None
+        deadline_passed = cut_by_deadline = False
+
+        def on_deadline() -> None:
+            nonlocal deadline_passed, cut_by_deadline
+            deadline_passed = True
+            if blocked_send is not None:
+                cut_by_deadline = True
+                blocked_send.cancel()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal sent_status
+            nonlocal sent_status, deadline_timer, blocked_send, cut_by_deadline
             if message["type"] == "http.response.start":
                 sent_status = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
@@ -79,16 +92,29 @@ class RequestLifecycleMiddleware:
             if record is None:
                 await send(message)
                 return
-            # A send that does not block (the usual case, even after the deadline: a final error frame)
-            # completes before the timeout can fire; only a send stuck on full buffers is cut.
+            if deadline_timer is None:
+                remaining = self.orchestrator.deadline(record) - time.monotonic()
+                deadline_timer = loop.call_later(max(remaining, 0.0), on_deadline)
+            if deadline_passed:
+                # Past the deadline: this send may still go out if it does not
+                # block (a final error frame), and is cut at once if it does.
+                try:
+                    async with asyncio.timeout(0):
+                        await send(message)
+                except TimeoutError:
+                    raise self._stalled(record) from None
+                return
+            blocked_send = asyncio.current_task()
             try:
-                async with asyncio.timeout(max(self.orchestrator.deadline(record) - time.monotonic(), 0.0)):
-                    await send(message)
-            except TimeoutError:
-                record.fail(RequestTimeoutError(
-                    f"request exceeded connection_timeout_seconds={self.orchestrator.timeout_seconds:g} "
-                    "while the client was not reading its answer"))
-                raise ClientStalled from None
+                await send(message)
+            except asyncio.CancelledError:
+                if not cut_by_deadline or blocked_send is None:
+                    raise
+                cut_by_deadline = False
+                blocked_send.uncancel()
+                raise self._stalled(record) from None
+            finally:
+                blocked_send = None
 
         try:
             await self.app(scope, receive, send_with_id)
@@ -103,6 +129,14 @@ class RequestLifecycleMiddleware:
                 raise  # the response has started: the server can only close the connection
             await JSONResponse(error.body(), status_code=error.status_code)(scope, receive, send_with_id)
         finally:
+            if deadline_timer is not None:
+                deadline_timer.cancel()
             record = state.get("record")
             if record is not None:
                 self.orchestrator.close(record, sent_status)
+
+    def _stalled(self, record: RequestRecord) -> ClientStalled:
+        record.fail(RequestTimeoutError(
+            f"request exceeded connection_timeout_seconds={self.orchestrator.timeout_seconds:g} "
+            "while the client was not reading its answer"))
+        return ClientStalled()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from hxp_enterprise_llm.api.lifecycle import open_record
 from hxp_enterprise_llm.api.openapi import request_body
@@ -275,3 +275,11 @@ class GenerationResponse(EventSourceResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self._generation.aclose()
+
+    async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        # Every send is bounded by the request's deadline already (RequestLifecycleMiddleware); without a
+        # send_timeout of its own, sse-starlette's cancel scope around each frame would bound nothing.
+        if self.send_timeout is None:
+            await send(message)
+        else:
+            await super()._send_with_timeout(send, message)

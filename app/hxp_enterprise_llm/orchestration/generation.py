@@ -1,8 +1,10 @@
 """`Generation`: the deltas of one admitted request, read one at a time under the request's deadline.
 
-At most one task sits between the engine and the socket: the pending read of the next delta. A
-reader may wait for it with a short timeout (the streamer's flush budget) and come back later; the
-read stays pending meanwhile. The request's deadline bounds every wait. Whatever ends the generation
+Nothing sits between the engine and the socket while a reader simply waits for the next delta: it
+awaits the engine's iterator itself, and one timer per generation (armed at the first read, not one
+per token) cancels that read at the request's deadline. A reader that waits with a short timeout
+(the streamer's flush budget, while text is pending) reads through a task instead, which may outlive
+the wait: the read stays pending meanwhile, and the next call picks it up. Whatever ends the generation
 early (deadline, client gone, drain deadline, an error) aborts the engine request at once, so its
 slot and KV cache are freed; engine failures become the service's errors, recorded on the request.
 """
@@ -40,6 +42,9 @@ class Generation:
         self._on_engine_dead = on_engine_dead
         self._live = live  # the orchestrator's running generations, which a drain deadline stops
         self._pending: asyncio.Task[TokenDelta] | None = None
+        self._reader: asyncio.Task[object] | None = None  # the task awaiting the iterator directly, if one is
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._expired = False
         self._finished = False
         self._stopped_by_service = False
 
@@ -58,25 +63,59 @@ class Generation:
         if self._finished:
             raise StopAsyncIteration
         loop = asyncio.get_running_loop()
-        if self._pending is None:
+        if self._deadline_timer is None:
             self._live.add(self)
-            self._pending = asyncio.ensure_future(anext(self._deltas))
-        remaining = self._deadline - loop.time()
-        timeout = remaining if wait is None else min(wait, remaining)
-        done, _ = await asyncio.wait({self._pending}, timeout=max(timeout, 0.0))
-        if not done:
-            if loop.time() < self._deadline:
-                return None
-            raise self._failed(RequestTimeoutError(
-                f"request exceeded connection_timeout_seconds={self._timeout_seconds:g}"))
-        task, self._pending = self._pending, None
-        delta = self._delta_of(task)
+            self._deadline_timer = loop.call_at(self._deadline, self._on_deadline)
+        if self._expired:
+            raise self._timed_out()
+        if self._pending is None and wait is None:
+            delta = await self._read_directly()
+        else:
+            if self._pending is None:
+                self._pending = asyncio.ensure_future(anext(self._deltas))
+            remaining = self._deadline - loop.time()
+            timeout = remaining if wait is None else min(wait, remaining)
+            done, _ = await asyncio.wait({self._pending}, timeout=max(timeout, 0.0))
+            if not done:
+                if loop.time() < self._deadline:
+                    return None
+                raise self._timed_out()
+            task, self._pending = self._pending, None
+            delta = self._delta_of(task)
         self._record.observe(delta)
         if delta.finish_reason is FinishReason.ABORT:
             raise self._aborted()
         if self._record.finish_reason is not None:  # every choice has ended
             self._finished = True
         return delta
+
+    async def _read_directly(self) -> TokenDelta:
+        """The next delta read in the reader's own task: no task, no timer per token."""
+        self._reader = asyncio.current_task()
+        try:
+            return await anext(self._deltas)
+        except asyncio.CancelledError:
+            reader = self._reader
+            if not (self._expired or self._stopped_by_service) or reader is None:
+                raise  # the reader itself was cancelled (e.g. the client left): not ours to absorb
+            reader.uncancel()  # our own cancel (deadline, shutdown) ends here as the service's error
+            if self._stopped_by_service:
+                raise self._aborted() from None
+            raise self._timed_out() from None
+        except BaseException as exc:
+            raise self._translated(exc) from None
+        finally:
+            self._reader = None
+
+    def _on_deadline(self) -> None:
+        """The request's deadline: a direct read is cancelled now; a read through a task times out by itself."""
+        self._expired = True
+        if self._reader is not None:
+            self._reader.cancel()
+
+    def _timed_out(self) -> ServiceError:
+        return self._failed(RequestTimeoutError(
+            f"request exceeded connection_timeout_seconds={self._timeout_seconds:g}"))
 
     def _delta_of(self, task: asyncio.Task[TokenDelta]) -> TokenDelta:
         """The finished read's delta; how it failed, as the service's error (recorded on the request)."""
@@ -86,29 +125,37 @@ class Generation:
             if not self._stopped_by_service:
                 raise
             raise self._aborted() from None
-        except StopAsyncIteration:
+        except BaseException as exc:
+            raise self._translated(exc) from None
+
+    def _translated(self, exc: BaseException) -> BaseException:
+        """How a read failed, as what the reader raises: the end, or the service's error (recorded)."""
+        if isinstance(exc, StopAsyncIteration):
             self._finished = True
             if self._record.finish_reason is None:  # every engine ends with a finish reason; say so if not
-                raise self._failed(InternalError("the engine ended the answer without a finish reason")) from None
-            raise
-        except EngineDeadError as exc:
+                return self._failed(InternalError("the engine ended the answer without a finish reason"))
+            return exc
+        if isinstance(exc, EngineDeadError):
             self._on_engine_dead(str(exc))
-            raise self._failed(EngineUnavailableError(
+            return self._failed(EngineUnavailableError(
                 "the inference engine failed; the service is restarting, retry shortly",
-                headers={"Retry-After": "10"})) from None
-        except ServiceError as exc:
-            raise self._failed(exc) from None
-        except Exception as exc:
-            logger.exception("generation of request %s failed", self._record.request_id)
-            raise self._failed(InternalError(
-                f"generation failed ({type(exc).__name__}); see the service log for request "
-                f"{self._record.request_id}")) from None
+                headers={"Retry-After": "10"}))
+        if isinstance(exc, ServiceError):
+            return self._failed(exc)
+        if not isinstance(exc, Exception):
+            return exc  # KeyboardInterrupt, SystemExit, a cancellation: not the request's failure
+        logger.exception("generation of request %s failed", self._record.request_id, exc_info=exc)
+        return self._failed(InternalError(
+            f"generation failed ({type(exc).__name__}); see the service log for request "
+            f"{self._record.request_id}"))
 
     def stop_for_shutdown(self) -> None:
         """The drain deadline passed: stop now; the reader's next step raises GenerationAbortedError."""
         self._stopped_by_service = True
         if self._pending is not None:
             self._pending.cancel()  # wakes a reader waiting for it; cancelling also aborts in vLLM
+        if self._reader is not None:
+            self._reader.cancel()  # a direct read: the same, in the reader's task (it absorbs this cancel)
 
     def _aborted(self) -> ServiceError:
         self._record.mark_aborted()
@@ -124,6 +171,8 @@ class Generation:
     async def aclose(self) -> None:
         """End the generation; aborts the engine request unless the model finished it."""
         self._live.discard(self)
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()

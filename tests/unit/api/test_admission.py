@@ -10,7 +10,16 @@ import asyncio
 import json
 
 import pytest
-from api_harness import RawExchange, Served, assert_openai_error, chat_body, eventually, sse_chunks, sse_events
+from api_harness import (
+    STATE_WAIT_SECONDS,
+    RawExchange,
+    Served,
+    assert_openai_error,
+    chat_body,
+    eventually,
+    sse_chunks,
+    sse_events,
+)
 
 from hxp_enterprise_llm.orchestration.service_state import ServiceState
 from support.fake_engine import FakeEngine
@@ -206,12 +215,14 @@ async def test_drain_waits_for_queued_requests_too(serve_app) -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_drain_deadline_stops_running_requests_with_an_honest_error(serve_app, stream: bool) -> None:
-    async with serve_app() as served:
+    # The request's own deadline is far away: only the drain may end it (a reader the drain did not
+    # wake would wait for the engine until that deadline, and fail the bound below).
+    async with serve_app(connection_timeout_seconds=600) as served:
         served.engine.enqueue(*"started, then held", hold_after=1)
         running = await hold(served, "running", stream=stream)
         await served.started("running")
         assert await served.ctx.orchestrator.drain(timeout=0.01) is False
-        response = await running
+        response = await asyncio.wait_for(running, STATE_WAIT_SECONDS)
         assert served.ctx.orchestrator.running == 0
     assert served.engine_id("running") in served.engine.aborted
     if stream:  # started: the cut-off answer ends with an error frame, never a "stop" that looks complete

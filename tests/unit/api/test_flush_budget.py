@@ -1,8 +1,9 @@
-"""The low-latency flush budget runs from the oldest unsent token, not from the last one received.
+"""The low-latency flush budget runs from the choice's previous frame, not from the last token received.
 
 Tokens arriving faster than the budget must still leave in frames no older than the budget: with a
 token every 20 ms and a 50 ms budget, a frame carries a few tokens, never a full chunk of 10.
 (Slower machines only make tokens arrive later, which flushes sooner: the assertion holds under load.)
+A token that comes after a gap longer than the budget goes out at once, alone.
 """
 
 from __future__ import annotations
@@ -103,3 +104,31 @@ async def test_a_plain_iterator_that_pauses_still_gets_its_pending_text_flushed(
     frames = await asyncio.wait_for(read(), timeout=30)
     texts = [json.loads(f[6:])["choices"][0]["delta"].get("content") for f in frames[:-1]]
     assert texts == ["", "a", "b", "c"]
+
+
+async def test_a_token_after_a_gap_longer_than_the_budget_goes_out_at_once() -> None:
+    """Under load every token comes slower than the budget: none may then wait for the budget to pass
+    (the reader would get each token a budget late, and the stream would need a timer per token)."""
+    import asyncio
+
+    from hxp_enterprise_llm.services.core.engine import TokenDelta
+    from hxp_enterprise_llm.services.streaming.response_streamer import ResponseStreamer
+
+    budget = 0.05
+
+    class SlowSource:
+        def __init__(self) -> None:
+            self.waits: list[float | None] = []
+            self._deltas = [TokenDelta(text, (i,), 3, i + 1) for i, text in enumerate("abcd")]
+            self._deltas.append(TokenDelta("e", (4,), 3, 5, finish_reason="stop"))
+
+        async def next(self, wait: float | None = None) -> TokenDelta | None:
+            self.waits.append(wait)
+            await asyncio.sleep(4 * budget)  # every token comes four budgets after the one before
+            return self._deltas.pop(0)
+
+    source = SlowSource()
+    frames = [f async for f in ResponseStreamer(chunk_size=10, flush_interval=budget).frames(source)]
+    texts = [f for f in frames if '"content":"' in f and '"role"' not in f]
+    assert len(texts) == 5, texts  # one token per frame: each went out when it came
+    assert source.waits == [None] * 5, f"the streamer waited for a budget with a token pending: {source.waits}"

@@ -42,7 +42,10 @@ def wait_until(condition: Callable[[], object], what: str) -> None:
 def long_answer_app(**settings: object) -> tuple[FastAPI, FakeEngine]:
     engine = FakeEngine()
     engine.enqueue(*[TOKEN] * TOKENS)
-    config = make_config(connection_timeout_seconds=DEADLINE_SECONDS, response_chunk_size=10, **settings)
+    # Pings far apart: a ping's own send past the deadline would also end the stream, hiding a deadline
+    # that failed to cut the blocked send.
+    config = make_config(connection_timeout_seconds=DEADLINE_SECONDS, response_chunk_size=10,
+                         stream_ping_seconds=3600, **settings)
     return build_app(config, OpenChat35Service(config, engine=engine), serve_metrics=False), engine
 
 

@@ -78,3 +78,18 @@ def test_report_table_and_plot(tmp_path: Path) -> None:
     assert "**vllm serve**: highest rate with goodput >= 99%: 2 req/s" in text
     plot(runs, args, tmp_path / "capacity.png")
     assert (tmp_path / "capacity.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_profile_summary_counts_a_function_once_per_stack_and_its_own_time_at_the_top(tmp_path) -> None:
+    from hxp_tools.serving_compare import profile_summary
+
+    profile = tmp_path / "ours.pyspy"  # py-spy's raw format: frames outermost first, then the sample count
+    profile.write_text("main (app.py:1);loop (app.py:5);loop (app.py:9);send (io.py:3) 3\n"
+                       "main (app.py:1);loop (app.py:5) 1\n")
+    summary = profile_summary(profile).splitlines()
+    assert summary[0] == "profile ours.pyspy: 4 samples; inclusive:"
+    inclusive = summary[1:summary.index("own time:")]
+    own = summary[summary.index("own time:") + 1:]
+    assert inclusive[:2] == ["100.0%  loop (app.py)", "100.0%  main (app.py)"]  # recursion counted once; ties by name
+    assert inclusive[2] == " 75.0%  send (io.py)"
+    assert own == [" 75.0%  send (io.py)", " 25.0%  loop (app.py)"]

@@ -148,7 +148,8 @@ class ModelConfigSchema(BaseModel):
     max_queue_size: int = Field(100, ge=0, le=1_000_000, description="sequences waiting for a slot (a request "
                                 "with n choices counts n)")
     queue_timeout_seconds: float = Field(10, gt=0, le=86_400)
-    stream_flush_interval_ms: float = Field(50, gt=0, le=60_000, description="low-latency partial chunk flush")
+    stream_flush_interval_ms: float = Field(
+        50, gt=0, le=60_000, description="low-latency mode: the longest a streamed token waits for company")
     stream_ping_seconds: float = Field(15, gt=0, le=3600)
     max_request_body_bytes: int = Field(1_048_576, ge=1024, le=1 << 30)
     drain_timeout_seconds: float = Field(30, ge=0, le=3600)

@@ -2,8 +2,10 @@
 
 Chunking policy for real-time use: the role frame goes out at once and the first token is flushed
 the moment it arrives (time to first token is never delayed by batching); after that, text is sent
-every `chunk_size` tokens, or sooner when `flush_interval` passes with tokens pending (low-latency
-mode), so a slow engine never makes the reader wait for a full chunk. Text that ends inside a
+every `chunk_size` tokens, or sooner once `flush_interval` has passed since the choice's previous
+frame (low-latency mode): a slow engine never makes the reader wait for a full chunk, no token waits
+longer than the budget, and a token that comes after a longer gap than that goes out at once (under
+load, when every token comes slower than the budget, that is every token: no waiting, no timer). Text that ends inside a
 multi-byte character (U+FFFD from the detokenizer) is held back until it completes.
 
 The streamer depends on nothing above the schemas: it reads any `DeltaSource` (the orchestrator's
@@ -101,14 +103,27 @@ def sse_frame(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
+# Stands for the text in a frame template; JSON-encoded it cannot be mistaken for other frame content.
+TEXT_SLOT = "\u0000hxp-text\u0000"
+ENCODED_TEXT_SLOT = json.dumps(TEXT_SLOT)
+
+
+def _template(frame: str) -> tuple[str, str] | None:
+    """A frame made around TEXT_SLOT, split at the slot: (before, after); None if the slot is not there once."""
+    if frame.count(ENCODED_TEXT_SLOT) != 1:
+        return None
+    head, _, tail = frame.partition(ENCODED_TEXT_SLOT)
+    return head, tail
+
+
 @dataclass
 class _Choice:
-    """One choice's text not sent yet, and when its oldest unsent token arrived (the flush budget runs from there)."""
+    """One choice's text not sent yet, and when its previous frame went out (the flush budget runs from there)."""
 
     index: int
     pending_text: str = ""
     pending_tokens: int = 0
-    pending_since: float = 0.0
+    last_sent: float = 0.0
     pending_logprobs: list[Any] = field(default_factory=list)
     first_sent: bool = False
     finished: bool = False
@@ -130,6 +145,7 @@ class ResponseStreamer:
         self.top_logprobs = top_logprobs  # None: no logprobs in the chunks
         self.content_frames = 0  # frames carrying text or a finish reason (not role, usage, error)
         self.error: ServiceError | None = None  # what ended the stream early, if anything
+        self._templates: dict[int, tuple[str, str] | None] = {}  # per choice: its text-only frame, split at the text
 
     @classmethod
     def for_config(cls, config: ModelConfigSchema, *, model: str | None = None, include_usage: bool = False,
@@ -166,11 +182,27 @@ class ResponseStreamer:
 
     def _content(self, choice: _Choice, text: str, finish_reason: str | None) -> str:
         self.content_frames += 1
+        if self.top_logprobs is None and finish_reason is None and text:
+            return self._text_frame(choice.index, text)
         logprobs = None
         if self.top_logprobs is not None:
             logprobs, choice.pending_logprobs = choice.pending_logprobs, []
         delta = DeltaMessage(content=text) if text or finish_reason is None else DeltaMessage()
         return self._frame(self._choice_payload(choice.index, delta, logprobs, finish_reason))
+
+    def _plain_text_frame(self, index: int, text: str) -> str:
+        """A frame with only text in it (no logprobs, no finish reason), built field by field."""
+        return self._frame(self._choice_payload(index, DeltaMessage(content=text), None, None))
+
+    def _text_frame(self, index: int, text: str) -> str:
+        """The same frame from a template made once per choice: most frames of a stream are these, and
+        building them field by field (models, dumps, a dict per frame) cost more than the text itself."""
+        if index not in self._templates:
+            self._templates[index] = _template(self._plain_text_frame(index, TEXT_SLOT))
+        template = self._templates[index]
+        if template is None:  # the slot's text occurs elsewhere in the frame (a model name with it, say)
+            return self._plain_text_frame(index, text)
+        return f"{template[0]}{json.dumps(text, ensure_ascii=False)}{template[1]}"
 
     # --- the stream
 
@@ -204,22 +236,21 @@ class ResponseStreamer:
 
     def _flush_wait(self, choices: list[_Choice], now: float) -> float | None:
         """How long the next delta may take before pending text must go out (None: no limit)."""
-        pending = [c.pending_since for c in choices if c.pending_tokens]
+        pending = [c.last_sent for c in choices if c.pending_tokens]
         if not pending or not self.flush_interval:
             return None
         return max(0.0, min(pending) + self.flush_interval - now)
 
     def _budget_spent(self, choice: _Choice, now: float) -> bool:
-        return bool(self.flush_interval) and now - choice.pending_since >= (self.flush_interval or 0)
+        return bool(self.flush_interval) and now - choice.last_sent >= (self.flush_interval or 0)
 
     def _flush_due(self, choices: list[_Choice], now: float) -> list[str]:
-        return [frame for c in choices if c.pending_tokens and self._budget_spent(c, now) for frame in self._flush(c)]
+        return [frame for c in choices if c.pending_tokens and self._budget_spent(c, now)
+                for frame in self._flush(c, now)]
 
     def _take(self, choice: _Choice, delta: Delta, now: float) -> list[str]:
         """Add a delta to its choice; the frames it makes due (its first token, a full chunk, a spent budget)."""
         new_tokens = max(len(delta.token_ids), 1 if delta.text else 0)
-        if new_tokens and not choice.pending_tokens:
-            choice.pending_since = now
         choice.pending_text += delta.text
         choice.pending_tokens += new_tokens
         choice.pending_logprobs.extend(getattr(delta, "logprobs", None) or ())
@@ -228,7 +259,7 @@ class ResponseStreamer:
             return [self._content(choice, choice.pending_text, str(delta.finish_reason))]
         if choice.first_sent and choice.pending_tokens < self.chunk_size and not self._budget_spent(choice, now):
             return []
-        frames = self._flush(choice)
+        frames = self._flush(choice, now)
         choice.first_sent = choice.first_sent or bool(frames)
         return frames
 
@@ -243,7 +274,7 @@ class ResponseStreamer:
             frames.append(self._frame(None, usage=_usage(last)))
         return [*frames, DONE_FRAME]
 
-    def _flush(self, choice: _Choice) -> list[str]:
+    def _flush(self, choice: _Choice, now: float) -> list[str]:
         """The choice's complete text so far as one frame; half a character waits for the next token.
 
         The pending count restarts either way: tokens that decoded to no text yet (half a character)
@@ -251,7 +282,10 @@ class ResponseStreamer:
         """
         text, choice.pending_text = _split_complete(choice.pending_text)
         choice.pending_tokens = 0
-        return [self._content(choice, text, None)] if text else []
+        if not text:
+            return []
+        choice.last_sent = now
+        return [self._content(choice, text, None)]
 
     async def stream_response(self, prompt: Any, config: Any = None, **sampling: Any) -> AsyncIterator[str]:
         """The spec's convenience form: SSE frames for a prompt (a string or chat messages).
@@ -315,8 +349,15 @@ class CompletionStreamer(ResponseStreamer):
             body["usage"] = usage.model_dump()
         return sse_frame(body)
 
+    def _plain_text_frame(self, index: int, text: str) -> str:
+        return self._frame(CompletionChoice(index=index, text=text, logprobs=None,
+                                            finish_reason=None).model_dump() | {"logprobs": None})
+
     def _content(self, choice: _Choice, text: str, finish_reason: str | None) -> str:
         self.content_frames += 1
+        if self.top_logprobs is None and finish_reason is None and text:
+            self._offsets[choice.index] += len(text)
+            return self._text_frame(choice.index, text)
         logprobs = None
         if self.top_logprobs is not None:
             entries, choice.pending_logprobs = choice.pending_logprobs, []
