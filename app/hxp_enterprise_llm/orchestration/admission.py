@@ -35,11 +35,11 @@ class PrioritySlots:
         self._waiters: list[_Waiter] = []
         self._seq = itertools.count()
 
-    def fits_now(self, n: int = 1) -> bool:
+    def fits_now(self, n: int) -> bool:
         """Would `acquire(rank, n)` take its slots at once (nobody queued ahead, enough free)?"""
         return not any(not w.future.done() for w in self._waiters) and self.held + n <= self.capacity
 
-    async def acquire(self, rank: int = 0, n: int = 1) -> None:
+    async def acquire(self, rank: int, n: int) -> None:
         if self.fits_now(n):
             self.held += n
             return
@@ -57,7 +57,7 @@ class PrioritySlots:
             self._drop(waiter)
             raise
 
-    def release(self, n: int = 1) -> None:
+    def release(self, n: int) -> None:
         self.held -= n
         self._grant()
 

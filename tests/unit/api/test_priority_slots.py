@@ -1,0 +1,162 @@
+"""`PrioritySlots` on its own: who gets freed slots, in what order, and what a waiter that leaves passes on.
+
+The admission tests drive it through HTTP; these pin the rules the HTTP tests can only reach by timing:
+the exact capacity boundary, strict (rank, arrival) order behind a wide head, which waiter a better rank
+displaces, and slots handed to a waiter in the instant it gives up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from hxp_enterprise_llm.orchestration.admission import Displaced, PrioritySlots
+
+pytestmark = pytest.mark.anyio
+
+
+async def settle() -> None:
+    """Let every task that can run, run (futures resolved by release/_grant wake their waiters)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def waiting(slots: PrioritySlots, rank: int, n: int) -> asyncio.Task[None]:
+    return asyncio.ensure_future(slots.acquire(rank, n))
+
+
+async def test_slots_are_taken_up_to_exactly_the_capacity_and_no_further() -> None:
+    slots = PrioritySlots(4)
+    assert slots.fits_now(4) and not slots.fits_now(5)
+    await slots.acquire(0, 3)
+    assert slots.held == 3
+    assert slots.fits_now(1) and not slots.fits_now(2)
+    await slots.acquire(0, 1)  # exactly full is allowed
+    assert slots.held == 4 and not slots.fits_now(1)
+    blocked = waiting(slots, 0, 1)
+    await settle()
+    assert not blocked.done() and slots.held == 4
+    slots.release(1)
+    await settle()
+    assert blocked.done() and slots.held == 4
+
+
+async def test_a_freed_slot_goes_to_the_head_waiter_when_it_fits_exactly() -> None:
+    slots = PrioritySlots(3)
+    await slots.acquire(0, 3)
+    wide = waiting(slots, 0, 2)
+    await settle()
+    slots.release(1)
+    await settle()
+    assert not wide.done() and slots.held == 2  # 2 held + 2 wanted > 3
+    slots.release(1)
+    await settle()
+    assert wide.done() and slots.held == 3  # 1 held + 2 == capacity: granted
+
+
+async def test_nobody_jumps_a_queue_even_when_their_request_would_fit() -> None:
+    slots = PrioritySlots(2)
+    await slots.acquire(0, 1)
+    wide = waiting(slots, 0, 2)
+    await settle()
+    assert slots.held == 1 and not slots.fits_now(1)  # one free slot, but a waiter is ahead
+    narrow = waiting(slots, 0, 1)
+    await settle()
+    assert not wide.done() and not narrow.done()
+    slots.release(1)
+    await settle()
+    assert wide.done() and not narrow.done() and slots.held == 2
+    slots.release(2)
+    await settle()
+    assert narrow.done() and slots.held == 1
+
+
+async def test_waiters_are_served_by_rank_then_arrival() -> None:
+    slots = PrioritySlots(1)
+    await slots.acquire(0, 1)
+    order: list[str] = []
+
+    async def take(name: str, rank: int) -> None:
+        await slots.acquire(rank, 1)
+        order.append(name)
+
+    tasks = [asyncio.ensure_future(take(name, rank)) for name, rank in
+             (("batch-1", 1), ("interactive-1", 0), ("batch-2", 1), ("interactive-2", 0))]
+    await settle()
+    for _ in tasks:
+        slots.release(1)
+        await settle()
+    assert order == ["interactive-1", "interactive-2", "batch-1", "batch-2"]
+
+
+async def test_displace_refuses_the_newest_of_the_worst_ranked_and_only_below_the_rank() -> None:
+    slots = PrioritySlots(1)
+    await slots.acquire(0, 1)
+    old_batch, worse, interactive, new_batch = (waiting(slots, rank, 1) for rank in (1, 2, 0, 1))
+    await settle()
+    assert not slots.displace(2)  # nobody ranks below 2
+    assert slots.displace(0)
+    await settle()
+    assert isinstance(worse.exception(), Displaced)  # the worst rank goes first, though not the newest
+    assert slots.displace(0)
+    await settle()
+    assert isinstance(new_batch.exception(), Displaced) and not old_batch.done()  # then the newest of rank 1
+    assert not slots.displace(1)  # an equal rank is never displaced
+    assert not interactive.done()
+    slots.release(1)
+    await settle()
+    assert interactive.done() and not old_batch.done() and slots.held == 1
+
+
+async def test_a_displaced_waiter_leaves_the_queue_and_lets_the_next_in() -> None:
+    slots = PrioritySlots(2)
+    await slots.acquire(0, 1)
+    wide = waiting(slots, 1, 2)  # cannot fit while 1 is held
+    await settle()
+    narrow = waiting(slots, 0, 1)
+    await settle()
+    assert not narrow.done()  # queued behind a pending waiter, although one slot is free
+    assert slots.displace(0)
+    await settle()
+    assert isinstance(wide.exception(), Displaced)
+    assert narrow.done() and slots.held == 2
+
+
+async def test_a_waiter_that_gives_up_leaves_and_the_one_behind_moves_up() -> None:
+    slots = PrioritySlots(2)
+    await slots.acquire(0, 1)
+    wide = waiting(slots, 0, 2)
+    await settle()
+    narrow = waiting(slots, 0, 1)
+    await settle()
+    wide.cancel()
+    await settle()
+    assert wide.cancelled()
+    assert narrow.done() and slots.held == 2  # the wide head leaving let the narrow one take the free slot
+
+
+async def test_slots_handed_to_a_waiter_as_it_gives_up_go_on_to_the_next() -> None:
+    slots = PrioritySlots(1)
+    await slots.acquire(0, 1)
+    first = waiting(slots, 0, 1)
+    second = waiting(slots, 0, 1)
+    await settle()
+    slots.release(1)  # grants `first` (its future is done) ...
+    first.cancel()  # ... but it is cancelled before it runs again
+    await settle()
+    assert first.cancelled()
+    assert second.done() and slots.held == 1  # the slot went on, not lost and not doubled
+
+
+async def test_a_cancelled_waiter_with_nothing_granted_frees_nothing() -> None:
+    slots = PrioritySlots(1)
+    await slots.acquire(0, 1)
+    gone = waiting(slots, 0, 1)
+    await settle()
+    gone.cancel()
+    await settle()
+    assert gone.cancelled() and slots.held == 1
+    slots.release(1)
+    await settle()
+    assert slots.held == 0 and slots.fits_now(1)
