@@ -66,9 +66,8 @@ class RequestRecord:
         now = time.monotonic()
         new_tokens = delta.completion_tokens - self.completion_tokens
         if new_tokens > 0:
-            if self.first_token is None:
+            if self.first_token is None:  # no gap before the first token, however many came with it
                 self.first_token = now
-                new_tokens -= 1
             elif self.last_token is not None:
                 # Tokens that arrive together share the gap, as vLLM's inter-token latency does.
                 self.inter_token_gaps.extend([(now - self.last_token) / new_tokens] * new_tokens)

@@ -28,18 +28,23 @@ def waiting(slots: PrioritySlots, rank: int, n: int) -> asyncio.Task[None]:
 
 async def test_slots_are_taken_up_to_exactly_the_capacity_and_no_further() -> None:
     slots = PrioritySlots(4)
-    assert slots.fits_now(4) and not slots.fits_now(5)
+    assert slots.fits_now(4)
+    assert not slots.fits_now(5)
     await slots.acquire(0, 3)
     assert slots.held == 3
-    assert slots.fits_now(1) and not slots.fits_now(2)
+    assert slots.fits_now(1)
+    assert not slots.fits_now(2)
     await slots.acquire(0, 1)  # exactly full is allowed
-    assert slots.held == 4 and not slots.fits_now(1)
+    assert slots.held == 4
+    assert not slots.fits_now(1)
     blocked = waiting(slots, 0, 1)
     await settle()
-    assert not blocked.done() and slots.held == 4
+    assert not blocked.done()
+    assert slots.held == 4
     slots.release(1)
     await settle()
-    assert blocked.done() and slots.held == 4
+    assert blocked.done()
+    assert slots.held == 4
 
 
 async def test_a_freed_slot_goes_to_the_head_waiter_when_it_fits_exactly() -> None:
@@ -49,10 +54,12 @@ async def test_a_freed_slot_goes_to_the_head_waiter_when_it_fits_exactly() -> No
     await settle()
     slots.release(1)
     await settle()
-    assert not wide.done() and slots.held == 2  # 2 held + 2 wanted > 3
+    assert not wide.done()
+    assert slots.held == 2
     slots.release(1)
     await settle()
-    assert wide.done() and slots.held == 3  # 1 held + 2 == capacity: granted
+    assert wide.done()
+    assert slots.held == 3
 
 
 async def test_nobody_jumps_a_queue_even_when_their_request_would_fit() -> None:
@@ -60,16 +67,21 @@ async def test_nobody_jumps_a_queue_even_when_their_request_would_fit() -> None:
     await slots.acquire(0, 1)
     wide = waiting(slots, 0, 2)
     await settle()
-    assert slots.held == 1 and not slots.fits_now(1)  # one free slot, but a waiter is ahead
+    assert slots.held == 1
+    assert not slots.fits_now(1)
     narrow = waiting(slots, 0, 1)
     await settle()
-    assert not wide.done() and not narrow.done()
+    assert not wide.done()
+    assert not narrow.done()
     slots.release(1)
     await settle()
-    assert wide.done() and not narrow.done() and slots.held == 2
+    assert wide.done()
+    assert not narrow.done()
+    assert slots.held == 2
     slots.release(2)
     await settle()
-    assert narrow.done() and slots.held == 1
+    assert narrow.done()
+    assert slots.held == 1
 
 
 async def test_waiters_are_served_by_rank_then_arrival() -> None:
@@ -101,12 +113,15 @@ async def test_displace_refuses_the_newest_of_the_worst_ranked_and_only_below_th
     assert isinstance(worse.exception(), Displaced)  # the worst rank goes first, though not the newest
     assert slots.displace(0)
     await settle()
-    assert isinstance(new_batch.exception(), Displaced) and not old_batch.done()  # then the newest of rank 1
+    assert isinstance(new_batch.exception(), Displaced)
+    assert not old_batch.done()
     assert not slots.displace(1)  # an equal rank is never displaced
     assert not interactive.done()
     slots.release(1)
     await settle()
-    assert interactive.done() and not old_batch.done() and slots.held == 1
+    assert interactive.done()
+    assert not old_batch.done()
+    assert slots.held == 1
 
 
 async def test_a_displaced_waiter_leaves_the_queue_and_lets_the_next_in() -> None:
@@ -120,7 +135,8 @@ async def test_a_displaced_waiter_leaves_the_queue_and_lets_the_next_in() -> Non
     assert slots.displace(0)
     await settle()
     assert isinstance(wide.exception(), Displaced)
-    assert narrow.done() and slots.held == 2
+    assert narrow.done()
+    assert slots.held == 2
 
 
 async def test_a_waiter_that_gives_up_leaves_and_the_one_behind_moves_up() -> None:
@@ -133,7 +149,8 @@ async def test_a_waiter_that_gives_up_leaves_and_the_one_behind_moves_up() -> No
     wide.cancel()
     await settle()
     assert wide.cancelled()
-    assert narrow.done() and slots.held == 2  # the wide head leaving let the narrow one take the free slot
+    assert narrow.done()
+    assert slots.held == 2
 
 
 async def test_slots_handed_to_a_waiter_as_it_gives_up_go_on_to_the_next() -> None:
@@ -146,7 +163,8 @@ async def test_slots_handed_to_a_waiter_as_it_gives_up_go_on_to_the_next() -> No
     first.cancel()  # ... but it is cancelled before it runs again
     await settle()
     assert first.cancelled()
-    assert second.done() and slots.held == 1  # the slot went on, not lost and not doubled
+    assert second.done()
+    assert slots.held == 1
 
 
 async def test_a_cancelled_waiter_with_nothing_granted_frees_nothing() -> None:
@@ -156,7 +174,9 @@ async def test_a_cancelled_waiter_with_nothing_granted_frees_nothing() -> None:
     await settle()
     gone.cancel()
     await settle()
-    assert gone.cancelled() and slots.held == 1
+    assert gone.cancelled()
+    assert slots.held == 1
     slots.release(1)
     await settle()
-    assert slots.held == 0 and slots.fits_now(1)
+    assert slots.held == 0
+    assert slots.fits_now(1)
