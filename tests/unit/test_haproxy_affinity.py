@@ -9,13 +9,19 @@ listeners, two fixed servers instead of the DNS-discovered template).
 
 from __future__ import annotations
 
+import argparse
+import importlib.machinery
+import importlib.util
 import json
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
+import types
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -70,11 +76,11 @@ class Replica:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
-def local_config(api_port: int, stats_port: int, replicas: list[Replica]) -> str:
+def local_config(api_port: int, stats_port: int, admin_port: int, replicas: list[Replica]) -> str:
     text = HAPROXY_CFG.read_text(encoding="utf-8")
     text = text.replace("    bind :11402\n", f"    bind 127.0.0.1:{api_port}\n")
     text = text.replace("    bind :8404\n", f"    bind 127.0.0.1:{stats_port}\n")
-    text = re.sub(r"stats socket \S+", f"stats socket ipv4@127.0.0.1:{free_port()}", text)
+    text = re.sub(r"stats socket \S+", f"stats socket ipv4@127.0.0.1:{admin_port}", text)
     text = text.replace(" resolvers docker init-addr none resolve-prefer ipv4", "")
     servers = "".join(f"    server {r.name} 127.0.0.1:{r.port}\n" for r in replicas)
     text, count = re.subn(r"    server-template .*\n", servers, text)
@@ -82,12 +88,20 @@ def local_config(api_port: int, stats_port: int, replicas: list[Replica]) -> str
     return text
 
 
+@dataclass(frozen=True)
+class Balancer:
+    url: str  # the API frontend
+    replicas: list[Replica]
+    stats_csv: str  # the stats page as CSV, as scripts/rolling-restart reads it
+    admin_port: int  # the Runtime API (stats socket), on loopback
+
+
 @pytest.fixture(scope="module")
-def balancer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[Replica]]]:
+def balancer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Balancer]:
     replicas = [Replica(f"replica{n}") for n in (1, 2, 3)]
-    api_port = free_port()
+    api_port, stats_port, admin_port = free_port(), free_port(), free_port()
     config = tmp_path_factory.mktemp("haproxy") / "haproxy.cfg"
-    config.write_text(local_config(api_port, free_port(), replicas), encoding="utf-8")
+    config.write_text(local_config(api_port, stats_port, admin_port, replicas), encoding="utf-8")
     check = subprocess.run(["haproxy", "-c", "-q", "-f", str(config)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     process = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
@@ -95,7 +109,7 @@ def balancer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, li
     url = f"http://127.0.0.1:{api_port}"
     try:
         until(lambda: pool_size(url) == 3, "every replica in the pool")
-        yield url, replicas
+        yield Balancer(url, replicas, f"http://127.0.0.1:{stats_port}/stats;csv", admin_port)
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -130,7 +144,7 @@ def sessions(url: str, count: int = 16) -> dict[str, str]:
 
 
 def test_a_session_stays_on_one_replica_and_sessions_spread(balancer) -> None:
-    url, _ = balancer
+    url = balancer.url
     placement = sessions(url)
     assert set(placement.values()) == {"replica1", "replica2", "replica3"}
     for _ in range(3):
@@ -138,18 +152,18 @@ def test_a_session_stays_on_one_replica_and_sessions_spread(balancer) -> None:
 
 
 def test_the_api_key_is_the_session_key_without_the_header(balancer) -> None:
-    url, _ = balancer
+    url = balancer.url
     for key in ("Bearer key-a", "Bearer key-b", "Bearer key-c"):
         assert len({served_by(url, {"Authorization": key}) for _ in range(6)}) == 1
 
 
 def test_without_a_key_requests_are_balanced(balancer) -> None:
-    url, _ = balancer
+    url = balancer.url
     assert {served_by(url, {}) for _ in range(12)} == {"replica1", "replica2", "replica3"}
 
 
 def test_a_draining_replica_moves_only_its_own_sessions(balancer) -> None:
-    url, replicas = balancer
+    url, replicas = balancer.url, balancer.replicas
     before = sessions(url)
     replicas[0].draining = True
     try:
@@ -160,3 +174,43 @@ def test_a_draining_replica_moves_only_its_own_sessions(balancer) -> None:
     finally:
         replicas[0].draining = False
     until(lambda: sessions(url) == before, "every session back where it was")
+
+
+def rolling_restart_module() -> types.ModuleType:
+    """scripts/rolling-restart (a script without .py) loaded as a module, to call its HAProxy steps."""
+    path = HAPROXY_CFG.parents[2] / "scripts" / "rolling-restart"
+    loader = importlib.machinery.SourceFileLoader("rolling_restart", str(path))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+def test_rolling_restart_drains_a_replica_in_every_backend_and_puts_it_back(balancer, monkeypatch) -> None:
+    """The script's own HAProxy steps against this real HAProxy: it finds the replica's servers in both
+    backends from the stats CSV, and its drain keeps new sessions and keyless requests off the replica;
+    only the transport differs (a loopback socket here, `docker exec` into the balancer in compose)."""
+    script = rolling_restart_module()
+
+    def runtime_api(lb_container: str, command: str) -> str:
+        with socket.create_connection(("127.0.0.1", balancer.admin_port), timeout=5) as admin:
+            admin.sendall(f"{command}\n".encode())
+            return b"".join(iter(lambda: admin.recv(4096), b"")).decode().strip()
+
+    monkeypatch.setattr(script, "runtime_api", runtime_api)
+    url, replica = balancer.url, balancer.replicas[0]
+    servers = script.servers_of(balancer.stats_csv, f"127.0.0.1:{replica.port}")
+    assert sorted(servers) == ["replicas/replica1", "sessions/replica1"]
+    args = argparse.Namespace(lb_container="haproxy-under-test")
+    before = sessions(url)
+    script.set_state(args, servers, "drain")
+    try:
+        during = sessions(url)
+        assert "replica1" not in during.values()
+        assert {key: r for key, r in during.items() if before[key] != "replica1"} == \
+            {key: r for key, r in before.items() if r != "replica1"}
+        assert "replica1" not in {served_by(url, {}) for _ in range(9)}
+        with pytest.raises(script.Failure, match="refused state sleepy"):
+            script.set_state(args, servers, "sleepy")
+    finally:
+        script.set_state(args, servers, "ready")
+    assert sessions(url) == before
