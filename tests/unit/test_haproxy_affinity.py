@@ -180,7 +180,9 @@ def rolling_restart_module() -> types.ModuleType:
     """scripts/rolling-restart (a script without .py) loaded as a module, to call its HAProxy steps."""
     path = HAPROXY_CFG.parents[2] / "scripts" / "rolling-restart"
     loader = importlib.machinery.SourceFileLoader("rolling_restart", str(path))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
     return module
 
