@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hxp_enterprise_llm.orchestration.request_record import RequestRecord
@@ -120,6 +121,10 @@ class RequestLifecycleMiddleware:
             await self.app(scope, receive, send_with_id)
         except ClientStalled:  # nothing more can reach this client; the server closes the connection
             logger.warning("request %s: the client stopped reading; dropped at its deadline", request_id)
+        except ClientDisconnect:
+            # The client hung up before its whole body had arrived: no answer can reach it, and it is
+            # the client leaving (499), not a fault of ours (a 500 in the SLO metrics and an ERROR line).
+            logger.info("request %s: the client left before its request body arrived", request_id)
         except Exception:
             logger.exception("unhandled error on %s %s, request %s", scope["method"], scope["path"], request_id)
             error = InternalError(f"internal error; see the service log for request {request_id}")

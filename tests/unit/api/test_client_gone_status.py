@@ -58,3 +58,21 @@ async def test_a_client_that_leaves_is_499_unless_its_stream_had_started(
         assert (line["status"], line["outcome"]) == (status, "disconnected"), line
         assert finished_requests(served, str(status), "disconnected") == 1
         assert leaver.status == status
+
+
+async def test_a_client_that_leaves_while_sending_its_body_is_499_not_a_500(
+        serve_app, caplog: pytest.LogCaptureFixture) -> None:
+    """Starlette raises ClientDisconnect from the body read; that is the client leaving, not our fault: no
+    500 in the metrics, no ERROR line with a traceback (found in the engine tier's disconnect storm)."""
+    caplog.set_level(logging.INFO)
+    async with serve_app(FakeEngine()) as served:
+        leaver = RawExchange(served.app, chat_body(), request_id="half-body", stall_body=True).start()
+        leaver.hang_up.set()
+        await leaver.finished()
+        line = next(line for line in request_lines(caplog) if line["request_id"] == "half-body")
+        assert (line["status"], line["outcome"]) == (499, "disconnected"), line
+        assert finished_requests(served, "499", "disconnected") == 1
+        assert finished_requests(served, "500", "failed") == 0
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+        assert leaver.app_error is None
+        assert leaver.status is None  # nothing was sent to a client that is gone
