@@ -20,6 +20,7 @@ import random
 
 import httpx
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from support.clients import StreamResult, chat_body, is_openai_error, stream_chat, wait_idle
 from support.server_process import ServerProcess
@@ -52,9 +53,18 @@ async def _client(client: httpx.AsyncClient, url: str, rng: random.Random,
     return moment, await stream_chat(client, url, body, lambda r: len(r.frames) >= frames_before_drop)
 
 
+def server_errors(metrics_url: str) -> float:
+    """Requests the service counted as its own failure (5xx) in openchat_requests_total."""
+    text = httpx.get(metrics_url, timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(text) if family.name == "openchat_requests"
+               for sample in family.samples
+               if sample.name == "openchat_requests_total" and sample.labels.get("status", "").startswith("5"))
+
+
 def test_two_hundred_dropped_streams_leave_no_trace(demo_server: ServerProcess) -> None:
     url = f"{demo_server.base_url}/v1/chat/completions"
     assert wait_idle(demo_server.metrics_url) == dict.fromkeys(wait_idle(demo_server.metrics_url), 0)
+    errors_before = server_errors(demo_server.metrics_url)
     process = psutil.Process(demo_server.process.pid)
     fds_before = process.num_fds()
 
@@ -79,6 +89,8 @@ def test_two_hundred_dropped_streams_leave_no_trace(demo_server: ServerProcess) 
 
     gauges = wait_idle(demo_server.metrics_url)
     assert gauges == dict.fromkeys(gauges, 0), gauges
+    # A client leaving (also while it was still sending its body) is a 499 or a 200, never counted as a 5xx.
+    assert server_errors(demo_server.metrics_url) == errors_before
     streaming = httpx.get(f"{demo_server.base_url}/metrics/streaming", timeout=10).json()
     assert streaming["active_streams"] == 0, streaming
     health = httpx.get(f"{demo_server.base_url}/health", timeout=10).json()
