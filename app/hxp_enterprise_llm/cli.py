@@ -100,14 +100,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_MODEL
     from hxp_enterprise_llm.api.auth import ApiKeyFileError
     from hxp_enterprise_llm.server import run_server
-    from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service, model_quantization
+    from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import OpenChat35Service
     from hxp_enterprise_llm.services.core.cpu_kernels import missing_cpu_kernel
 
-    if (why := missing_cpu_kernel(model_quantization(config.model_path))) is not None:
+    # Cheap: the engine is only built by run_server; the service has read the weights' quantization already.
+    service = OpenChat35Service(config, revision=entry.revision if entry else None)  # type: ignore[arg-type]
+    if (why := missing_cpu_kernel(service.quantization)) is not None:
         print(f"hxp-llm serve: refusing to start: {why}", file=sys.stderr)
         return EXIT_CONFIG
-
-    service = OpenChat35Service(config, revision=entry.revision if entry else None)  # type: ignore[arg-type]
     try:
         return run_server(config, service)
     except ApiKeyFileError as exc:
