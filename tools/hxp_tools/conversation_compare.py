@@ -26,10 +26,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hxp_enterprise_llm.bench.conversation import (
     ConversationOptions,
@@ -41,6 +42,9 @@ from hxp_enterprise_llm.bench.conversation import (
 from hxp_enterprise_llm.bench.runner import LoadOptions
 from hxp_enterprise_llm.bench.stats import Slo
 from hxp_tools.servers import ROOT, ServerFailed, hxp_llm_serve, machine_description
+
+if TYPE_CHECKING:
+    from hxp_tools.scale_stack import ScaleStack
 
 
 def measure(label: str, base_url: str, load: LoadOptions, options: ConversationOptions,
@@ -74,14 +78,23 @@ def long_deadlines(timeout: float) -> dict[str, str]:
     return {f"OPENCHAT_3_5_{name}_TIMEOUT_SECONDS": f"{timeout:g}" for name in ("CONNECTION", "QUEUE", "DRAIN")}
 
 
-def two_replicas(args: argparse.Namespace, load: LoadOptions, options: ConversationOptions,
-                 slos: list[Slo]) -> list[dict[str, Any]]:
-    from hxp_tools.scale_stack import ScaleStack, set_pool
+@contextmanager
+def two_replica_stack(args: argparse.Namespace) -> Iterator[ScaleStack]:
+    """The scale profile with 2 replicas and the benchmark's long deadlines, both in the pool."""
+    from hxp_tools.scale_stack import ScaleStack
 
-    figures = []
     with ScaleStack(f"hxp-bench-conv-{os.getpid()}", replicas=2, service_image=args.image, lb_image=args.lb_image,
                     models_root=args.models_root, replica_env=long_deadlines(args.timeout)) as stack:
         print(f"### 2 replicas in the pool after {stack.wait_pool(2, args.start_timeout):.0f} s", flush=True)
+        yield stack
+
+
+def two_replicas(args: argparse.Namespace, load: LoadOptions, options: ConversationOptions,
+                 slos: list[Slo]) -> list[dict[str, Any]]:
+    from hxp_tools.scale_stack import set_pool
+
+    figures = []
+    with two_replica_stack(args) as stack:
         runs: list[tuple[str, int, str | None]] = [("2 replicas, session affinity", 2, "X-Session-ID"),
                                                    ("2 replicas, least connections", 2, None),
                                                    ("1 replica", 1, "X-Session-ID")]
@@ -96,12 +109,8 @@ def two_replicas(args: argparse.Namespace, load: LoadOptions, options: Conversat
 def rolling_restart(args: argparse.Namespace, load: LoadOptions, options: ConversationOptions,
                     slos: list[Slo]) -> list[dict[str, Any]]:
     """Conversation rounds with affinity on while scripts/rolling-restart restarts both replicas."""
-    from hxp_tools.scale_stack import ScaleStack
-
     figures = []
-    with ScaleStack(f"hxp-bench-conv-{os.getpid()}", replicas=2, service_image=args.image, lb_image=args.lb_image,
-                    models_root=args.models_root, replica_env=long_deadlines(args.timeout)) as stack:
-        print(f"### 2 replicas in the pool after {stack.wait_pool(2, args.start_timeout):.0f} s", flush=True)
+    with two_replica_stack(args) as stack:
         backends = ("sessions", "replicas")  # keyed turns, and the keyless /tokenize of each round's start
         before = {name: stack.backend_counters(name) for name in backends}
         restart_log = args.logs / "rolling-restart.log"
