@@ -194,7 +194,8 @@ def report(rounds: list[dict[str, dict[str, dict[str, float]]]], args: argparse.
 
     lines = [f"{len(rounds)} rounds, median of each figure; {args.users} streaming users x {args.output_len} tokens "
              f"({args.prompts} requests, closed loop) and 1 user ({args.single_prompts} requests); "
-             f"{args.input_len}-token random prompts, greedy, ignore_eos.", "",
+             f"{args.input_len}-token random prompts, greedy, ignore_eos."
+             + (f" Ours with {' '.join(args.ours_arg)}." if args.ours_arg else ""), "",
              "| load | figure | ours | vllm serve | raw engine | ours / vllm serve | ours / raw engine |",
              "|---|---|---|---|---|---|---|"]
     for load, name in (("many", f"{args.users} users"), ("one", "1 user")):
@@ -220,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--single-prompts", type=int, default=20, help="requests of the 1-user load")
     parser.add_argument("--input-len", type=int, default=32)
     parser.add_argument("--output-len", type=int, default=50)
+    parser.add_argument("--ours-arg", action="append", default=[], metavar="FLAG",
+                        help="extra `hxp-llm serve` flag, e.g. --ours-arg=--connection-timeout-seconds=600 "
+                             "(stock `vllm serve` has no request deadline; ours cuts a request at 30 s)")
     parser.add_argument("--port", type=int, default=18402, help="ours (metrics on the next port)")
     parser.add_argument("--peer-port", type=int, default=18000)
     parser.add_argument("--start-timeout", type=float, default=600.0)
@@ -237,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         return raw_engine_main(args)
     args.passthrough = [a for a in argv if a != "--raw-engine-child"]
     # What our_server/peer_server read from scripts/capacity's options.
-    args.model_dir, args.ours_arg = None, []
+    args.model_dir = None
     engine = Engine.from_config(args.config, None)
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine_description()}", flush=True)
