@@ -68,8 +68,13 @@ class Engine:
 
 
 def our_server(args: argparse.Namespace, engine: Engine) -> ManagedServer:
+    # No `: ping` comments: `vllm bench serve` strips every network read before joining them, so a comment
+    # (sent when a stream is quiet for stream_ping_seconds, e.g. a first token 15 s+ away under load) glues
+    # onto the frames after it and they are skipped as one comment; it then counts the tokens of the text
+    # it kept instead of the usage (upstream: vllm-project/vllm#51172). `vllm serve` sends no comments.
     argv = [str(ROOT / ".venv/bin/hxp-llm"), "serve", "--config", str(args.config), "--host", "127.0.0.1",
-            "--port", str(args.port), "--metrics-port", str(args.port + 1), *args.ours_arg]
+            "--port", str(args.port), "--metrics-port", str(args.port + 1), "--stream-ping-seconds", "3600",
+            *args.ours_arg]
     if args.model_dir:  # a model outside the lock cannot be verified against it
         argv += ["--model-path", str(engine.model_path), "--model-verification", "off"]
     return ManagedServer("ours", argv, f"http://127.0.0.1:{args.port}/health", args.out / "ours.log")

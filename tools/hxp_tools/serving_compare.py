@@ -53,6 +53,11 @@ def bench_serve(args: argparse.Namespace, engine: Engine, base_url: str, users: 
     data: dict[str, Any] = json.loads(result.read_text())
     if data["failed"]:
         raise ServerFailed(f"{base_url}: {data['failed']} of {prompts} requests failed")
+    # Every answer is --output-len tokens (ignore_eos): fewer counted means the client lost frames, and
+    # the throughput it reports is wrong (see capacity.our_server on SSE comments).
+    if data["total_output_tokens"] != data["completed"] * args.output_len:
+        raise ServerFailed(f"{base_url}: `vllm bench serve` counted {data['total_output_tokens']} output tokens "
+                           f"for {data['completed']} answers of {args.output_len}: it mis-read the stream")
     return data
 
 
