@@ -67,6 +67,16 @@ class Engine:
                 "--enable-prompt-tokens-details"]
 
 
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """The options our_server and peer_server read; scripts/capacity and scripts/bench-serving both take them."""
+    parser.add_argument("--ours-arg", action="append", default=[], metavar="FLAG",
+                        help="extra `hxp-llm serve` flag, e.g. --ours-arg=--connection-timeout-seconds=600 "
+                             "(stock `vllm serve` has no request deadline; ours cuts a request at 30 s)")
+    parser.add_argument("--port", type=int, default=18402, help="ours (metrics on the next port)")
+    parser.add_argument("--peer-port", type=int, default=18000)
+    parser.add_argument("--start-timeout", type=float, default=600.0)
+
+
 def our_server(args: argparse.Namespace, engine: Engine) -> ManagedServer:
     # No `: ping` comments: `vllm bench serve` strips every network read before joining them, so a comment
     # (sent when a stream is quiet for stream_ping_seconds, e.g. a first token 15 s+ away under load) glues
@@ -211,10 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-goodput", type=float, default=0.99)
     parser.add_argument("--only", choices=("ours", "peer"), help="sweep one server only")
     parser.add_argument("--base-url", help="sweep this running service (e.g. HAProxy before replicas) instead")
-    parser.add_argument("--ours-arg", action="append", default=[], metavar="FLAG", help="extra `hxp-llm serve` flag")
-    parser.add_argument("--port", type=int, default=18402, help="ours (metrics on the next port)")
-    parser.add_argument("--peer-port", type=int, default=18000)
-    parser.add_argument("--start-timeout", type=float, default=600.0)
+    add_server_options(parser)
     parser.add_argument("--out", type=Path, default=ROOT / ".build/capacity")
     return parser
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hxp_tools.capacity import Engine, our_server, peer_server
+from hxp_tools.capacity import Engine, add_server_options, our_server, peer_server
 from hxp_tools.servers import ROOT, ManagedServer, ServerFailed, machine_description
 
 SERVERS = ("ours", "vllm serve", "raw engine")
@@ -226,12 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--single-prompts", type=int, default=20, help="requests of the 1-user load")
     parser.add_argument("--input-len", type=int, default=32)
     parser.add_argument("--output-len", type=int, default=50)
-    parser.add_argument("--ours-arg", action="append", default=[], metavar="FLAG",
-                        help="extra `hxp-llm serve` flag, e.g. --ours-arg=--connection-timeout-seconds=600 "
-                             "(stock `vllm serve` has no request deadline; ours cuts a request at 30 s)")
-    parser.add_argument("--port", type=int, default=18402, help="ours (metrics on the next port)")
-    parser.add_argument("--peer-port", type=int, default=18000)
-    parser.add_argument("--start-timeout", type=float, default=600.0)
+    add_server_options(parser)
     parser.add_argument("--profile", action="store_true",
                         help="py-spy on each HTTP server's process during the many-user load (top functions printed)")
     parser.add_argument("--out", type=Path, default=ROOT / ".build/bench-serving")
