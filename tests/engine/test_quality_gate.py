@@ -17,7 +17,7 @@ import pytest
 
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
 from hxp_enterprise_llm.services.ai_models.openchat_3_5.service import model_quantization
-from hxp_enterprise_llm.services.core.cpu_kernels import missing_cpu_kernel
+from hxp_enterprise_llm.services.core.cpu_kernels import missing_cpu_kernel, resolve_dtype
 from hxp_tools.quality_gate import Score, ask_all, load_questions
 from support.figures import record_figure
 from support.server_process import REPO, ServerProcess
@@ -26,9 +26,10 @@ DEFAULT = "config/demo-cpu.yaml"
 
 
 def _reference() -> tuple[str, ...]:
-    """fp32 eager: the default config itself when it is that (served once, not twice), else with flags."""
+    """fp32 eager: the default config itself when it is that here (`auto` on a CPU without native bf16; served
+    once, not twice), else with flags."""
     default = OpenChat35Config.load(REPO / DEFAULT).config
-    if default.dtype == "float32" and default.enforce_eager:
+    if resolve_dtype(default.dtype, on_cpu=True) == "float32" and default.enforce_eager:
         return (DEFAULT,)
     return (DEFAULT, "--dtype", "float32", "--enforce-eager")
 

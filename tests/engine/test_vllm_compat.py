@@ -17,13 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
+from hxp_enterprise_llm.services.core.cpu_kernels import native_cpu_dtype
 from hxp_tools.capacity import Engine, peer_server
 from hxp_tools.servers import ManagedServer
 from support.server_process import REPO, ServerProcess, free_port
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 # Fields only one side sends, on purpose (docs/api.md, "Compared with vllm serve").
-OURS_ONLY = {"quantization"}  # /v1/models: how the weights are stored
+OURS_ONLY = {"quantization", "dtype"}  # /v1/models: how the weights are stored, what the engine computes in
 PEER_ONLY = {
     "prompt_logprobs", "prompt_token_ids", "kv_transfer_params", "service_tier", "stop_reason",
     "token_ids", "reasoning", "reasoning_content", "tool_calls", "function_call", "refusal", "annotations",
@@ -239,6 +240,13 @@ def test_errors_have_the_openai_shape_on_both(demo_server: ServerProcess, vllm_s
     # vLLM answers these too, with its own status and codes; the body is an error either way.
     assert peer.status_code >= 400
     assert "error" in peer.json()
+
+
+def test_the_demo_s_auto_dtype_is_served_as_this_cpu_s_native_one(demo_server: ServerProcess) -> None:
+    card = httpx.get(f"{demo_server.base_url}/v1/models", timeout=30).json()["data"][0]
+    version = httpx.get(f"{demo_server.base_url}/version", timeout=30).json()
+    # What vLLM's model config says it computes in, read after load: bf16 only where the CPU has it in hardware.
+    assert card["dtype"] == version["dtype"] == native_cpu_dtype()
 
 
 def test_intended_differences_are_documented() -> None:

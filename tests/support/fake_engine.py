@@ -84,6 +84,7 @@ class FakeEngine:
     description = "fake"
     version = "fake 1"
     device = "none"
+    dtype = "float32"  # what a started VllmEngine reports (`auto` resolved); the config says "auto"
 
     def __init__(self, token_delay: float = 0.0, start_delay: float = 0.0, fail_start: bool = False,
                  default_reply: str = "Hello from the fake engine.") -> None:

@@ -46,11 +46,16 @@ class Engine:
 
     @classmethod
     def from_config(cls, config_file: Path, model_dir: Path | None) -> Engine:
+        import torch
+
         from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
+        from hxp_enterprise_llm.services.core.cpu_kernels import resolve_dtype
 
         config = OpenChat35Config.load(config_file).config
         path = model_dir or config.model_path
-        return cls(path if path.is_absolute() else ROOT / path, config.served_model_name, config.dtype,
+        # vllm serve's own `auto` would keep bf16 on a CPU that emulates it: give both servers ours, resolved.
+        dtype = resolve_dtype(config.dtype, on_cpu=not torch.cuda.is_available())
+        return cls(path if path.is_absolute() else ROOT / path, config.served_model_name, dtype,
                    config.enforce_eager, config.max_model_len, config.max_num_seqs, config.max_num_batched_tokens,
                    config.enable_chunked_prefill, config.enable_prefix_caching, config.kv_cache_space_gb,
                    config.target_latency_ms,

@@ -116,9 +116,20 @@ class ServiceMetrics:
         health = orchestrator.health
         for state in ServiceState:
             self.state.labels(model, state.value).set_function(_is_current(health, state))
+        self._set_build_info(orchestrator)
+
+        def on_state(state: ServiceState, detail: str) -> None:
+            # Once loaded, the engine's own dtype replaces the configured one (`auto` is resolved then).
+            if state is ServiceState.READY:
+                self._set_build_info(orchestrator)
+
+        health.listeners.append(on_state)
+
+    def _set_build_info(self, orchestrator: InteractiveOrchestrator) -> None:
         info = orchestrator.service.get_model_info()
-        self.build_info.labels(model, service_version(), info["engine_version"], info["revision"] or "unlocked",
-                               info["dtype"], info["quantization"]).set(1)
+        self.build_info.clear()  # one series, always: the labels describe this process now
+        self.build_info.labels(self.model, service_version(), info["engine_version"],
+                               info["revision"] or "unlocked", info["dtype"], info["quantization"]).set(1)
 
     def sample(self) -> None:
         """The gauges the service measures itself (the others are read when Prometheus scrapes)."""

@@ -47,7 +47,8 @@ async def get_model(model_id: str, request: Request) -> ModelCard:
 def _model_card(ctx: AppContext) -> ModelCard:
     info = ctx.service.get_model_info()
     return ModelCard(id=ctx.config.served_model_name, created=int(ctx.health.since), root=ctx.config.model_name,
-                     max_model_len=ctx.config.max_model_len, quantization=info["quantization"])
+                     max_model_len=ctx.config.max_model_len, quantization=info["quantization"],
+                     dtype=info["dtype"])
 
 
 # /tokenize and /detokenize: the chat route's limits, and its gate (503 unless ready, 429 when every slot
@@ -90,7 +91,7 @@ async def version(request: Request) -> VersionResponse:
     info = ctx.service.get_model_info()
     return VersionResponse(version=service_version(), engine=info["engine_version"],
                            model=ctx.config.served_model_name, model_revision=info["revision"],
-                           quantization=info["quantization"])
+                           quantization=info["quantization"], dtype=info["dtype"])
 
 
 @router.get("/metrics/streaming")

@@ -299,10 +299,11 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "hxp-enterprise-llm"
-    # --- extensions (as vLLM's /v1/models, plus how the weights are stored)
+    # --- extensions (as vLLM's /v1/models, plus how the weights are stored and what the engine computes in)
     root: str | None = None
     max_model_len: int | None = None
     quantization: str | None = None
+    dtype: str | None = None
 
 
 class ModelList(BaseModel):
@@ -378,3 +379,4 @@ class VersionResponse(BaseModel):
     model: str
     model_revision: str | None
     quantization: str
+    dtype: str  # as configured until the engine has loaded, then the one it computes in (`auto` resolved)

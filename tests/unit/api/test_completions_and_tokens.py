@@ -12,11 +12,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from api_harness import MODEL, Served, assert_openai_error, chat_body, sse_chunks
+from api_harness import MODEL, Served, assert_openai_error, chat_body, eventually, sse_chunks
 from prometheus_client.parser import text_string_to_metric_families
 
 from hxp_enterprise_llm.api.metrics import render_metrics
-from support.fake_engine import CharTokenizer
+from hxp_enterprise_llm.orchestration.service_state import ServiceState
+from support.fake_engine import CharTokenizer, FakeEngine
 
 pytestmark = pytest.mark.anyio
 TOKENS = CharTokenizer()
@@ -187,6 +188,21 @@ async def test_quantization_is_reported_everywhere_from_config_json(
                      for s in f.samples]
     assert card["quantization"] == health["quantization"] == info["quantization"] == reported
     assert build_info.labels["quantization"] == reported
+
+
+async def test_the_dtype_reported_is_the_engine_s_once_loaded_not_the_configured_auto(serve_app) -> None:
+    engine = FakeEngine(start_delay=0.2)
+    engine.dtype = "bfloat16"  # as a VllmEngine reports `auto` resolved on an AVX512-BF16 CPU
+    async with serve_app(engine, wait_ready=False, dtype="auto") as served:
+        assert (await served.client.get("/version")).json()["dtype"] == "auto"  # loading: nothing resolved yet
+        await eventually(lambda: served.ctx.health.state == ServiceState.READY, "service ready")
+        card = (await served.client.get("/v1/models")).json()["data"][0]
+        version = (await served.client.get("/version")).json()
+        exposition = render_metrics(served.ctx.metrics.registry).decode()
+    build_info = [s for f in text_string_to_metric_families(exposition) if f.name == "openchat_build_info"
+                  for s in f.samples]
+    assert card["dtype"] == version["dtype"] == "bfloat16"
+    assert [sample.labels["dtype"] for sample in build_info] == ["bfloat16"]  # the "auto" series is gone
 
 
 async def test_completion_and_chat_share_admission(serve_app) -> None:

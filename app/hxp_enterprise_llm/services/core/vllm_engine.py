@@ -14,6 +14,7 @@ from hxp_enterprise_llm.schemas.errors import InvalidRequestError
 from hxp_enterprise_llm.schemas.outcomes import FinishReason
 from hxp_enterprise_llm.services.core.compile_cache import ensure_writable_compile_caches
 from hxp_enterprise_llm.services.core.cpu_budget import cpu_thread_binding, warn_if_over_budget
+from hxp_enterprise_llm.services.core.cpu_kernels import resolve_dtype
 from hxp_enterprise_llm.services.core.engine import (
     EngineDeadError,
     EngineError,
@@ -43,7 +44,7 @@ def engine_args_from_config(config: ModelConfigSchema, on_cpu: bool = False) -> 
         "model": str(config.model_path),
         "served_model_name": [config.served_model_name],
         "tokenizer": str(config.model_path),
-        "dtype": config.dtype,
+        "dtype": resolve_dtype(config.dtype, on_cpu),
         "max_model_len": config.max_model_len,
         "max_num_seqs": config.max_num_seqs,
         "max_num_batched_tokens": config.max_num_batched_tokens,
@@ -83,6 +84,7 @@ class VllmEngine:
         # False only on a CPU engine whose worker did not take the seed fix: seeded sampling is then refused.
         self.seeded_sampling_safe = True
         self._device = "not started"
+        self._dtype = "not started"
         self._death_watch: asyncio.Task[None] | None = None
         self._on_death: Callable[[str], object] | None = None
 
@@ -105,6 +107,11 @@ class VllmEngine:
         """"cpu" or "cuda" once started (asking earlier would import vLLM just to answer)."""
         return self._device
 
+    @property
+    def dtype(self) -> str:
+        """The dtype vLLM computes in once started ("bfloat16", "float32"; never "auto")."""
+        return self._dtype
+
     async def start(self, on_death: Callable[[str], object] | None = None) -> None:
         # Offline by construction: the model is local and verified; a Hub lookup would only hang.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -117,6 +124,7 @@ class VllmEngine:
         except Exception as exc:
             raise EngineError(f"vLLM engine failed to start: {type(exc).__name__}: {exc}") from exc
         self._tokenizer = self._llm.get_tokenizer()
+        self._dtype = str(self._llm.model_config.dtype).removeprefix("torch.")
         await self._check_seed_fix()
         if on_death is not None:
             self._on_death = on_death

@@ -121,7 +121,8 @@ class OpenChat35Service:
             "model_path": str(self.config.model_path),
             "revision": self.revision,
             "context_length": self.config.max_model_len,
-            "dtype": self.config.dtype,
+            # What the engine computes in: `auto` resolved (cpu_kernels.resolve_dtype) once it has started.
+            "dtype": getattr(self.engine, "dtype", self.config.dtype) if self.ready else self.config.dtype,
             "quantization": self.quantization,
             "streaming": self.config.streaming_enabled,
             "engine": getattr(self.engine, "description", type(self.engine).__name__),
