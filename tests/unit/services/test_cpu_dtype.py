@@ -39,10 +39,5 @@ def test_auto_on_a_gpu_is_left_to_vllm() -> None:
     assert engine_args_from_config(ModelConfigSchema(dtype="auto"), on_cpu=False)["dtype"] == "auto"
 
 
-def test_this_host_answers_from_torch_s_own_checks() -> None:
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    assert native_cpu_dtype() == ("bfloat16" if native else "float32")
-
-
 def test_the_cpu_demo_follows_the_host() -> None:
     assert OpenChat35Config.load(REPO / "config" / "demo-cpu.yaml").config.dtype == "auto"
