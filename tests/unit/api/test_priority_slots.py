@@ -180,3 +180,22 @@ async def test_a_cancelled_waiter_with_nothing_granted_frees_nothing() -> None:
     await settle()
     assert slots.held == 0
     assert slots.fits_now(1)
+
+
+async def test_slots_freed_in_the_instant_a_waiter_gives_up_skip_it_and_it_leaves_cleanly() -> None:
+    slots = PrioritySlots(1)
+    await slots.acquire(0, 1)
+    gone = waiting(slots, 0, 1)
+    behind = waiting(slots, 0, 1)
+    await settle()
+    gone.cancel()  # its future is cancelled now; its own clean-up runs only when the task next runs ...
+    slots.release(1)  # ... so the grant meets a head that is already done: it skips it for the one behind
+    assert slots.held == 1
+    await settle()
+    assert behind.done()
+    assert behind.exception() is None
+    with pytest.raises(asyncio.CancelledError):
+        await gone  # its clean-up finds itself already out of the queue: no error of its own
+    slots.release(1)
+    assert slots.held == 0
+    assert slots.fits_now(1)
