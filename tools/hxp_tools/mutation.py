@@ -16,7 +16,8 @@ mutmut only mutates a `src/` layout, so each module runs in its own scratch copy
 each function and runs only those against its mutants; each module's run gives it only the unit
 tests of its group's area. A re-run (`--again`, `--mutants`) keeps the copy and its results and
 refreshes the tests in it; the module's own source must not have changed since its full run.
-A mutant is "killed" when a test fails on it (or it hangs past mutmut's timeout),
+A mutant is "killed" when a test fails on it (or it hangs: past mutmut's CPU-time limit, or asleep
+for --hang-seconds, when this script stops it),
 "survived" when every test still passes, "no tests" when no selected test reaches its function.
 The score is killed / (killed + survived + no tests). Surviving mutants are listed in
 docs/testing.md with the reason each is equivalent or acceptable.
@@ -25,11 +26,14 @@ docs/testing.md with the reason each is equivalent or acceptable.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,7 +164,7 @@ def _toml_list(items: list[str]) -> str:
     return "[" + ", ".join(f'"{item}"' for item in items) + "]"
 
 
-def _run(module: Module, max_children: int, mutants: list[str]) -> None:
+def _run(module: Module, max_children: int, mutants: list[str], hang_seconds: float) -> None:
     """A full run of the module, or a re-run of the named mutants (names or mutmut wildcards)."""
     work = _refresh(module) if mutants else _workspace(module)
     if mutants == [AGAIN]:
@@ -173,8 +177,48 @@ def _run(module: Module, max_children: int, mutants: list[str]) -> None:
     what = f"{len(mutants)} mutant name(s) again" if mutants else "every mutant"
     print(f"[mutation] {module.label}: mutmut run ({what}) in {work} (tests: {' '.join(module.group.tests)})",
           flush=True)
-    subprocess.run([str(Path(sys.executable).with_name("mutmut")), "run", "--max-children", str(max_children),
-                    *mutants], cwd=work, env=env, check=False)
+    finished = threading.Event()
+    watchdog = threading.Thread(target=_stop_sleeping_hangs, args=(finished, hang_seconds), daemon=True)
+    watchdog.start()
+    try:
+        subprocess.run([str(Path(sys.executable).with_name("mutmut")), "run", "--max-children", str(max_children),
+                        *mutants], cwd=work, env=env, check=False)
+    finally:
+        finished.set()
+        watchdog.join()
+
+
+def _stop_sleeping_hangs(finished: threading.Event, hang_seconds: float) -> None:
+    """Every 10 s until finished, stop the mutants' test runs that sleep instead of working."""
+    while not finished.wait(10):
+        for title, elapsed, cpu in stop_sleepers(MUTANT_TITLE, hang_seconds):
+            print(f"[mutation] {title.removeprefix(MUTANT_TITLE)}: asleep for {elapsed} s ({cpu} s of CPU), "
+                  "a hang: stopped", flush=True)
+
+
+MUTANT_TITLE = "mutmut: "  # the process title mutmut gives each mutant's test run
+
+
+def stop_sleepers(title_prefix: str, hang_seconds: float) -> list[tuple[str, int, int]]:
+    """Kill the processes titled title_prefix... older than hang_seconds that used under a tenth of it on the CPU.
+
+    mutmut 3's timeout is a CPU-time limit (SIGXCPU), so a mutant whose tests sleep (a request waiting
+    for a slot that never comes, until its queue timeout, in test after test) never reaches it and mutmut
+    waits forever. Little CPU over a long time tells such a hang from a slow run; mutmut reports the
+    killed process as "segfault", which counts as killed. Returns (title, elapsed s, CPU s) of each.
+    """
+    listed = subprocess.run(["ps", "-eo", "pid=,etimes=,times=,args="], capture_output=True, text=True,
+                            check=False).stdout
+    stopped = []
+    for fields in (line.split(None, 3) for line in listed.splitlines()):
+        if len(fields) < 4:  # a process with no command line
+            continue
+        pid, elapsed, cpu, title = fields
+        if title.startswith(title_prefix) and int(elapsed) > hang_seconds and int(cpu) < int(elapsed) / 10:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+                stopped.append((title, int(elapsed), int(cpu)))
+    return stopped
 
 
 def _results(work: Path) -> dict[str, str]:
@@ -230,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="re-run only these mutants (mutmut names, * and ? as wildcards)")
     parser.add_argument("--max-children", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                         help="mutants tested in parallel (default: cores - 1)")
+    parser.add_argument("--hang-seconds", type=float, default=180,
+                        help="stop a mutant's test run asleep this long (mutmut's own timeout counts CPU time only)")
     args = parser.parse_args(argv)
     unknown = set(args.names) - set(GROUPS) - set(MODULES)
     if unknown:
@@ -238,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     modules = _selected(args.names)
     if not args.report:
         for module in modules:
-            _run(module, args.max_children, [AGAIN] if args.again else args.mutants)
+            _run(module, args.max_children, [AGAIN] if args.again else args.mutants, args.hang_seconds)
     return report(modules)
 
 
