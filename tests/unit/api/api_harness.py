@@ -95,6 +95,9 @@ class Served:
 def make_config(**settings: Any) -> OpenChat35Config:
     # The FakeEngine's character tokenizer has no OpenChat tokens: use its chat template.
     settings.setdefault("prompt_format", "chat_template")
+    # Queued requests in these tests wait for the test to release a slot, never for a clock: the default
+    # 10 s queue timeout turned a slow, busy machine (mutation runs) into a failure. Tests of the timeout set it.
+    settings.setdefault("queue_timeout_seconds", 3600)
     return OpenChat35Config(**settings)
 
 

@@ -245,13 +245,23 @@ async def test_interactive_requests_are_admitted_before_batch_ones_already_waiti
         served.engine_id(name) for name in ("running", "interactive", "batch-0", "batch-1", "batch-2")]
 
 
+async def test_the_engine_gets_each_requests_rank_for_its_own_priority_scheduling(serve_app, keys_file: Path) -> None:
+    # With scheduling_policy: priority, vLLM orders its own queue by it (lower first), as our admission does.
+    async with serve_app(api_keys_file=keys_file) as served:
+        for key in ("sk-etl", "sk-web-1"):
+            assert (await served.chat(headers=bearer(key))).status_code == 200
+    assert [r.priority for r in served.engine.requests] == [Priority.BATCH.rank, Priority.INTERACTIVE.rank] == [1, 0]
+
+
 async def test_a_full_queue_makes_room_for_an_interactive_request(serve_app, keys_file: Path) -> None:
     async with serve_app(FakeEngine(token_delay=HOLD), api_keys_file=keys_file, concurrent_users=1,
                          max_queue_size=2) as served:
         running = asyncio.create_task(served.chat(headers=bearer("sk-etl", "running")))
         await served.started("running")
-        waiting = [asyncio.create_task(served.chat(headers=bearer("sk-etl", f"batch-{i}"))) for i in range(2)]
-        await eventually(lambda: served.ctx.orchestrator.waiting == 2, "queue full of batch requests")
+        waiting = []
+        for i in range(2):  # one at a time: the newest of them is the one displaced
+            waiting.append(asyncio.create_task(served.chat(headers=bearer("sk-etl", f"batch-{i}"))))
+            await eventually(lambda i=i: served.ctx.orchestrator.waiting == i + 1, "batch request queued")
         refused_batch = await served.chat(headers=bearer("sk-etl", "batch-late"))
         interactive = asyncio.create_task(served.chat(headers=bearer("sk-web-1", "interactive")))
         displaced = await waiting[1]  # the newest batch request gave its place

@@ -92,6 +92,9 @@ async def test_a_streamed_request_arrives_as_one_trace_joined_to_the_clients_tra
     root = spans["chat"]
     assert {span.trace_id.hex() for span in receiver.spans} == {CLIENT_TRACE}
     assert root.parent_span_id.hex() == CLIENT_SPAN
+    # vLLM's own spans (its --otlp-traces-endpoint) join the request's: the engine got the W3C context.
+    traceparent = served.engine.requests[0].trace_headers["traceparent"]
+    assert traceparent.split("-")[1:3] == [CLIENT_TRACE, root.span_id.hex()]
     assert {spans[name].parent_span_id for name in ("queue", "prefill", "decode", "streaming")} == {root.span_id}
     attributes = _attributes(root)
     assert attributes["gen_ai.usage.input_tokens"] == usage["prompt_tokens"]
