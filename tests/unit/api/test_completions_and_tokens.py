@@ -245,6 +245,8 @@ async def test_a_streamed_completion_carries_what_the_plain_one_does(serve_app, 
         for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
             streamed = [item for f in frames for item in f["logprobs"][key]]
             assert streamed == expected["logprobs"][key], key
+        for frame in frames[1 if echo else 0:]:  # each answer frame carries its own tokens' logprobs
+            assert "".join(frame["logprobs"]["tokens"]) == frame["text"], frames
 
 
 def test_legacy_logprob_lists_word_for_word() -> None:

@@ -141,6 +141,16 @@ async def test_stream_chunks_count_content_frames_only(serve_app) -> None:
     assert total(scrape(served)["openchat_stream_chunks"], "openchat_stream_chunks_total") == len(content)
 
 
+async def test_a_streamed_completion_counts_its_frames_too(serve_app) -> None:
+    async with serve_app(stream_flush_interval_ms=60_000) as served:
+        served.engine.enqueue(*"abcdefghijklmnopqrstuvwxy")
+        response = await served.client.post("/v1/completions", json={"model": "openchat-3.5", "prompt": "x",
+                                                                     "stream": True, "max_tokens": 50})
+    frames = [chunk for chunk in sse_chunks(response.text) if chunk["choices"]]
+    assert [len(frame["choices"][0]["text"]) for frame in frames] == [1, 10, 10, 4]
+    assert total(scrape(served)["openchat_stream_chunks"], "openchat_stream_chunks_total") == len(frames)
+
+
 async def test_refused_stream_requests_are_not_completed_streams(serve_app) -> None:
     async with serve_app(target_latency_ms=600_000) as served:
         assert (await served.chat(chat_body(stream=True))).status_code == 200

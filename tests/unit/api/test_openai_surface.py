@@ -71,6 +71,11 @@ async def test_logprobs_with_top_alternatives_plain_and_streamed(served: Served)
     streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
     assert [t.token for t in streamed] == ["H", "i", "!"]
     assert all(len(t.top_logprobs) == 2 for t in streamed)
+    for chunk in chunks:  # each chunk carries its own tokens' logprobs, as OpenAI's chunks do
+        if chunk.choices and chunk.choices[0].delta.content:
+            assert chunk.choices[0].logprobs is not None
+            assert chunk.choices[0].logprobs.content is not None
+            assert "".join(t.token for t in chunk.choices[0].logprobs.content) == chunk.choices[0].delta.content
     assert served.engine.requests[-1].sampling.logprobs == 2
 
 

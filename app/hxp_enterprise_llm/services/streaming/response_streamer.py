@@ -356,8 +356,7 @@ class CompletionStreamer(ResponseStreamer):
     def _content(self, choice: _Choice, text: str, finish_reason: str | None) -> str:
         self.content_frames += 1
         if self.top_logprobs is None and finish_reason is None and text:
-            self._offsets[choice.index] += len(text)
-            return self._text_frame(choice.index, text)
+            return self._text_frame(choice.index, text)  # (the offsets only matter with logprobs)
         logprobs = None
         if self.top_logprobs is not None:
             entries, choice.pending_logprobs = choice.pending_logprobs, []
