@@ -61,6 +61,28 @@ async def test_full_queue_is_429_with_retry_after_before_any_sse(serve_app, stre
     assert served.engine_id("refused") is None  # never admitted: no engine request
 
 
+async def test_retry_after_follows_how_long_recent_answers_took(serve_app) -> None:
+    # The estimate starts at 1 s a round and moves a fifth of the way to each finished answer's time.
+    # A held answer released at once (~0 s) brings it to ~0.8 s; two of 3 tokens at 0.5 s each (>= 1.5 s)
+    # to >= 0.8 x (0.8 x 0.8 + 0.2 x 1.5) + 0.2 x 1.5 = 1.05 s: one round to wait is then 2 s, not 1.
+    async with serve_app(FakeEngine(token_delay=0.5), concurrent_users=1, max_queue_size=0) as served:
+        refusals = []
+        for round_, timed_answers in enumerate((2, 0)):
+            served.engine.enqueue(*"held", hold_after=0)
+            running = await hold(served, f"running-{round_}")
+            await served.started(f"running-{round_}")
+            refusals.append(await served.chat())
+            await served.release(f"running-{round_}")
+            assert (await running).status_code == 200
+            for _ in range(timed_answers):
+                served.engine.enqueue(*"abc")
+                assert (await served.chat()).status_code == 200
+    for refused in refusals:
+        assert_openai_error(refused, 429, code="queue_full")
+    assert refusals[0].headers["retry-after"] == "1"
+    assert int(refusals[1].headers["retry-after"]) >= 2
+
+
 async def test_a_freed_slot_admits_the_queued_request(serve_app) -> None:
     async with serve_app(FakeEngine(token_delay=HOLD), **one_slot_one_queue()) as served:
         first = await hold(served, "first")

@@ -82,3 +82,38 @@ async def test_tokenize_is_refused_while_draining(served: Served) -> None:
     await eventually(lambda: served.ctx.health.state.value == "draining", "draining")
     assert_openai_error(await served.client.post("/tokenize", json={"prompt": "hi"}), 503, code="draining")
     await task
+
+
+async def test_a_prompt_being_tokenized_holds_its_queue_place(serve_app) -> None:
+    # A burst of prompts still in the tokenizer must not all be let through the queue-full check at once.
+    async with serve_app(FakeEngine(token_delay=HOLD), **one_slot_one_queue()) as served:
+        running = await hold(served, "running")
+        await served.started("running")
+        tokenizer = served.engine.get_tokenizer()
+        tokenizer.hold = threading.Event()
+        tokenizer.entered.clear()
+        try:
+            preparing = asyncio.create_task(served.chat(chat_body("being tokenized"),
+                                                        headers={"X-Request-ID": "preparing"}))
+            await eventually(tokenizer.entered.is_set, "the second prompt in the tokenizer")
+            assert (served.ctx.orchestrator.preparing, served.ctx.orchestrator.waiting) == (1, 0)
+            refused = await served.chat(chat_body("third"))
+        finally:
+            tokenizer.hold.set()
+        await served.release("running")
+        await served.release("preparing")
+        assert [(await task).status_code for task in (running, preparing)] == [200, 200]
+    error = assert_openai_error(refused, 429, code="queue_full")
+    assert error["message"].startswith("0 of 1 slots are free, this request needs 1, and 1 sequences are waiting "
+                                       "(max_queue_size=1;")
+
+
+async def test_tokenize_is_answered_while_the_slot_is_busy_and_a_queue_place_is_free(serve_app) -> None:
+    async with serve_app(FakeEngine(token_delay=HOLD), **one_slot_one_queue()) as served:
+        running = await hold(served, "running")
+        await served.started("running")
+        tokenized = await served.client.post("/tokenize", json={"prompt": "hi"})
+        await served.release("running")
+        assert (await running).status_code == 200
+    assert tokenized.status_code == 200
+    assert tokenized.json()["count"] == 3  # BOS, h, i
