@@ -36,6 +36,7 @@ class CharTokenizer:
         self.hold: threading.Event | None = None
         self.entered = threading.Event()  # set once an encode has started
         self.inside = 0  # encodes running now
+        self.threads: set[str] = set()  # names of the threads that ran encode
 
     def __len__(self) -> int:
         return 0x110000 + 3
@@ -44,6 +45,7 @@ class CharTokenizer:
         if self.failure is not None:
             raise self.failure
         self.encoded_chars += len(text)
+        self.threads.add(threading.current_thread().name)
         self.inside += 1
         self.entered.set()
         try:
@@ -94,6 +96,7 @@ class FakeEngine:
         self.default_reply = default_reply
         self.started = False
         self.dead = False
+        self.health_checks = 0
         self._death_unreported = False
         self.requests: list[GenerationRequest] = []
         self.aborted: list[str] = []
@@ -214,6 +217,7 @@ class FakeEngine:
         self._running.discard(request_id)
 
     async def check_health(self) -> None:
+        self.health_checks += 1
         if self.dead or not self.started:
             raise EngineDeadError("fake engine is dead" if self.dead else "fake engine not started")
 

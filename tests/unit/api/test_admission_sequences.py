@@ -65,6 +65,20 @@ async def test_a_queued_request_waits_until_its_n_slots_are_free(serve_app) -> N
         assert [(await t).status_code for t in (first, wide)] == [200, 200]
 
 
+async def test_a_request_with_n_choices_needs_n_queue_places(serve_app) -> None:
+    async with serve_app(FakeEngine(token_delay=HOLD), concurrent_users=2, max_queue_size=1) as served:
+        running = await hold(served, "running", n=2)
+        await served.started("running")
+        before = served.engine.get_tokenizer().encoded_chars
+        refused = await served.chat(chat_body(temperature=0.7, n=2))  # 2 sequences, 1 place: refused at once
+        assert served.engine.get_tokenizer().encoded_chars == before  # before its prompt was tokenized
+        assert served.ctx.orchestrator.waiting == 0
+        await served.release("running")
+        assert (await running).status_code == 200
+    error = assert_openai_error(refused, 429, code="queue_full")
+    assert "this request needs 2" in error["message"]
+
+
 async def test_the_queue_is_first_come_first_served_whatever_n(serve_app) -> None:
     # A narrow request that arrives after a wide one waits behind it, even when it alone would fit:
     # otherwise a stream of single requests could keep a wide one waiting forever.

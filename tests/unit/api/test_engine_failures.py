@@ -100,6 +100,7 @@ async def test_an_engine_death_mid_answer_says_when_to_retry_and_why_in_health(s
         served.engine.kill(report=False)  # the request finds out first, not vLLM's watch
         await plain.finished()
         health = (await served.client.get("/health")).json()
+        after = await served.chat()
     assert plain.status == 503
     assert json.loads(plain.text)["error"]["code"] == "engine_failed"
     assert plain.response_headers["retry-after"] == "10"
@@ -107,6 +108,9 @@ async def test_an_engine_death_mid_answer_says_when_to_retry_and_why_in_health(s
                                                           "retry shortly")
     assert health["status"] == "failed"
     assert health["detail"] == "fake engine died mid-request"
+    error = assert_openai_error(after, 503, code="engine_failed")
+    assert error["message"] == "the inference engine failed (fake engine died mid-request); the service is restarting"
+    assert after.headers["retry-after"] == "10"
 
 
 async def test_a_stalled_stream_flushes_its_pending_text_then_reports_the_engine_death(serve_app) -> None:

@@ -10,6 +10,7 @@ import pytest
 from api_harness import MODEL, Served, assert_openai_error, chat_body, eventually
 
 from hxp_enterprise_llm.api.app import EXIT_ENGINE_FAILED
+from hxp_enterprise_llm.api.metrics import render_metrics
 from hxp_enterprise_llm.orchestration.service_state import Health, ServiceState
 from support.fake_engine import FakeEngine
 
@@ -99,9 +100,32 @@ async def test_model_load_timeout_is_failed_and_fatal(serve_app) -> None:
     async with serve_app(FakeEngine(start_delay=60), wait_ready=False, model_load_timeout_seconds=0.02) as served:
         await eventually(lambda: served.fatal_calls, "on_fatal called")
         health = await served.client.get("/health")
+        metrics = render_metrics(served.ctx.metrics.registry).decode()
     assert health.status_code == 503
     assert health.json()["status"] == "failed"
+    assert health.json()["detail"] == "model not loaded within model_load_timeout_seconds=0.02"
     assert served.fatal_calls[0][0] == EXIT_ENGINE_FAILED
+    assert "openchat_model_load_seconds{" not in metrics  # no load to report
+
+
+async def test_the_load_time_is_reported_once_loaded(serve_app) -> None:
+    began = time.monotonic()
+    async with serve_app(FakeEngine(start_delay=0.05)) as served:
+        health = served.ctx.health
+        detail = health.detail  # (/health shows a detail only when not healthy)
+        metrics = render_metrics(served.ctx.metrics.registry).decode()
+    assert health.model_load_seconds is not None
+    assert 0.05 <= health.model_load_seconds <= time.monotonic() - began  # the start's delay, within this test
+    assert detail == f"model loaded in {health.model_load_seconds:.1f} s"
+    assert f'openchat_model_load_seconds{{model="openchat-3.5"}} {health.model_load_seconds}' in metrics
+
+
+async def test_a_healthy_engine_passes_its_periodic_checks_and_stays_ready(serve_app) -> None:
+    async with serve_app(health_check_interval=0.01) as served:
+        await eventually(lambda: served.engine.health_checks >= 3, "three health checks")
+        health = (await served.client.get("/health")).json()
+    assert health["status"] == "healthy"
+    assert not served.fatal_calls
 
 
 async def test_draining_service_is_503_draining(served: Served) -> None:

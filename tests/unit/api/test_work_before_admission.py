@@ -104,8 +104,16 @@ async def test_a_prompt_being_tokenized_holds_its_queue_place(serve_app) -> None
         await served.release("preparing")
         assert [(await task).status_code for task in (running, preparing)] == [200, 200]
     error = assert_openai_error(refused, 429, code="queue_full")
-    assert error["message"].startswith("0 of 1 slots are free, this request needs 1, and 1 sequences are waiting "
-                                       "(max_queue_size=1;")
+    assert error["message"] == ("0 of 1 slots are free, this request needs 1, and 1 sequences are waiting "
+                                "(max_queue_size=1; a request with n choices counts n); retry after the "
+                                "Retry-After delay")
+
+
+async def test_the_tokenizer_runs_on_its_own_single_thread(served: Served) -> None:
+    # Hugging Face tokenizers are not safe to call from several threads at once: one named worker does it all.
+    for _ in range(3):
+        assert (await served.chat()).status_code == 200
+    assert served.engine.get_tokenizer().threads == {"hxp-tokenizer_0"}
 
 
 async def test_tokenize_is_answered_while_the_slot_is_busy_and_a_queue_place_is_free(serve_app) -> None:
