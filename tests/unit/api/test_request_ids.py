@@ -79,10 +79,11 @@ async def test_an_error_answer_carries_the_request_id_once(served, method: str, 
 @pytest.mark.parametrize(("sent", "echoed"), [
     ("a" * 128, True),  # the longest id kept
     ("a" * 129, False),
+    ("7", True),  # the shortest
     ("", False),
     ("tab\there", False),  # not printable: it would break the one-line log record
     ("ünïcode-ok", True),
-], ids=["128", "129", "empty", "control", "latin-1"])
+], ids=["128", "129", "1", "empty", "control", "latin-1"])
 async def test_a_client_id_is_kept_only_when_it_is_sane(served, sent: str, echoed: bool) -> None:
     response = await served.chat(chat_body(), headers={"X-Request-ID": sent.encode("latin-1")})
     assert response.status_code == 200
