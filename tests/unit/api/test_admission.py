@@ -215,11 +215,14 @@ async def test_drain_refuses_new_requests_and_lets_running_ones_finish(serve_app
 async def test_drain_waits_for_queued_requests_too(serve_app) -> None:
     async with serve_app(concurrent_users=1, max_queue_size=5) as served:
         exchanges = [RawExchange(served.app, chat_body(stream=True), request_id=name) for name in ("first", "queued")]
-        for exchange in exchanges:
+        # One at a time: sent together, either may take the slot first (on a busy machine the second did, and
+        # the test waited on the wrong one).
+        for exchange, (running, waiting) in zip(exchanges, ((1, 0), (1, 1)), strict=True):
             exchange.gate.clear()
             exchange.start()
-        await eventually(lambda: served.ctx.orchestrator.running == 1 and served.ctx.orchestrator.waiting == 1,
-                         "first request running, second queued")
+            await eventually(lambda r=running, w=waiting: (served.ctx.orchestrator.running,
+                                                           served.ctx.orchestrator.waiting) == (r, w),
+                             f"{exchange.request_id} running or queued")
         drain = asyncio.create_task(served.ctx.orchestrator.drain(timeout=30))
         await eventually(lambda: served.ctx.health.state is ServiceState.DRAINING, "draining")
         exchanges[0].gate.set()
