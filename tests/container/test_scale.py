@@ -36,6 +36,8 @@ USERS = 50
 POOL_WITHIN_SECONDS = 2 * HEALTHY_WITHIN_SECONDS
 # A generous bound, not a target: the survivor serves all users' next requests well within it.
 AFTER_KILL_WITHIN_SECONDS = 300
+# A draining replica exits once its running stream ends (200 tokens) or its drain timeout passes.
+VICTIM_EXITS_WITHIN_SECONDS = 300
 # Small answers keep each request short, so many requests start and end during a restart.
 MAX_TOKENS = 16
 # What these tests judge is that no request is lost, not how fast one is answered: on a 2-core host two
@@ -210,6 +212,17 @@ def test_rolling_restart_under_50_streaming_users_fails_nothing(stack: ScaleStac
     assert all(o.done for o in outcomes if o.status == 200)
 
 
+async def health_becomes(client: httpx.AsyncClient, status: str, timeout: float = 10) -> None:
+    """Poll /health until it reports `status`. `docker kill` returns once the signal is sent, and the
+    replica turns draining on its event loop a moment later: a single read right after can still say
+    healthy (it did, on a busy CI run)."""
+    deadline = time.monotonic() + timeout
+    while (seen := (await client.get("/health")).json()["status"]) != status:
+        if time.monotonic() > deadline:
+            pytest.fail(f"/health still said {seen!r}, not {status!r}, {timeout} s after the signal")
+        await asyncio.sleep(0.05)
+
+
 def refusals_logged(container_id: str) -> int:
     """503 request lines in a replica's JSON request log (its draining refusals)."""
     result = subprocess.run(["docker", "logs", container_id], capture_output=True, text=True)
@@ -247,14 +260,21 @@ def test_a_draining_replicas_refusals_are_retried_on_the_other(stack: ScaleStack
             stack.runtime_api(f"disable health replicas/{name}")
             try:
                 subprocess.run(["docker", "kill", "--signal", "TERM", victim["Id"]], check=True)
-                assert (await direct.get("/health")).json()["status"] == "draining"
+                await health_becomes(direct, "draining")
                 burst = await asyncio.gather(*(one_request(client) for _ in range(16)))
             finally:
                 stack.runtime_api(f"enable health replicas/{name}")
             finished = "data: [DONE]" in [line async for line in lines]
         return finished, list(burst)
 
-    story_finished, burst = asyncio.run(scenario())
+    try:
+        story_finished, burst = asyncio.run(scenario())
+        exit_code = subprocess.run(["docker", "wait", victim["Id"]], capture_output=True, text=True,
+                                   timeout=VICTIM_EXITS_WITHIN_SECONDS).stdout.strip()
+    finally:
+        # Whatever failed above, the next test needs both replicas back (the victim may still be draining).
+        subprocess.run(["docker", "wait", victim["Id"]], capture_output=True, timeout=VICTIM_EXITS_WITHIN_SECONDS)
+        subprocess.run(["docker", "start", victim["Id"]], check=True)
     counters = {k: v - counters_before[k] for k, v in stack.backend_counters().items()}
     refused = refusals_logged(victim["Id"]) - refused_before
     record_figure(f"draining {name}: {len(burst)} requests through HAProxy, {sum(o.ok for o in burst)} ok; "
@@ -267,8 +287,7 @@ def test_a_draining_replicas_refusals_are_retried_on_the_other(stack: ScaleStack
     assert all(o.ok for o in burst), describe(burst)
     assert {o.replica for o in burst} == {n for a, n in stack.up().items() if a != address}
     assert story_finished, "the stream running on the draining replica did not finish"
-    assert subprocess.run(["docker", "wait", victim["Id"]], capture_output=True, text=True).stdout.strip() == "0"
-    subprocess.run(["docker", "start", victim["Id"]], check=True)
+    assert exit_code == "0"
     wait_pool(stack, 2)
 
 
