@@ -6,6 +6,10 @@ a rank first come first served, so a wide request at the head is not starved by 
 that would fit sooner. Freed slots go straight to the head waiter, so a request arriving at that
 moment cannot jump the queue. A waiter that gives up (queue timeout, client gone) leaves; if slots were
 handed to it in the same instant, they go on to the next waiter.
+
+A better-ranked newcomer to a full queue first *claims* the places of worse-ranked waiters (the newest of
+the worst first), and displaces them only once its own checks have passed: a request then refused for
+its own reasons (its quota, its prompt, its client gone) costs nobody their place.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -21,29 +26,38 @@ class Displaced(Exception):
 
 
 @dataclass(order=True)
-class _Waiter:
+class Waiter:
     rank: int
     seq: int
     size: int = field(compare=False)
     future: asyncio.Future[None] = field(compare=False)
+    claimed: bool = field(default=False, compare=False)  # a better-ranked newcomer will displace it
 
 
 class PrioritySlots:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.held = 0
-        self._waiters: list[_Waiter] = []
+        self._waiters: list[Waiter] = []
         self._seq = itertools.count()
+
+    def free_now(self) -> int:
+        """Slots a newcomer could take at once: none while anyone waits (they are served first)."""
+        return 0 if any(not w.future.done() for w in self._waiters) else self.capacity - self.held
 
     def fits_now(self, n: int) -> bool:
         """Would `acquire(rank, n)` take its slots at once (nobody queued ahead, enough free)?"""
-        return not any(not w.future.done() for w in self._waiters) and self.held + n <= self.capacity
+        return n <= self.free_now()
+
+    def claimed_places(self) -> int:
+        """Queue places of waiters already claimed by a newcomer: they are leaving."""
+        return sum(w.size for w in self._waiters if w.claimed and not w.future.done())
 
     async def acquire(self, rank: int, n: int) -> None:
         if self.fits_now(n):
             self.held += n
             return
-        waiter = _Waiter(rank, next(self._seq), n, asyncio.get_running_loop().create_future())
+        waiter = Waiter(rank, next(self._seq), n, asyncio.get_running_loop().create_future())
         heapq.heappush(self._waiters, waiter)
         try:
             await waiter.future
@@ -53,7 +67,7 @@ class PrioritySlots:
             else:
                 self._drop(waiter)
             raise
-        except Displaced:
+        except Exception:  # displaced, or refused by refuse_waiting
             self._drop(waiter)
             raise
 
@@ -61,14 +75,39 @@ class PrioritySlots:
         self.held -= n
         self._grant()
 
-    def displace(self, rank: int) -> bool:
-        """Refuse the newest of the worst-ranked waiters if it ranks below `rank`; True if one was."""
-        pending = [w for w in self._waiters if not w.future.done() and w.rank > rank]
-        if not pending:
-            return False
-        victim = max(pending, key=lambda w: (w.rank, w.seq))
-        victim.future.set_exception(Displaced())
-        return True
+    def claim(self, rank: int, places: int) -> list[Waiter] | None:
+        """Claim waiters ranked below `rank`, the newest of the worst-ranked first, until they hold
+        `places` queue places; None (and nothing claimed) if all of them together hold fewer."""
+        pending = sorted((w for w in self._waiters if not w.future.done() and not w.claimed and w.rank > rank),
+                         key=lambda w: (w.rank, w.seq), reverse=True)
+        claimed: list[Waiter] = []
+        for waiter in pending:
+            if sum(w.size for w in claimed) >= places:
+                break
+            claimed.append(waiter)
+        if sum(w.size for w in claimed) < places:
+            return None
+        for waiter in claimed:
+            waiter.claimed = True
+        return claimed
+
+    def displace(self, claimed: list[Waiter]) -> None:
+        """Refuse the claimed waiters that still wait (one granted its slots meanwhile has left anyway)."""
+        for waiter in claimed:
+            if not waiter.future.done():
+                waiter.future.set_exception(Displaced())
+
+    @staticmethod
+    def unclaim(claimed: list[Waiter]) -> None:
+        """The newcomer was refused itself: the claimed keep their places."""
+        for waiter in claimed:
+            waiter.claimed = False
+
+    def refuse_waiting(self, error: Callable[[], Exception]) -> None:
+        """Every waiter leaves with its own `error()` (the service stops before they could start)."""
+        for waiter in self._waiters:
+            if not waiter.future.done():
+                waiter.future.set_exception(error())
 
     def _grant(self) -> None:
         while self._waiters:
@@ -82,7 +121,7 @@ class PrioritySlots:
             self.held += head.size
             head.future.set_result(None)
 
-    def _drop(self, waiter: _Waiter) -> None:
+    def _drop(self, waiter: Waiter) -> None:
         if waiter in self._waiters:
             self._waiters.remove(waiter)
             heapq.heapify(self._waiters)

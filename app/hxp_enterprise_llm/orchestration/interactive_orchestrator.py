@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
-from hxp_enterprise_llm.orchestration.admission import Displaced, PrioritySlots
+from hxp_enterprise_llm.orchestration.admission import Displaced, PrioritySlots, Waiter
 from hxp_enterprise_llm.orchestration.generation import Generation
 from hxp_enterprise_llm.orchestration.quotas import Quotas
 from hxp_enterprise_llm.orchestration.request_record import RequestRecord
@@ -93,6 +93,7 @@ class InteractiveOrchestrator:
         self._slots = PrioritySlots(config.concurrent_users)
         self.waiting = 0  # sequences queued for slots (a request with n choices counts n)
         self.preparing = 0  # sequences whose prompts are being tokenized: they hold queue places (bursts)
+        self._drain_expired = False  # past the drain's deadline: requests not yet generating never start
         self._open: set[RequestRecord] = set()
         self._generations: set[Generation] = set()
         self._idle = asyncio.Event()
@@ -130,7 +131,7 @@ class InteractiveOrchestrator:
                 f"n: {sequences} choices need {sequences} generation slots and this service has "
                 f"concurrent_users={self._config.concurrent_users}; ask for at most {most}",
                 param="n", code="too_many_choices")
-        self.check_room(rank, sequences)
+        claimed = self.check_room(rank, sequences)
         self.preparing += sequences
         self._idle.clear()
         try:
@@ -138,9 +139,15 @@ class InteractiveOrchestrator:
             self.quotas.charge(record, len(generation_request.prompt_token_ids))
             if self.tracer is not None:
                 generation_request = dataclasses.replace(generation_request, trace_headers=self.tracer.start(record))
+            if self._drain_expired:
+                raise self._too_late_to_start()
+        except BaseException:
+            self._slots.unclaim(claimed)
+            raise
         finally:
             self.preparing -= sequences
             self._set_idle_if_empty()
+        self._slots.displace(claimed)  # its own checks passed: it takes their places now
         self.waiting += sequences  # no await since the prompt was ready: the queue places pass on unbroken
         self._idle.clear()
         try:
@@ -155,26 +162,37 @@ class InteractiveOrchestrator:
         finally:
             self.waiting -= sequences
             self._set_idle_if_empty()
+        if self._drain_expired:  # granted a slot that the drain's stopped generations freed
+            self._slots.release(sequences)
+            raise self._too_late_to_start()
         record.slot = Slot(self, sequences)
         record.admitted = time.monotonic()
         record.engine_request_id = generation_request.request_id
         return generation_request
 
-    def check_room(self, rank: int | None = None, sequences: int = 1) -> None:
+    def check_room(self, rank: int | None = None, sequences: int = 1) -> list[Waiter]:
         """The cheap refusals, before any work: not ready (503), or no slot and no queue place for
-        `sequences` (429; a request of `rank` may take the place of a worse-ranked waiting one)."""
+        `sequences` (429). A request of `rank` may instead claim the places of worse-ranked waiting ones:
+        returned, to be displaced once its own checks have passed (`admit`)."""
         self._check_accepting()
-        if not self._slots.fits_now(sequences) \
-                and self.waiting + self.preparing + sequences > self._config.max_queue_size \
-                and (rank is None or not self._slots.displace(rank)):
+        # Prompts still in the tokenizer count: they take the free slots first, then queue places (a burst
+        # on an idle service must not all pass because a slot was free when each arrived).
+        must_wait = (self.waiting - self._slots.claimed_places()
+                     + max(0, self.preparing + sequences - self._slots.free_now()))
+        over = must_wait - self._config.max_queue_size
+        if over <= 0:
+            return []
+        claimed = None if rank is None else self._slots.claim(rank, over)
+        if claimed is None:
             raise self._queue_full(sequences)
+        return claimed
 
     def _queue_full(self, sequences: int, why: str = "") -> QueueFullError:
         return QueueFullError(
             f"{self._config.concurrent_users - self.running} of {self._config.concurrent_users} slots are "
-            f"free, this request needs {sequences}, and {self.waiting + self.preparing} sequences are waiting "
-            f"(max_queue_size={self._config.max_queue_size}; a request with n choices counts n){why}; retry "
-            "after the Retry-After delay",
+            f"free, this request needs {sequences}, and {self.waiting + self.preparing} sequences are ahead "
+            f"of it (queued, or their prompts being tokenized; max_queue_size={self._config.max_queue_size} "
+            f"beyond the slots; a request with n choices counts n){why}; retry after the Retry-After delay",
             headers={"Retry-After": str(self.retry_after_seconds(sequences))})
 
     async def tokenize(self, work: Callable[[], T]) -> T:
@@ -183,6 +201,11 @@ class InteractiveOrchestrator:
 
     def shutdown(self) -> None:
         self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
+
+    @staticmethod
+    def _too_late_to_start() -> DrainingError:
+        return DrainingError("the service is shutting down and drain_timeout_seconds passed before this request "
+                             "started; retry on another replica", headers={"Retry-After": "5"})
 
     def _check_accepting(self) -> None:
         state, detail = self.health.state, self.health.detail
@@ -284,7 +307,8 @@ class InteractiveOrchestrator:
         """Refuse new requests, let running and queued ones finish; after `timeout`, stop the rest.
 
         True if everything finished in time. Stopped generations end with an honest error
-        (`generation_aborted`), never as a complete answer.
+        (`generation_aborted`), never as a complete answer; requests not yet generating (queued, or
+        their prompts being tokenized) get 503 `draining` before any byte, which a balancer can retry.
         """
         self.health.set(ServiceState.DRAINING, "shutting down: finishing running requests")
         try:
@@ -293,6 +317,9 @@ class InteractiveOrchestrator:
         except TimeoutError:
             logger.warning("drain_timeout_seconds=%g passed with %d running and %d waiting; stopping them",
                            timeout, self.running, self.waiting)
+            # Stopping the running generations frees their slots: the queue must not start on them.
+            self._drain_expired = True
+            self._slots.refuse_waiting(self._too_late_to_start)
             for generation in list(self._generations):
                 generation.stop_for_shutdown()
             # Stopped streams still send their error frame and [DONE]; give them a moment to.

@@ -113,7 +113,10 @@ class SamplingFields(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> SamplingFields:
         for token in self.logit_bias or {}:
-            if not token.isdigit():
+            # ASCII digits only: str.isdigit() also passes a superscript two, which int() refuses (a 500),
+            # and int() reads Arabic-Indic or full-width digits, which no OpenAI client sends as an id.
+            # Ten digits hold every int32; longer keys are no token id (and past 4,300, int() refuses them).
+            if not (token.isascii() and token.isdigit() and len(token) <= 10):
                 raise ValueError(f"logit_bias: keys must be token ids, got {token!r}")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options: only allowed when stream is true")

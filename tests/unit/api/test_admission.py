@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 
 import pytest
 from api_harness import (
@@ -260,6 +261,39 @@ async def test_drain_deadline_stops_running_requests_with_an_honest_error(serve_
         assert error["message"] == ("the service stopped this generation before it finished (shutting down); "
                                     "the answer is incomplete: retry on another replica")
         assert response.headers["retry-after"] == "5"  # another replica can take it at once
+
+
+@pytest.mark.parametrize("where", ["queued", "in the tokenizer"])
+async def test_drain_deadline_refuses_requests_not_yet_started(serve_app, where: str) -> None:
+    # Stopping the running request frees its slot: a queued request must not start generating after the
+    # deadline (the process is about to exit and would cut it off without a word), nor one whose prompt was
+    # still being tokenized. Each gets a 503 `draining` before any byte, which a balancer can retry.
+    async with serve_app(FakeEngine(token_delay=HOLD), connection_timeout_seconds=600,
+                         **one_slot_one_queue()) as served:
+        orchestrator = served.ctx.orchestrator
+        running = await hold(served, "running")
+        await served.started("running")
+        tokenizer = served.engine.get_tokenizer()
+        tokenizer.hold = threading.Event()
+        tokenizer.entered.clear()
+        try:
+            late = await hold(served, "late", stream=True)
+            if where == "queued":
+                tokenizer.hold.set()
+                await eventually(lambda: orchestrator.waiting == 1, "the second request queued")
+            else:
+                await eventually(tokenizer.entered.is_set, "the second prompt in the tokenizer")
+            assert await orchestrator.drain(timeout=0.01) is False
+        finally:
+            tokenizer.hold.set()
+        responses = await asyncio.wait_for(asyncio.gather(running, late), STATE_WAIT_SECONDS)
+        assert (orchestrator.running, orchestrator.waiting, orchestrator.preparing) == (0, 0, 0)
+    assert_openai_error(responses[0], 503, code="generation_aborted")
+    error = assert_openai_error(responses[1], 503, code="draining")
+    assert error["message"] == ("the service is shutting down and drain_timeout_seconds passed before this request "
+                                "started; retry on another replica")
+    assert responses[1].headers["retry-after"] == "5"
+    assert len(served.engine.requests) == 1, "the late request reached the engine"
 
 
 async def test_engine_dying_mid_answer_is_503_engine_failed_and_fatal(serve_app) -> None:

@@ -260,11 +260,24 @@ async def test_wrong_method_names_the_allowed_methods(served: Served) -> None:
     assert response.headers.get("allow") == "POST"
 
 
-@pytest.mark.parametrize("logit_bias", [{"abc": 1}, {"-5": 1}, {"50": 101}, {"50": "x"}, {str(0x110000 + 3): 1}])
+@pytest.mark.parametrize("logit_bias", [{"abc": 1}, {"-5": 1}, {"50": 101}, {"50": "x"}, {str(0x110000 + 3): 1},
+                                        # digits to str.isdigit() that int() refuses: a superscript two, a
+                                        # circled one, and more digits than Python converts (4,300)
+                                        {"\u00b2": 1}, {"\u2460": 1}, {"1" * 5000: 1},
+                                        # digits int() reads, but not the decimal id OpenAI's keys are
+                                        {"\u0661": 1}, {"\uff15\uff10": 1}, {" 50": 1}, {"5_0": 1}])
 async def test_bad_logit_bias_is_400_naming_it(served: Served, logit_bias: dict[str, Any]) -> None:
     error = assert_openai_error(await served.chat(chat_body(logit_bias=logit_bias)), 400)
     assert error["param"] is not None
     assert error["param"].startswith("logit_bias"), error
+
+
+async def test_an_integer_too_long_to_convert_anywhere_in_the_body_is_400(served: Served) -> None:
+    # Python's JSON reader refuses integers over 4,300 digits with a ValueError of its own.
+    body = json.dumps(chat_body(max_tokens=16)).replace('"max_tokens": 16', '"max_tokens": ' + "9" * 5000)
+    assert "9" * 5000 in body
+    assert_openai_error(await served.client.post(CHAT, content=body, headers={"content-type": "application/json"}),
+                        400)
 
 
 async def test_a_bad_logit_bias_key_with_a_colon_still_names_logit_bias(served: Served) -> None:

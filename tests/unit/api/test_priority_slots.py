@@ -102,26 +102,59 @@ async def test_waiters_are_served_by_rank_then_arrival() -> None:
     assert order == ["interactive-1", "interactive-2", "batch-1", "batch-2"]
 
 
+def displace(slots: PrioritySlots, rank: int, places: int = 1) -> bool:
+    claimed = slots.claim(rank, places)
+    if claimed is None:
+        return False
+    slots.displace(claimed)
+    return True
+
+
 async def test_displace_refuses_the_newest_of_the_worst_ranked_and_only_below_the_rank() -> None:
     slots = PrioritySlots(1)
     await slots.acquire(0, 1)
     old_batch, worse, interactive, new_batch = (waiting(slots, rank, 1) for rank in (1, 2, 0, 1))
     await settle()
-    assert not slots.displace(2)  # nobody ranks below 2
-    assert slots.displace(0)
+    assert not displace(slots, 2)  # nobody ranks below 2
+    assert displace(slots, 0)
     await settle()
     assert isinstance(worse.exception(), Displaced)  # the worst rank goes first, though not the newest
-    assert slots.displace(0)
+    assert displace(slots, 0)
     await settle()
     assert isinstance(new_batch.exception(), Displaced)
     assert not old_batch.done()
-    assert not slots.displace(1)  # an equal rank is never displaced
+    assert not displace(slots, 1)  # an equal rank is never displaced
     assert not interactive.done()
     slots.release(1)
     await settle()
     assert interactive.done()
     assert not old_batch.done()
     assert slots.held == 1
+
+
+async def test_a_claim_takes_as_many_waiters_as_the_places_it_needs_or_none() -> None:
+    slots = PrioritySlots(1)
+    await slots.acquire(0, 1)
+    older, newer, wide = (waiting(slots, 1, size) for size in (1, 1, 2))
+    await settle()
+    assert slots.claim(0, 5) is None  # 4 places below rank 0: nobody is claimed for a need of 5
+    assert slots.claimed_places() == 0
+    claimed = slots.claim(0, 3)
+    assert claimed is not None
+    assert [w.size for w in claimed] == [2, 1]  # the newest first, until 3 places
+    assert slots.claimed_places() == 3
+    assert slots.claim(0, 2) is None  # claimed waiters are not claimed twice: 1 place is left
+    slots.unclaim(claimed)  # the claimant was refused itself: they keep their places
+    assert slots.claimed_places() == 0
+    await settle()
+    assert not any(task.done() for task in (older, newer, wide))
+    again = slots.claim(0, 1)
+    assert again is not None
+    slots.displace(again)
+    await settle()
+    assert isinstance(wide.exception(), Displaced)
+    assert not older.done()
+    assert not newer.done()
 
 
 async def test_a_displaced_waiter_leaves_the_queue_and_lets_the_next_in() -> None:
@@ -132,7 +165,7 @@ async def test_a_displaced_waiter_leaves_the_queue_and_lets_the_next_in() -> Non
     narrow = waiting(slots, 0, 1)
     await settle()
     assert not narrow.done()  # queued behind a pending waiter, although one slot is free
-    assert slots.displace(0)
+    assert displace(slots, 0)
     await settle()
     assert isinstance(wide.exception(), Displaced)
     assert narrow.done()

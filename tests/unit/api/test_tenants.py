@@ -275,6 +275,48 @@ async def test_a_full_queue_makes_room_for_an_interactive_request(serve_app, key
     assert statuses == [200, 200, 200]
 
 
+async def test_an_interactive_request_refused_for_its_own_reasons_takes_no_ones_place(serve_app,
+                                                                                     tmp_path: Path) -> None:
+    # It claims the batch request's place, then its own token quota refuses it: the batch request keeps it.
+    keys = tmp_path / "keys"
+    keys.write_text("sk-etl name=etl priority=batch\nsk-tiny name=tiny tokens_per_minute=5 priority=interactive\n")
+    async with serve_app(FakeEngine(token_delay=HOLD), api_keys_file=keys, concurrent_users=1,
+                         max_queue_size=1) as served:
+        running = asyncio.create_task(served.chat(headers=bearer("sk-etl", "running")))
+        await served.started("running")
+        queued = asyncio.create_task(served.chat(headers=bearer("sk-etl", "batch-0")))
+        await eventually(lambda: served.ctx.orchestrator.waiting == 1, "batch request queued")
+        refused = await served.chat(chat_body("x" * 50), headers=bearer("sk-tiny", "tiny"))
+        for request_id in ("running", "batch-0"):
+            await served.release(request_id)
+        statuses = [(await t).status_code for t in (running, queued)]
+    assert_openai_error(refused, 429, code="rate_limit_exceeded")
+    assert statuses == [200, 200]
+
+
+async def test_a_wide_interactive_request_displaces_as_many_places_as_it_needs(serve_app, keys_file: Path) -> None:
+    async with serve_app(FakeEngine(token_delay=HOLD), api_keys_file=keys_file, concurrent_users=2,
+                         max_queue_size=2) as served:
+        orchestrator = served.ctx.orchestrator
+        running = [asyncio.create_task(served.chat(headers=bearer("sk-etl", f"running-{i}"))) for i in range(2)]
+        for i in range(2):
+            await served.started(f"running-{i}")
+        queued = []
+        for i in range(2):  # one at a time: a known order
+            queued.append(asyncio.create_task(served.chat(headers=bearer("sk-etl", f"batch-{i}"))))
+            await eventually(lambda i=i: orchestrator.waiting == i + 1, "batch request queued")
+        wide = asyncio.create_task(served.chat(chat_body(n=2, temperature=0.7), headers=bearer("sk-web-1", "wide")))
+        displaced = [await t for t in queued]  # 2 places needed: both batch requests give theirs
+        await eventually(lambda: orchestrator.waiting == 2, "the wide request queued in their places")
+        for request_id in ("running-0", "running-1", "wide"):
+            await served.release(request_id)
+        statuses = [(await t).status_code for t in (*running, wide)]
+    for response in displaced:
+        error = assert_openai_error(response, 429, code="queue_full")
+        assert "gave its place to an interactive one" in error["message"]
+    assert statuses == [200, 200, 200]
+
+
 async def test_per_key_counters_cover_every_name_from_the_start(serve_app, keys_file: Path) -> None:
     async with serve_app(api_keys_file=keys_file) as served:
         metrics = render_metrics(served.ctx.metrics.registry).decode()

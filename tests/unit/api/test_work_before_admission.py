@@ -104,9 +104,33 @@ async def test_a_prompt_being_tokenized_holds_its_queue_place(serve_app) -> None
         await served.release("preparing")
         assert [(await task).status_code for task in (running, preparing)] == [200, 200]
     error = assert_openai_error(refused, 429, code="queue_full")
-    assert error["message"] == ("0 of 1 slots are free, this request needs 1, and 1 sequences are waiting "
-                                "(max_queue_size=1; a request with n choices counts n); retry after the "
-                                "Retry-After delay")
+    assert error["message"] == ("0 of 1 slots are free, this request needs 1, and 1 sequences are ahead of it "
+                                "(queued, or their prompts being tokenized; max_queue_size=1 beyond the "
+                                "slots; a request with n choices counts n); retry after the Retry-After delay")
+
+
+async def test_a_burst_on_an_idle_service_fills_the_free_slot_and_the_queue_never_more(serve_app) -> None:
+    # The slot is free, so a room check that counted only held slots let every prompt still in the tokenizer
+    # through, and all of them queued past max_queue_size once the first took the slot.
+    async with serve_app(FakeEngine(token_delay=HOLD), **one_slot_one_queue()) as served:
+        orchestrator = served.ctx.orchestrator
+        tokenizer = served.engine.get_tokenizer()
+        tokenizer.hold = threading.Event()
+        try:
+            first = await hold(served, "first")
+            await eventually(tokenizer.entered.is_set, "the first prompt in the tokenizer")
+            second = await hold(served, "second")
+            await eventually(lambda: orchestrator.preparing == 2, "the second prompt waiting for the tokenizer")
+            refused = await served.chat(chat_body("third"))
+        finally:
+            tokenizer.hold.set()
+        await served.started("first")
+        await eventually(lambda: orchestrator.waiting == 1, "the second request queued")
+        await served.release("first")
+        await served.release("second")
+        assert [(await task).status_code for task in (first, second)] == [200, 200]
+    error = assert_openai_error(refused, 429, code="queue_full")
+    assert error["message"].startswith("1 of 1 slots are free, this request needs 1, and 2 sequences are ahead")
 
 
 async def test_the_tokenizer_runs_on_its_own_single_thread(served: Served) -> None:
