@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from pathlib import Path
 
 import pytest
@@ -314,6 +315,36 @@ async def test_a_wide_interactive_request_displaces_as_many_places_as_it_needs(s
     for response in displaced:
         error = assert_openai_error(response, 429, code="queue_full")
         assert "gave its place to an interactive one" in error["message"]
+    assert statuses == [200, 200, 200]
+
+
+async def test_places_already_claimed_are_not_counted_twice(serve_app, keys_file: Path) -> None:
+    # While the first interactive prompt is tokenized, its claimed batch place is leaving: a second interactive
+    # request needs (and claims) only the one other batch place, instead of being refused for want of two.
+    async with serve_app(FakeEngine(token_delay=HOLD), api_keys_file=keys_file, concurrent_users=1,
+                         max_queue_size=2) as served:
+        orchestrator = served.ctx.orchestrator
+        running = asyncio.create_task(served.chat(headers=bearer("sk-etl", "running")))
+        await served.started("running")
+        queued = []
+        for i in range(2):
+            queued.append(asyncio.create_task(served.chat(headers=bearer("sk-etl", f"batch-{i}"))))
+            await eventually(lambda i=i: orchestrator.waiting == i + 1, "batch request queued")
+        tokenizer = served.engine.get_tokenizer()
+        tokenizer.hold = threading.Event()
+        tokenizer.entered.clear()
+        try:
+            first = asyncio.create_task(served.chat(headers=bearer("sk-web-1", "first")))
+            await eventually(tokenizer.entered.is_set, "the first interactive prompt in the tokenizer")
+            second = asyncio.create_task(served.chat(headers=bearer("sk-web-2", "second")))
+            await eventually(lambda: orchestrator.preparing == 2, "the second interactive prompt admitted")
+        finally:
+            tokenizer.hold.set()
+        displaced = [await t for t in queued]
+        for request_id in ("running", "first", "second"):
+            await served.release(request_id)
+        statuses = [(await t).status_code for t in (running, first, second)]
+    assert [r.status_code for r in displaced] == [429, 429]
     assert statuses == [200, 200, 200]
 
 
