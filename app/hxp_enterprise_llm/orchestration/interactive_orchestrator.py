@@ -195,6 +195,19 @@ class InteractiveOrchestrator:
             f"beyond the slots; a request with n choices counts n){why}; retry after the Retry-After delay",
             headers={"Retry-After": str(self.retry_after_seconds(sequences))})
 
+    async def tokenize_for_client(self, work: Callable[[], T]) -> T:
+        """/tokenize and /detokenize: refused when there is no room, like a generation, and holding a queue
+        place while on the tokenizer's thread (no slot), so that a flood of them cannot pile up without
+        bound ahead of the chat prompts that share the thread."""
+        self.check_room()
+        self.preparing += 1
+        self._idle.clear()
+        try:
+            return await self.tokenize(work)
+        finally:
+            self.preparing -= 1
+            self._set_idle_if_empty()
+
     async def tokenize(self, work: Callable[[], T]) -> T:
         """Tokenizer work (building a prompt, /tokenize, /detokenize) off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, work)

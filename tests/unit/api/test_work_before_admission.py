@@ -133,6 +133,30 @@ async def test_a_burst_on_an_idle_service_fills_the_free_slot_and_the_queue_neve
     assert error["message"].startswith("1 of 1 slots are free, this request needs 1, and 2 sequences are ahead")
 
 
+@pytest.mark.parametrize("route", ["/tokenize", "/detokenize"])
+async def test_tokenize_requests_hold_queue_places_while_tokenized(serve_app, route: str) -> None:
+    # They share the one tokenizer thread with chat prompts: unbounded, a flood of them would queue ahead of
+    # every chat prompt. Each holds a place (against the free slot, then the queue) while it is worked on.
+    body = {"prompt": "x"} if route == "/tokenize" else {"tokens": [104, 105]}
+    async with serve_app(**one_slot_one_queue()) as served:
+        tokenizer = served.engine.get_tokenizer()
+        tokenizer.hold = threading.Event()
+        try:
+            # A prompt held in the tokenizer (encoding), then three more calls behind it.
+            calls = [asyncio.create_task(served.client.post("/tokenize", json={"prompt": "x"}))]
+            await eventually(tokenizer.entered.is_set, "the first call in the tokenizer")
+            calls += [asyncio.create_task(served.client.post(route, json=body)) for _ in range(3)]
+            await eventually(lambda: sum(c.done() for c in calls) == 2, "two of them refused")
+            assert served.ctx.orchestrator.preparing == 2
+        finally:
+            tokenizer.hold.set()
+        responses = await asyncio.gather(*calls)
+        assert served.ctx.orchestrator.preparing == 0
+    assert sorted(r.status_code for r in responses) == [200, 200, 429, 429]
+    for refused in (r for r in responses if r.status_code == 429):
+        assert_openai_error(refused, 429, code="queue_full")
+
+
 async def test_the_tokenizer_runs_on_its_own_single_thread(served: Served) -> None:
     # Hugging Face tokenizers are not safe to call from several threads at once: one named worker does it all.
     for _ in range(3):
