@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from hxp_enterprise_llm.api.keys_file import KeysFileError, parse_keys
+from hxp_enterprise_llm.api.keys_file import KeysFileError, decode_keys, parse_keys
 from hxp_enterprise_llm.orchestration.key_policy import OPEN_ACCESS, KeyPolicy
 from hxp_enterprise_llm.schemas.errors import AuthenticationError
 
@@ -65,7 +65,8 @@ class ApiKeys:
     def _read(self) -> tuple[dict[bytes, KeyPolicy], tuple[float, int]]:
         assert self._file is not None
         stat = self._file.stat()
-        return parse_keys(self._file.read_text(encoding="utf-8"), str(self._file)), (stat.st_mtime, stat.st_size)
+        source = str(self._file)
+        return parse_keys(decode_keys(self._file.read_bytes(), source), source), (stat.st_mtime, stat.st_size)
 
     def reload(self) -> None:
         """Re-read the file; on error keep the keys in use (a broken edit must not lock everyone out)."""

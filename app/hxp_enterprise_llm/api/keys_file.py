@@ -30,10 +30,21 @@ class KeysFileError(ValueError):
     """The keys file is malformed; the message names the line."""
 
 
+def decode_keys(raw: bytes, source: str) -> str:
+    """The file's text, or a KeysFileError naming the line that is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise KeysFileError(f"{source}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8") \
+            from None
+
+
 def parse_keys(text: str, source: str) -> dict[bytes, KeyPolicy]:
     keys: dict[bytes, KeyPolicy] = {}
     by_name: dict[str, tuple[KeyPolicy, int]] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Without the byte-order mark some editors write, else the first key silently begins with it: a 401.
+    for number, line in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
         words = [] if line.lstrip().startswith("#") else COMMENT.split(line, maxsplit=1)[0].split()
         if not words:
             continue
@@ -76,6 +87,7 @@ def _value(attribute: str, value: str, where: str) -> Any:
         except ValueError:
             raise KeysFileError(f"{where}: priority '{value}' is not one of "
                                 f"{', '.join(p.value for p in Priority)}") from None
-    if not value.isdigit() or int(value) < 1:
+    # ASCII digits: str.isdigit() also passes a superscript two, which int() refuses.
+    if not (value.isascii() and value.isdigit() and len(value) <= 12) or int(value) < 1:
         raise KeysFileError(f"{where}: {attribute} must be a whole number >= 1, got '{value}'")
     return int(value)

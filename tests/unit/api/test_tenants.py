@@ -75,11 +75,25 @@ def test_keys_carry_names_and_limits_and_bare_keys_still_work() -> None:
     ("sk-a name=anonymous\n", "keys:1: name 'anonymous' must be"),
     ("name=a\n", "keys:1: the line must start with the key"),
     ("sk-a name=a name=b\n", "keys:1: name is given twice"),
+    # digits to str.isdigit() that int() refuses: a superscript two; more digits than int() converts
+    ("sk-a requests_per_minute=\u00b2\n", "keys:1: requests_per_minute must be a whole number >= 1, got '\u00b2'"),
+    ("sk-a tokens_per_minute=" + "9" * 5000 + "\n", "keys:1: tokens_per_minute must be a whole number >= 1"),
 ])
 def test_a_bad_line_is_refused_naming_it(text: str, message: str) -> None:
     with pytest.raises(KeysFileError) as caught:
         parse_keys(text, "keys")
     assert str(caught.value).startswith(message), caught.value
+
+
+def test_a_byte_order_mark_does_not_become_part_of_the_first_key() -> None:
+    assert parse_keys("\ufeffsk-a name=a\n", "k") == {b"sk-a": KeyPolicy("a")}
+
+
+def test_a_keys_file_that_is_not_utf8_stops_the_start_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_bytes(b"sk-a name=a\n# \xe9quipe web\n")
+    with pytest.raises(ApiKeyFileError, match=r"keys:2: not UTF-8 \(byte 0xe9\)"):
+        ApiKeys(None, path)
 
 
 def test_a_bad_keys_file_stops_the_start_naming_the_line(tmp_path: Path) -> None:
@@ -98,6 +112,19 @@ async def test_a_reload_that_fails_keeps_the_keys_and_says_why(serve_app, keys_f
         assert (await served.chat(headers=bearer("sk-web-1"))).status_code == 200
         assert_openai_error(await served.chat(headers=bearer("sk-new")), 401)
     assert any("keys:2: unknown attribute 'burst=3'" in r.getMessage() and "keeping the 6 keys" in r.getMessage()
+               for r in caplog.records), caplog.text
+
+
+async def test_a_reload_of_a_file_that_is_not_utf8_keeps_the_keys(serve_app, keys_file: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    # A Latin-1 comment from an editor: it was a 500 for the request that noticed the change, every second.
+    async with serve_app(api_keys_file=keys_file) as served:
+        keys_file.write_bytes(b"# \xe9quipe web\nsk-new name=new\n")
+        with caplog.at_level(logging.ERROR):
+            served.ctx.api_keys.reload()
+        assert (await served.chat(headers=bearer("sk-web-1"))).status_code == 200
+        assert_openai_error(await served.chat(headers=bearer("sk-new")), 401)
+    assert any("keys:1: not UTF-8 (byte 0xe9)" in r.getMessage() and "keeping the 6 keys" in r.getMessage()
                for r in caplog.records), caplog.text
 
 
