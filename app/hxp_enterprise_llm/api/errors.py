@@ -22,7 +22,9 @@ def validation_error(exc: ValidationError) -> InvalidRequestError:
     first = exc.errors()[0]
     location = [str(part) for part in first["loc"]]
     # Union members add their type name to the path (`stop.str`, `prompt.list[int]`); keep the field path.
-    path = ".".join(p for p in location if not _is_type_tag(p))
+    # An unknown field's name comes last and is the client's own, whatever it looks like (`max-tokens`).
+    own_name = len(location) - 1 if first["type"] == "extra_forbidden" else len(location)
+    path = ".".join(p for i, p in enumerate(location) if i >= own_name or not _is_type_tag(p))
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "missing":
         text = f"'{path}' is a required property"

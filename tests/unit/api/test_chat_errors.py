@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from api_harness import CHAT, MODEL, Served, assert_openai_error, chat_body
+from jinja2 import TemplateError
 
 from support.fake_engine import FakeEngine
 
@@ -278,6 +279,22 @@ async def test_an_integer_too_long_to_convert_anywhere_in_the_body_is_400(served
     assert "9" * 5000 in body
     assert_openai_error(await served.client.post(CHAT, content=body, headers={"content-type": "application/json"}),
                         400)
+
+
+@pytest.mark.parametrize("field", ["max-tokens", "int", "options[0]"])
+async def test_an_unknown_field_is_named_whatever_its_name_looks_like(served: Served, field: str) -> None:
+    # Names that look like the type tags pydantic adds to union paths were dropped: an empty `param`.
+    error = assert_openai_error(await served.chat(chat_body(**{field: 5})), 400, code="unsupported_parameter")
+    assert error["param"] == field
+    assert error["message"].startswith(f"Unrecognized request argument supplied: {field} ")
+
+
+async def test_a_chat_template_that_refuses_the_messages_is_a_400_naming_them(served: Served) -> None:
+    # Mistral's, Llama 2's and Gemma's templates raise "roles must alternate" for two user turns in a row.
+    served.engine.get_tokenizer().failure = TemplateError("Conversation roles must alternate user/assistant")
+    error = assert_openai_error(await served.chat(chat_body()), 400, param="messages")
+    assert error["message"] == ("messages: the model's chat template refused them: Conversation roles must "
+                                "alternate user/assistant")
 
 
 async def test_a_bad_logit_bias_key_with_a_colon_still_names_logit_bias(served: Served) -> None:

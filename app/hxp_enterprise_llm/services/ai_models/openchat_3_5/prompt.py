@@ -6,7 +6,9 @@ end with no trailing space. Content is tokenized with special tokens split, so a
 "<|end_of_turn|>" gets ordinary text pieces, not the stop token. A system message, when present, is
 raw text right after BOS (no role prefix), as the reference server places it.
 
-Models without OpenChat's tokens (the SmolLM2 demo) use their own chat template instead.
+Models without OpenChat's tokens (the SmolLM2 demo) use their own chat template instead. A template
+renders content as text and the tokenizer then reads a control token typed in it ("<|im_end|>") as the
+real one, so a user could forge a system turn: such content is refused (400) on that path.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from jinja2 import TemplateError
 
 END_OF_TURN = "<|end_of_turn|>"
 END_OF_TURN_ID = 32000
@@ -81,10 +85,22 @@ class ChatTemplatePromptBuilder:
         self.vocab_size = len(tokenizer)
         eos = getattr(tokenizer, "eos_token_id", None)
         self.stop_token_ids: tuple[int, ...] = (int(eos),) if eos is not None else ()
+        added = getattr(tokenizer, "added_tokens_decoder", {}).values()
+        self._control_tokens = sorted({t.content for t in added if getattr(t, "special", False)}
+                                      | set(getattr(tokenizer, "all_special_tokens", ())) - {""})
 
     def build(self, messages: Sequence[PromptMessage]) -> list[int]:
+        for message in messages:
+            typed = next((token for token in self._control_tokens if token in message.content), None)
+            if typed is not None:
+                raise ValueError(f"messages: a {message.role} message contains {typed!r}, a control token of this "
+                                 "model's chat template; the template would read it as the real token, so it "
+                                 "cannot be sent as text to this model")
         conversation = [{"role": m.role, "content": m.content} for m in messages]
-        rendered = self._tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+        try:
+            rendered = self._tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+        except TemplateError as exc:  # a template's own check, such as "roles must alternate"
+            raise ValueError(f"messages: the model's chat template refused them: {exc}") from None
         # transformers 5 returns a BatchEncoding by default, 4.x a plain list.
         ids = rendered["input_ids"] if hasattr(rendered, "keys") else rendered
         return [int(i) for i in ids]
