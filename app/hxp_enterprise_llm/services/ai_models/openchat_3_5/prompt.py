@@ -85,9 +85,9 @@ class ChatTemplatePromptBuilder:
         self.vocab_size = len(tokenizer)
         eos = getattr(tokenizer, "eos_token_id", None)
         self.stop_token_ids: tuple[int, ...] = (int(eos),) if eos is not None else ()
-        added = getattr(tokenizer, "added_tokens_decoder", {}).values()
-        self._control_tokens = sorted({t.content for t in added if getattr(t, "special", False)}
-                                      | set(getattr(tokenizer, "all_special_tokens", ())) - {""})
+        # The tokens templates are built of (BOS, EOS, turn markers): other added tokens (SmolLM2's
+        # <filename>, ...) forge nothing, and `vllm bench serve`'s random prompts contain them.
+        self._control_tokens = sorted(set(getattr(tokenizer, "all_special_tokens", ())) - {""})
 
     def build(self, messages: Sequence[PromptMessage]) -> list[int]:
         for message in messages:
