@@ -110,7 +110,7 @@ def server_config(app: FastAPI, config: ModelConfigSchema) -> uvicorn.Config:
                           # Bounds what the h11 parser buffers, when it is the one in use; the 431 every
                           # client sees comes from check_request_head.
                           h11_max_incomplete_event_size=config.max_header_bytes,
-                          timeout_keep_alive=int(config.keep_alive_seconds),
+                          timeout_keep_alive=config.keep_alive_seconds,
                           proxy_headers=True, forwarded_allow_ips=config.forwarded_allow_ips,
                           # uvicorn's own wait for open connections, after our drain: every request has
                           # ended by then, but a client that stopped reading keeps its connection (the

@@ -112,6 +112,37 @@ def test_gpu_memory_utilization_above_one_names_key_value_and_range() -> None:
     assert "env:OPENCHAT_3_5_GPU_MEMORY_UTILIZATION" in message
 
 
+def test_a_variable_in_another_case_is_refused_not_ignored() -> None:
+    # It was counted as known (compared in lower case) but read only under its exact upper-case name.
+    message = rejection(env={"OPENCHAT_3_5_max_num_seqs": "8"})
+    assert "unknown environment variable(s) OPENCHAT_3_5_max_num_seqs" in message
+
+
+@pytest.mark.parametrize("key", ["log_dir", "usage_log_file", "api_keys_file", "models_lock", "model_path"])
+@pytest.mark.parametrize("where", ["env", "cli"])
+def test_an_empty_path_is_refused_not_taken_for_the_current_directory(key: str, where: str) -> None:
+    given = {"env": {OpenChat35Config.env_name(key): ""}} if where == "env" else {"cli": {key: ""}}
+    message = rejection(**given)
+    assert key in message
+    assert "empty: give a path, or leave the setting out" in message
+
+
+@pytest.mark.parametrize("value", ["0.5", "65.9", "0"])
+def test_keep_alive_is_whole_seconds(value: str) -> None:
+    # uvicorn takes whole seconds: 0.5 became 0 (keep-alive off) and 65.9 became 65.
+    message = rejection(env={"OPENCHAT_3_5_KEEP_ALIVE_SECONDS": value})
+    assert "service.keep_alive_seconds" in message
+
+
+def test_keep_alive_reaches_uvicorn_as_given() -> None:
+    from fastapi import FastAPI
+
+    from hxp_enterprise_llm.server import server_config
+
+    config = load(env={"OPENCHAT_3_5_KEEP_ALIVE_SECONDS": "75"}).config
+    assert server_config(FastAPI(), config).timeout_keep_alive == 75
+
+
 def test_bad_yaml_value_names_the_file(tmp_path: Path) -> None:
     config_file = write_yaml(tmp_path, "performance:\n  max_num_seqs: 0\n")
     message = rejection(config_file=config_file)

@@ -1,4 +1,5 @@
-"""`log_dir` sends the same JSON lines to a rotating file; without it, stderr only."""
+"""`log_dir` sends the service's own JSON lines to a rotating file too (vLLM's stay on stderr); without it,
+stderr only."""
 
 from __future__ import annotations
 

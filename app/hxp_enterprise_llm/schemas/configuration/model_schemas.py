@@ -118,9 +118,10 @@ class ModelConfigSchema(BaseModel):
     forwarded_allow_ips: str | None = Field(None, description="proxies (comma-separated addresses, or *) whose "
                                             "X-Forwarded-For gives the client address in the request log; "
                                             "None = 127.0.0.1")
-    keep_alive_seconds: float = Field(5, gt=0, le=3600, description="idle keep-alive connections close after "
-                                      "this; behind a proxy that reuses connections, set it above the proxy's "
-                                      "idle time")
+    # Whole seconds: uvicorn's timeout_keep_alive is an int (0.5 became 0, keep-alive off).
+    keep_alive_seconds: int = Field(5, ge=1, le=3600, description="idle keep-alive connections close after "
+                                    "this many seconds; behind a proxy that reuses connections, set it above the "
+                                    "proxy's idle time")
     default_temperature: float | None = Field(None, ge=0, le=2, description="temperature of requests that "
                                               "send none; None = the model's generation_config.json, else 1")
     default_top_p: float | None = Field(None, gt=0, le=1, description="top_p of requests that send none; "
@@ -172,6 +173,15 @@ class ModelConfigSchema(BaseModel):
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("empty: a blank key would be a key anyone can send; leave api_key unset for an "
                              "open API, or set a real key")
+        return value
+
+    @field_validator("model_path", "api_keys_file", "log_dir", "models_lock", "usage_log_file", mode="before")
+    @classmethod
+    def _path_not_empty(cls, value: Any) -> Any:
+        # An empty value (a blanked line in an env file, `--log-dir ""`) would become Path("."): the
+        # current directory, where a log file cannot be opened and nothing was meant to go.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("empty: give a path, or leave the setting out")
         return value
 
     @field_validator("model_aliases", mode="before")
@@ -299,10 +309,10 @@ def load_config(
         else:
             origins[key] = "default"
 
+    # Exact names only: a variable in another case is not read above, so it must not pass as known either.
     prefix = cls.env_name("")
-    unknown_env = sorted(name for name in environ if name.startswith(prefix)
-                         and name[len(prefix):].lower() not in cls.model_fields
-                         and name != cls.env_name("config_file"))
+    known_env = {cls.env_name(key) for key in (*cls.model_fields, "config_file")}
+    unknown_env = sorted(name for name in environ if name.upper().startswith(prefix) and name not in known_env)
     if unknown_env:
         raise ConfigError(f"unknown environment variable(s) {', '.join(unknown_env)} "
                           f"(known keys: see `hxp-llm config show`)")
