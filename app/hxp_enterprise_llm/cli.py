@@ -86,6 +86,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = loaded.config
     configure_logging(config.log_level, config.log_dir)
+    for key, yaml_value in loaded.shadowed.items():
+        logger.warning("%s: the environment's %s=%s replaces %s (the environment outranks YAML; container images "
+                       "set some OPENCHAT_3_5_* variables themselves: `hxp-llm config show` lists every origin)",
+                       key, OpenChat35Config.env_name(key), getattr(config, key), yaml_value)
     if loaded.origins.get("api_key") == "cli":
         logger.warning("api_key was given as --api-key: every user of this machine can read it in `ps`; give it "
                        "as %s or in api_keys_file instead", OpenChat35Config.env_name("api_key"))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,6 +76,41 @@ realtime:
     assert (config.max_model_len, origins["max_model_len"]) == (2048, f"yaml:{config_file}")
     assert (config.log_level, origins["log_level"]) == ("DEBUG", f"yaml:{config_file}")
     assert (config.metrics_port, origins["metrics_port"]) == (11403, "default")
+
+
+def test_a_kv_cache_variable_that_vllm_would_obey_instead_is_refused() -> None:
+    # vLLM's CPU platform reads VLLM_CPU_KVCACHE_SPACE over the engine's arguments.
+    message = rejection(env={"VLLM_CPU_KVCACHE_SPACE": "6", "OPENCHAT_3_5_KV_CACHE_SPACE_GB": "2"})
+    assert message == ("VLLM_CPU_KVCACHE_SPACE=6 is set: vLLM would size the KV cache from it instead of "
+                       "kv_cache_space_gb=2 (env:OPENCHAT_3_5_KV_CACHE_SPACE_GB); unset it, and give the size as "
+                       "OPENCHAT_3_5_KV_CACHE_SPACE_GB or kv_cache_space_gb")
+    assert "kv_cache_space_gb=4 (default)" in rejection(env={"VLLM_CPU_KVCACHE_SPACE": "lots"})
+    agreeing = load(env={"VLLM_CPU_KVCACHE_SPACE": "2", "OPENCHAT_3_5_KV_CACHE_SPACE_GB": "2"})
+    assert agreeing.config.kv_cache_space_gb == 2
+    assert load(env={"VLLM_CPU_KVCACHE_SPACE": ""}).config.kv_cache_space_gb == 4  # empty: vLLM ignores it too
+
+
+def test_yaml_values_the_environment_replaced_are_listed(tmp_path: Path) -> None:
+    # As in a container: the image's OPENCHAT_3_5_MODEL_PATH and _ENFORCE_EAGER outrank the operator's YAML.
+    config_file = write_yaml(tmp_path, "model:\n  model_path: /models/awq\n  enforce_eager: false\n"
+                                       "  max_model_len: 2048\nservice:\n  port: 9000\n")
+    loaded = load(config_file, cli={"port": 9100},
+                  env={"OPENCHAT_3_5_MODEL_PATH": "/opt/models/openchat-3.5-0106",
+                       "OPENCHAT_3_5_ENFORCE_EAGER": "true", "OPENCHAT_3_5_MAX_MODEL_LEN": "2048",
+                       "OPENCHAT_3_5_PORT": "9200"})
+    assert loaded.shadowed == {"model_path": f"'/models/awq' from yaml:{config_file}",
+                               "enforce_eager": f"False from yaml:{config_file}"}  # same value, or the CLI's: none
+    assert str(loaded.config.model_path) == "/opt/models/openchat-3.5-0106"
+
+
+def test_serve_warns_for_each_yaml_value_the_environment_replaced(tmp_path: Path) -> None:
+    config_file = write_yaml(tmp_path, "model:\n  model_path: /models/awq\n")
+    result = subprocess.run([sys.executable, "-m", "hxp_enterprise_llm.cli", "serve", "--config", str(config_file)],
+                            env={**os.environ, "OPENCHAT_3_5_MODEL_PATH": str(tmp_path / "missing")},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0  # no model there: refused after the warning
+    assert (f"model_path: the environment's OPENCHAT_3_5_MODEL_PATH={tmp_path / 'missing'} replaces '/models/awq' "
+            f"from yaml:{config_file}") in result.stderr
 
 
 def test_environment_alone_overrides_defaults() -> None:

@@ -268,9 +268,13 @@ def _allowed_range(info: FieldInfo) -> str:
 class LoadedConfig:
     """A validated config and the origin of each value ("default", "yaml:<file>", "env:<NAME>", "cli")."""
 
-    def __init__(self, config: ModelConfigSchema, origins: dict[str, str]) -> None:
+    def __init__(self, config: ModelConfigSchema, origins: dict[str, str],
+                 shadowed: dict[str, str] | None = None) -> None:
         self.config = config
         self.origins = origins
+        # key -> "'<yaml value>' from yaml:<file>": YAML values an environment variable replaced with another
+        # (the image sets some OPENCHAT_3_5_* itself), said at start so that the YAML's is not lost unseen.
+        self.shadowed = shadowed or {}
 
     def rows(self) -> list[tuple[str, str, Any, str]]:
         """(section, key, value, origin) for every setting, secrets masked."""
@@ -325,7 +329,26 @@ def load_config(
         raise ConfigError(_describe_validation_error(cls, exc, origins)) from None
     config = cls.model_construct(_fields_set=validated.model_fields_set,
                                  **{key: getattr(validated, key) for key in cls.model_fields})
-    return LoadedConfig(config, origins)
+    _check_kv_cache_variable(config, origins, environ)
+    shadowed = {key: f"{yaml_values[key]!r} from yaml:{config_file}" for key in env_values
+                if key in yaml_values and key not in cli and str(yaml_values[key]).lower() != env_values[key].lower()}
+    return LoadedConfig(config, origins, shadowed)
+
+
+def _check_kv_cache_variable(config: ModelConfigSchema, origins: Mapping[str, str], environ: Mapping[str, str]) -> None:
+    # vLLM's CPU platform sizes the KV cache from VLLM_CPU_KVCACHE_SPACE when it is set, over the engine's
+    # arguments: the memory check and every report would describe a cache the engine does not have.
+    value = environ.get("VLLM_CPU_KVCACHE_SPACE", "").strip()
+    if not value:
+        return
+    try:
+        same = float(value) == config.kv_cache_space_gb
+    except ValueError:
+        same = False
+    if not same:
+        raise ConfigError(f"VLLM_CPU_KVCACHE_SPACE={value} is set: vLLM would size the KV cache from it instead of "
+                          f"kv_cache_space_gb={config.kv_cache_space_gb:g} ({origins['kv_cache_space_gb']}); unset "
+                          f"it, and give the size as {type(config).env_name('kv_cache_space_gb')} or kv_cache_space_gb")
 
 
 def _describe_validation_error(cls: type[ModelConfigSchema], exc: ValidationError,
