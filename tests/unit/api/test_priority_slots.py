@@ -157,6 +157,22 @@ async def test_a_claim_takes_as_many_waiters_as_the_places_it_needs_or_none() ->
     assert not newer.done()
 
 
+async def test_refuse_waiting_ends_every_waiter_at_once_with_its_own_error() -> None:
+    # At a drain's deadline: they must not wait for the slots the stopped generations are about to free.
+    slots = PrioritySlots(1)
+    await slots.acquire(0, 1)
+    first, second = waiting(slots, 0, 1), waiting(slots, 1, 1)
+    await settle()
+    slots.refuse_waiting(lambda: RuntimeError("stopping"))
+    await settle()
+    errors = [task.exception() for task in (first, second)]
+    assert all(isinstance(error, RuntimeError) for error in errors)
+    assert errors[0] is not errors[1]  # one exception each: a shared one would collect both tracebacks
+    assert slots.held == 1
+    slots.release(1)
+    assert slots.held == 0  # nobody was left to take the freed slot
+
+
 async def test_a_displaced_waiter_leaves_the_queue_and_lets_the_next_in() -> None:
     slots = PrioritySlots(2)
     await slots.acquire(0, 1)
