@@ -81,11 +81,13 @@ class PrioritySlots:
         pending = sorted((w for w in self._waiters if not w.future.done() and not w.claimed and w.rank > rank),
                          key=lambda w: (w.rank, w.seq), reverse=True)
         claimed: list[Waiter] = []
+        freed = 0
         for waiter in pending:
-            if sum(w.size for w in claimed) >= places:
+            if freed >= places:
                 break
             claimed.append(waiter)
-        if sum(w.size for w in claimed) < places:
+            freed += waiter.size
+        if freed < places:
             return None
         for waiter in claimed:
             waiter.claimed = True

@@ -28,7 +28,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
@@ -132,21 +132,18 @@ class InteractiveOrchestrator:
                 f"concurrent_users={self._config.concurrent_users}; ask for at most {most}",
                 param="n", code="too_many_choices")
         claimed = self.check_room(rank, sequences)
-        self.preparing += sequences
-        self._idle.clear()
-        try:
-            generation_request = dataclasses.replace(await self.tokenize(prepare), priority=rank)
-            self.quotas.charge(record, len(generation_request.prompt_token_ids))
-            if self.tracer is not None:
-                generation_request = dataclasses.replace(generation_request, trace_headers=self.tracer.start(record))
-            if self._drain_expired:
-                raise self._too_late_to_start()
-        except BaseException:
-            self._slots.unclaim(claimed)
-            raise
-        finally:
-            self.preparing -= sequences
-            self._set_idle_if_empty()
+        with self._preparing(sequences):
+            try:
+                generation_request = dataclasses.replace(await self.tokenize(prepare), priority=rank)
+                self.quotas.charge(record, len(generation_request.prompt_token_ids))
+                if self.tracer is not None:
+                    generation_request = dataclasses.replace(generation_request,
+                                                             trace_headers=self.tracer.start(record))
+                if self._drain_expired:
+                    raise self._too_late_to_start()
+            except BaseException:
+                self._slots.unclaim(claimed)
+                raise
         self._slots.displace(claimed)  # its own checks passed: it takes their places now
         self.waiting += sequences  # no await since the prompt was ready: the queue places pass on unbroken
         self._idle.clear()
@@ -200,12 +197,18 @@ class InteractiveOrchestrator:
         place while on the tokenizer's thread (no slot), so that a flood of them cannot pile up without
         bound ahead of the chat prompts that share the thread."""
         self.check_room()
-        self.preparing += 1
+        with self._preparing(1):
+            return await self.tokenize(work)
+
+    @contextlib.contextmanager
+    def _preparing(self, sequences: int) -> Iterator[None]:
+        """`sequences` queue places held while a prompt is being tokenized (counted in `preparing`)."""
+        self.preparing += sequences
         self._idle.clear()
         try:
-            return await self.tokenize(work)
+            yield
         finally:
-            self.preparing -= 1
+            self.preparing -= sequences
             self._set_idle_if_empty()
 
     async def tokenize(self, work: Callable[[], T]) -> T:
