@@ -103,29 +103,21 @@ def test_a_bad_keys_file_stops_the_start_naming_the_line(tmp_path: Path) -> None
         ApiKeys(None, path)
 
 
-async def test_a_reload_that_fails_keeps_the_keys_and_says_why(serve_app, keys_file: Path,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
-    async with serve_app(api_keys_file=keys_file) as served:
-        keys_file.write_text("sk-new name=new\nsk-web-1 name=web burst=3\n")
-        with caplog.at_level(logging.ERROR):
-            served.ctx.api_keys.reload()
-        assert (await served.chat(headers=bearer("sk-web-1"))).status_code == 200
-        assert_openai_error(await served.chat(headers=bearer("sk-new")), 401)
-    assert any("keys:2: unknown attribute 'burst=3'" in r.getMessage() and "keeping the 6 keys" in r.getMessage()
-               for r in caplog.records), caplog.text
-
-
-async def test_a_reload_of_a_file_that_is_not_utf8_keeps_the_keys(serve_app, keys_file: Path,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"sk-new name=new\nsk-web-1 name=web burst=3\n", "keys:2: unknown attribute 'burst=3'"),
     # A Latin-1 comment from an editor: it was a 500 for the request that noticed the change, every second.
+    (b"# \xe9quipe web\nsk-new name=new\n", "keys:1: not UTF-8 (byte 0xe9)"),
+])
+async def test_a_reload_that_fails_keeps_the_keys_and_says_why(serve_app, keys_file: Path, content: bytes,
+                                                              reason: str, caplog: pytest.LogCaptureFixture) -> None:
     async with serve_app(api_keys_file=keys_file) as served:
-        keys_file.write_bytes(b"# \xe9quipe web\nsk-new name=new\n")
+        keys_file.write_bytes(content)
         with caplog.at_level(logging.ERROR):
             served.ctx.api_keys.reload()
         assert (await served.chat(headers=bearer("sk-web-1"))).status_code == 200
         assert_openai_error(await served.chat(headers=bearer("sk-new")), 401)
-    assert any("keys:1: not UTF-8 (byte 0xe9)" in r.getMessage() and "keeping the 6 keys" in r.getMessage()
-               for r in caplog.records), caplog.text
+    assert any(reason in r.getMessage() and "keeping the 6 keys" in r.getMessage() for r in caplog.records), \
+        caplog.text
 
 
 # --- limits
