@@ -109,15 +109,29 @@ class ScaleStack:
         return self.compose("exec", "-T", LB_SERVICE, "bash", "-c", script).stdout
 
     def wait_pool(self, size: int, timeout: float) -> float:
-        """Seconds until HAProxy has exactly `size` replicas UP; StackFailed after `timeout`."""
+        """Seconds until HAProxy has exactly `size` replicas UP; StackFailed after `timeout`, or at once when
+        a replica has exited for good (Docker's restart count spent: it will not come back)."""
         started = time.monotonic()
         while time.monotonic() - started < timeout:
             with contextlib.suppress(httpx.HTTPError):
                 if len(self.up()) == size:
                     return time.monotonic() - started
+            if any(replica["State"]["Status"] == "exited" for replica in self.replicas()):
+                raise StackFailed(f"a replica exited for good while the pool filled:\n{self.replica_report()}")
             time.sleep(1)
-        logs = self.compose("logs", "--tail", "30", check=False).stdout
-        raise StackFailed(f"HAProxy did not have {size} replicas UP within {timeout:.0f} s:\n{logs[-4000:]}")
+        raise StackFailed(f"HAProxy did not have {size} replicas UP within {timeout:.0f} s:\n{self.replica_report()}")
+
+    def replica_report(self) -> str:
+        """Each replica's state, exit code, OOM kill and restart count with its own log tail: the balancer's
+        health-check lines would crowd them out of a tail of the whole stack's log."""
+        lines = []
+        for replica in self.replicas():
+            state = replica["State"]
+            lines.append(f"--- {replica['Name'].lstrip('/')}: {state['Status']}, exit code {state['ExitCode']}, "
+                         f"OOM-killed {state['OOMKilled']}, restarts {replica['RestartCount']}")
+            tail = subprocess.run(["docker", "logs", "--tail", "25", replica["Id"]], capture_output=True, text=True)
+            lines.append((tail.stdout + tail.stderr)[-2500:])
+        return "\n".join(lines)
 
 
 def container_address(container: dict[str, Any], port: int = 11402) -> str:
