@@ -10,7 +10,8 @@ ends, so no span is held open across awaits and none can leak:
       decode                   the first token -> the last token
       streaming                the first token -> the last byte sent (streams only)
 
-A client's W3C `traceparent` makes the request's span its child (the trace joins the client's).
+A client's W3C `traceparent` makes the request's span its child (the trace joins the client's); its
+sampled flag does not decide whether the request is traced: every request is.
 Off by default; the SDK is imported only when it is on.
 """
 
@@ -38,10 +39,14 @@ class RequestTracer:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        # Our own provider, not the global one: vLLM sets the global provider for its spans.
-        self._provider = TracerProvider(resource=Resource.create(
+        # Our own provider, not the global one: vLLM sets the global provider for its spans. ALWAYS_ON, not
+        # the SDK's default parent-based sampler: with that, a client's traceparent flagged unsampled (`-00`,
+        # as an SDK sampling 10% sends nine times in ten) would turn off the operator's trace of the request
+        # and, through trace_headers, vLLM's own span of it.
+        self._provider = TracerProvider(sampler=ALWAYS_ON, resource=Resource.create(
             {"service.name": "hxp-enterprise-llm", "service.version": version, "gen_ai.request.model": model}))
         self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
         self._tracer = self._provider.get_tracer("hxp_enterprise_llm")

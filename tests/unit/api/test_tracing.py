@@ -109,6 +109,20 @@ async def test_a_streamed_request_arrives_as_one_trace_joined_to_the_clients_tra
     assert spans["streaming"].end_time_unix_nano <= root.end_time_unix_nano
 
 
+async def test_a_client_context_flagged_unsampled_still_traces_the_request(serve_app, receiver: OtlpReceiver) -> None:
+    # The operator asked for one trace per request; a client sampling its own traces at 10% sends `-00`
+    # nine times in ten, and the SDK's default (parent-based) sampler would then record nothing.
+    async with serve_app(otel_traces_endpoint=receiver.endpoint) as served:
+        served.engine.enqueue(*"ok")
+        response = await served.chat(headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-00"})
+    assert response.status_code == 200
+    (root,) = [span for span in receiver.spans if span.name == "chat"]
+    assert root.trace_id.hex() == CLIENT_TRACE
+    assert root.parent_span_id.hex() == CLIENT_SPAN
+    # vLLM's span joins a sampled context, so the engine records its part too.
+    assert served.engine.requests[0].trace_headers["traceparent"].endswith("-01")
+
+
 async def test_a_refused_request_is_traced_with_its_outcome_and_no_client_context_starts_a_trace(
         serve_app, receiver: OtlpReceiver) -> None:
     async with serve_app(otel_traces_endpoint=receiver.endpoint, api_key="right") as served:
