@@ -53,6 +53,9 @@ class RequestRecord:
     outcome: Outcome | None = None  # decided by close()
     frames: int = 0  # SSE content frames sent
     inter_token_gaps: list[float] = field(default_factory=list)
+    # Each choice's last token: with n choices one engine step yields a token for each within microseconds,
+    # so a gap measured across choices would be one step and n-1 near-zero gaps.
+    choice_last_token: dict[int, float] = field(default_factory=dict)
     slot: Releasable | None = None  # the admission slot while the request holds one
     # --- the key's side (orchestration/quotas.py): who is paying, what was charged, what the client is told
     key: KeyPolicy = OPEN_ACCESS
@@ -66,11 +69,13 @@ class RequestRecord:
         now = time.monotonic()
         new_tokens = delta.completion_tokens - self.completion_tokens
         if new_tokens > 0:
-            if self.first_token is None:  # no gap before the first token, however many came with it
+            if self.first_token is None:
                 self.first_token = now
-            elif self.last_token is not None:
+            previous = self.choice_last_token.get(delta.index)
+            if previous is not None:  # no gap before a choice's first token, however many came with it
                 # Tokens that arrive together share the gap, as vLLM's inter-token latency does.
-                self.inter_token_gaps.extend([(now - self.last_token) / new_tokens] * new_tokens)
+                self.inter_token_gaps.extend([(now - previous) / new_tokens] * new_tokens)
+            self.choice_last_token[delta.index] = now
             self.last_token = now
         self.prompt_tokens = delta.prompt_tokens
         self.completion_tokens = delta.completion_tokens

@@ -66,6 +66,23 @@ def test_first_token_and_gaps_with_tokens_that_arrive_together(clock: Clock) -> 
     assert rec.prompt_tokens == 7
 
 
+def test_gaps_are_measured_within_each_choice(clock: Clock) -> None:
+    # n=2: each engine step yields one token per choice, moments apart. Measured across choices the gaps
+    # would be one step and one near zero, pulling the service-wide inter-token latency towards zero.
+    rec = record(choices=2)
+    clock.now = 1.0
+    rec.observe(delta(1, index=0))
+    rec.observe(delta(2, index=1))  # the second choice's first token: no gap before it
+    assert rec.inter_token_gaps == []
+    clock.now = 1.5
+    rec.observe(delta(3, index=0))
+    rec.observe(delta(4, index=1))
+    clock.now = 2.5
+    rec.observe(delta(6, index=1))  # two tokens of choice 1 together share its gap
+    assert rec.inter_token_gaps == [0.5, 0.5, 0.5, 0.5]
+    assert (rec.first_token, rec.last_token) == (1.0, 2.5)
+
+
 def test_cached_tokens_keep_the_largest_report(clock: Clock) -> None:
     rec = record()
     for cached in (0, 5, 0, 3):
