@@ -19,13 +19,12 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from hxp_enterprise_llm.api.keys_file import KeysFileError, decode_keys, parse_keys
-from hxp_enterprise_llm.orchestration.key_policy import OPEN_ACCESS, KeyPolicy
+from hxp_enterprise_llm.orchestration.key_policy import API_KEY_NAME, OPEN_ACCESS, KeyPolicy
 from hxp_enterprise_llm.schemas.errors import AuthenticationError
 
 logger = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 1.0
-API_KEY_NAME = "api_key"  # the name `api_key`'s requests are counted under
 
 
 class ApiKeyFileError(ValueError):

@@ -16,7 +16,7 @@ import re
 from dataclasses import fields
 from typing import Any
 
-from hxp_enterprise_llm.orchestration.key_policy import ANONYMOUS, KeyPolicy, Priority
+from hxp_enterprise_llm.orchestration.key_policy import RESERVED_NAMES, KeyPolicy, Priority
 
 UNNAMED = "unnamed"  # keys of the one-key-per-line format
 COMMENT = re.compile(r"\s#")  # a comment after a key needs a space before it: '#' may be part of a key
@@ -77,9 +77,9 @@ def _policy(words: list[str], where: str) -> KeyPolicy:
 
 def _value(attribute: str, value: str, where: str) -> Any:
     if attribute == "name":
-        if not NAME_PATTERN.fullmatch(value) or value == ANONYMOUS:
+        if not NAME_PATTERN.fullmatch(value) or value in RESERVED_NAMES:
             raise KeysFileError(f"{where}: name '{value}' must be 1-64 letters, digits, '_', '.', '-' (and not "
-                                f"'{ANONYMOUS}'): it becomes a metrics label")
+                                f"{' or '.join(repr(name) for name in RESERVED_NAMES)}): it becomes a metrics label")
         return value
     if attribute == "priority":
         try:

@@ -9,7 +9,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-ANONYMOUS = "anonymous"
+ANONYMOUS = "anonymous"  # requests of a service with no keys
+API_KEY_NAME = "api_key"  # requests with the `api_key` setting's key
+# Names a keys-file line may not take: it would share the limits' windows and the metrics of those requests.
+RESERVED_NAMES = (ANONYMOUS, API_KEY_NAME)
 
 
 class Priority(enum.StrEnum):

@@ -73,6 +73,9 @@ def test_keys_carry_names_and_limits_and_bare_keys_still_work() -> None:
     ("sk-a name=t tokens_per_minute=5\nsk-b name=t\n", "keys:2: name 't' has other limits on line 1"),
     ("sk-a name=bad/name\n", "keys:1: name 'bad/name' must be"),
     ("sk-a name=anonymous\n", "keys:1: name 'anonymous' must be"),
+    # The `api_key` setting's requests are counted under this name: a file key of that name would share
+    # their windows (its limits spent by a key that has none) and their metrics.
+    ("sk-a name=api_key\n", "keys:1: name 'api_key' must be"),
     ("name=a\n", "keys:1: the line must start with the key"),
     ("sk-a name=a name=b\n", "keys:1: name is given twice"),
     # digits to str.isdigit() that int() refuses: a superscript two; more digits than int() converts
