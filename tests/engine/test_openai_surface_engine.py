@@ -3,9 +3,11 @@ n choices, raw completions with echo, token counts, the spec's commands and scri
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -37,8 +39,6 @@ def test_parse_with_a_pydantic_model_returns_a_parsed_object(demo_server: Server
 
 
 def test_json_object_mode_answers_json(demo_server: ServerProcess) -> None:
-    import json
-
     ask = [{"role": "user", "content": "Give the capital of France as a JSON object with keys country and capital."}]
     completion = client(demo_server).chat.completions.create(
         model="openchat-3.5", messages=ask, response_format={"type": "json_object"}, max_tokens=150, temperature=0)
@@ -60,6 +60,58 @@ def test_logprobs_plain_and_streamed(demo_server: ServerProcess) -> None:
                                          logprobs=True, top_logprobs=3, stream=True)
     streamed = [t for c in stream if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
     assert [t.token for t in streamed] == [t.token for t in content]
+
+
+def strict_json(text: str) -> Any:
+    """JSON as a strict parser (a browser's JSON.parse) reads it: no NaN or Infinity."""
+    return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in a JSON body: {text[:200]}"))
+
+
+def test_logprobs_of_tokens_the_grammar_masked_are_finite(demo_server: ServerProcess) -> None:
+    # A one-word enum leaves the grammar fewer than 5 legal tokens at most steps: the other alternatives
+    # come from the engine at -inf, which JSON cannot carry (a 500 when rendered whole, `-Infinity` in a
+    # stream). vLLM's own server sends -9999.0 for them; so do we.
+    word = {"type": "json_schema", "json_schema": {"name": "word", "schema": {"enum": ["supercalifragilistic"]}}}
+    body = {"model": "openchat-3.5", "messages": [{"role": "user", "content": "Say a long word."}], "max_tokens": 20,
+            "temperature": 0, "logprobs": True, "top_logprobs": 5, "response_format": word}
+    plain = httpx.post(f"{demo_server.base_url}/v1/chat/completions", json=body, timeout=300)
+    assert plain.status_code == 200, plain.text
+    answer = strict_json(plain.text)["choices"][0]
+    assert json.loads(answer["message"]["content"]) == "supercalifragilistic"
+    alternatives = [top["logprob"] for token in answer["logprobs"]["content"] for top in token["top_logprobs"]]
+    assert min(alternatives) == -9999.0  # this request did reach the masked case
+    with httpx.stream("POST", f"{demo_server.base_url}/v1/chat/completions", json={**body, "stream": True},
+                      timeout=300) as streamed:
+        frames = [line.removeprefix("data: ") for line in streamed.iter_lines() if line.startswith("data: ")]
+    assert frames[-1] == "[DONE]"
+    chunks = [strict_json(frame) for frame in frames[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == \
+        answer["message"]["content"]
+
+
+def queue_waits_observed(server: ServerProcess) -> float:
+    text = httpx.get(server.metrics_url, timeout=30).text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("openchat_queue_wait_seconds_count"))
+
+
+@pytest.mark.parametrize(("field", "refused"), [
+    ("stop", {"stop": ["", "x"]}),
+    ("min_tokens", {"min_tokens": 10, "max_tokens": 5}),
+    # A valid JSON Schema whose reference leads nowhere: vLLM's grammar backends cannot compile it.
+    ("response_format", {"response_format": {"type": "json_schema", "json_schema": {"name": "broken", "schema": {
+        "type": "object", "properties": {"a": {"$ref": "#/definitions/missing"}}}}}}),
+])
+def test_what_the_engine_refuses_is_refused_before_it_waits_for_a_slot(demo_server: ServerProcess, field: str,
+                                                                        refused: dict[str, Any]) -> None:
+    admitted_before = queue_waits_observed(demo_server)
+    response = httpx.post(f"{demo_server.base_url}/v1/chat/completions", timeout=300,
+                          json={"model": "openchat-3.5", "messages": FRANCE, "max_tokens": 8, **refused})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert response.json()["error"]["param"] == field
+    # Refused while it was prepared: it never took a slot (nor waited for one, nor was charged to a key).
+    assert queue_waits_observed(demo_server) == admitted_before
 
 
 def test_n_two_returns_two_choices(demo_server: ServerProcess) -> None:

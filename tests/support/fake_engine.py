@@ -138,6 +138,9 @@ class FakeEngine:
     def get_tokenizer(self) -> CharTokenizer:
         return self._tokenizer
 
+    def check_request(self, request: GenerationRequest) -> None:
+        """The fake refuses nothing the service passes; vLLM's refusals are tested on the real engine."""
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
         if not self.started:
             raise EngineError("engine not started")

@@ -99,6 +99,10 @@ class Engine(Protocol):
         """Load the model; raise EngineError if it cannot. `on_death(why)` is called at once if the
         engine dies later, even while no request is running."""
 
+    def check_request(self, request: GenerationRequest) -> None:
+        """Raise InvalidRequestError for a request this engine would refuse: called while the request is
+        prepared, so that it is refused before it waits for a slot or is charged to its key."""
+
     def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
         """Stream deltas until one carries a finish_reason."""
 

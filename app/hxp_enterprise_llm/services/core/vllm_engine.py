@@ -185,14 +185,34 @@ class VllmEngine:
             raise EngineError("engine not started")
         return self._tokenizer
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
+    def check_request(self, request: GenerationRequest) -> None:
+        params = self._checked_params(request)
         if self._llm is None:
-            raise EngineError("engine not started")
+            return
+        from vllm.exceptions import VLLMClientError
+
+        # vLLM's checks against the model (logprob counts, token ids, a JSON schema its grammar backend cannot
+        # compile), which it would otherwise make only once the request reaches it, after a slot.
+        config = self._llm.vllm_config
+        try:
+            params.verify(self._llm.model_config, config.speculative_config, config.structured_outputs_config,
+                          self._llm.tokenizer)
+        except (VLLMClientError, ValueError, TypeError) as exc:
+            # The grammar backends' refusals name no parameter; the schema came from response_format.
+            raise _invalid(exc, "response_format" if params.structured_outputs is not None else None) from None
+
+    def _checked_params(self, request: GenerationRequest) -> Any:
         options = request.sampling
         if options.seed is not None and options.temperature > 0 and not self.seeded_sampling_safe:
             raise InvalidRequestError("seed with temperature > 0 is unavailable on this CPU engine (see the "
                                       "service log); use temperature 0 or drop seed", param="seed")
-        params = _sampling_params(options)
+        return _sampling_params(options)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
+        if self._llm is None:
+            raise EngineError("engine not started")
+        params = self._checked_params(request)
+        options = request.sampling
         prompt_tokens = len(request.prompt_token_ids)
         completion_tokens = 0
         cached_tokens = 0
@@ -310,12 +330,23 @@ def _sampling_params(options: SamplingOptions) -> Any:
         raise _invalid(exc) from None
 
 
+# What a token the engine could not pick gets instead of -inf, as vLLM's own server sends it: JSON has no
+# infinity (a strict parser refuses `-Infinity`, and Starlette's renderer raises on it: a 500).
+LOWEST_LOGPROB = -9999.0
+
+
+def _logprob(value: Any) -> float:
+    """A finite logprob: -inf (a token that structured output's grammar masked) and NaN become LOWEST_LOGPROB."""
+    logprob = float(value)
+    return logprob if logprob > LOWEST_LOGPROB else LOWEST_LOGPROB
+
+
 def _entry(token_id: int, candidates: Any, top: int) -> TokenLogprob:
     """One position's Logprob dict (token id -> Logprob(logprob, rank, decoded_token)) as a TokenLogprob."""
     chosen = candidates[token_id]
     ranked = sorted((c for c in candidates.values() if c.rank is not None and c.rank <= top), key=lambda c: c.rank)
-    return TokenLogprob(token_id=token_id, token=chosen.decoded_token or "", logprob=float(chosen.logprob),
-                        top=tuple((c.decoded_token or "", float(c.logprob)) for c in ranked))
+    return TokenLogprob(token_id=token_id, token=chosen.decoded_token or "", logprob=_logprob(chosen.logprob),
+                        top=tuple((c.decoded_token or "", _logprob(c.logprob)) for c in ranked))
 
 
 def _logprobs(token_ids: Any, positions: Any, top: int | None) -> tuple[TokenLogprob, ...] | None:
@@ -338,8 +369,16 @@ def _prompt_logprobs(positions: Any, top: int) -> tuple[TokenLogprob | None, ...
     return tuple(entries)
 
 
-def _invalid(exc: BaseException) -> InvalidRequestError:
-    return InvalidRequestError(str(exc), param=getattr(exc, "parameter", None))
+# vLLM's refusals of sampling options begin with the option's name ("stop cannot contain an empty string");
+# these names are also the request's fields, so the error can name the field as OpenAI's `param` does.
+_REQUEST_FIELDS = frozenset(SamplingOptions.__dataclass_fields__) - {"json_schema", "json_object"}
+
+
+def _invalid(exc: BaseException, otherwise: str | None = None) -> InvalidRequestError:
+    """A 400 naming the field: vLLM's own `parameter`, else the field the message begins with, else `otherwise`."""
+    named = str(exc).split(" ", 1)[0]
+    return InvalidRequestError(str(exc), param=getattr(exc, "parameter", None)
+                               or (named if named in _REQUEST_FIELDS else otherwise))
 
 
 def _finish_reason(reason: str | None) -> FinishReason:

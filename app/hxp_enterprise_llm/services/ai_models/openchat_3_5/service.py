@@ -228,8 +228,12 @@ class OpenChat35Service:
         options = SamplingOptions(**{**requested, "max_tokens": max_tokens, "stop_token_ids": stop_ids,
                                      "stop": tuple(requested.get("stop", ())),
                                      "logit_bias": tuple(requested.get("logit_bias", ()))})
-        return GenerationRequest(request_id or f"req-{uuid.uuid4().hex}", prompt_ids, options,
-                                 strip_leading_space=strip_leading_space)
+        request = GenerationRequest(request_id or f"req-{uuid.uuid4().hex}", prompt_ids, options,
+                                    strip_leading_space=strip_leading_space)
+        # The engine's own refusals (vLLM's: an empty stop string, min_tokens above max_tokens) come now,
+        # before the request waits for a slot or is charged to its key.
+        self.engine.check_request(request)
+        return request
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
         """The engine's deltas; a chat answer's cosmetic leading space is dropped from each choice."""
