@@ -33,7 +33,7 @@ class DayUsage:
         self.requests += 1
         self.ok += entry.get("outcome") == "ok"
         self.refused += entry.get("outcome") in ("limited", "rejected")
-        for name in ("prompt_tokens", "cached_tokens", "completion_tokens", "charged_tokens"):
+        for name in TOKEN_FIELDS:
             setattr(self, name, getattr(self, name) + int(entry.get(name) or 0))
 
 
@@ -44,16 +44,26 @@ def log_files(path: Path) -> list[Path]:
     return [*rotated, *([path] if path.exists() else [])]
 
 
+TOKEN_FIELDS = ("prompt_tokens", "cached_tokens", "completion_tokens", "charged_tokens")
+
+
 def entries(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
+    """The log's entries; a line that is not one (not UTF-8, not a JSON object, a count that is not a whole
+    number) is named on stderr and skipped: a damaged line must not hide the rest of the bill."""
     for path in paths:
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
+        with path.open("rb") as lines:
+            for number, raw in enumerate(lines, start=1):
+                if not raw.strip():
                     continue
                 try:
-                    yield json.loads(line)
-                except ValueError:
-                    print(f"hxp-llm usage: {path}:{number}: not a JSON line, skipped", file=sys.stderr)
+                    entry = json.loads(raw.decode("utf-8"))
+                except ValueError:  # UnicodeDecodeError is one too
+                    entry = None
+                if not isinstance(entry, dict) or not all(
+                        isinstance(entry.get(name) or 0, int) for name in TOKEN_FIELDS):
+                    print(f"hxp-llm usage: {path}:{number}: not a usage entry, skipped", file=sys.stderr)
+                    continue
+                yield entry
 
 
 def summarise(items: Iterable[dict[str, Any]]) -> dict[tuple[str, str], DayUsage]:
@@ -83,7 +93,11 @@ def cmd_usage(args: argparse.Namespace) -> int:
     if not files:
         print(f"hxp-llm usage: {path}: no such file", file=sys.stderr)
         return 2
-    table = summarise(entries(files))
+    try:
+        table = summarise(entries(files))
+    except OSError as exc:  # a directory named as the log, a file that cannot be read
+        print(f"hxp-llm usage: {exc.filename or path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps([{"day": day, "key": key, **asdict(usage)} for (day, key), usage in table.items()]))
     else:

@@ -141,3 +141,18 @@ def test_usage_reads_the_configured_log_and_says_when_there_is_none(tmp_path: Pa
     assert table[2].split() == ["2026-12-03", "web", "1", "1", "0", "3", "0", "4", "7"]
     assert cli_main(["usage"]) == 2  # no file, and the default config has no usage_log_file
     assert "no usage_log_file" in capsys.readouterr().err
+
+
+def test_usage_skips_damaged_lines_naming_them_and_refuses_an_unreadable_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "u.jsonl"
+    good = b'{"ts": "2026-12-03T07:00:00.000Z", "key": "web", "outcome": "ok", "charged_tokens": 7}\n'
+    log.write_bytes(good + b'[1, 2]\n' + b'\xff\xfe not UTF-8\n' + b'{"key": "web", "prompt_tokens": "abc"}\n' + good)
+    assert cli_main(["usage", str(log), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == [{"day": "2026-12-03", "key": "web", "requests": 2, "ok": 2, "refused": 0,
+                                         "prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0,
+                                         "charged_tokens": 14}]
+    assert [line.split(": ")[1] for line in captured.err.splitlines()] == [f"{log}:{n}" for n in (2, 3, 4)]
+    assert cli_main(["usage", str(tmp_path)]) == 2  # a directory
+    assert "cannot read" in capsys.readouterr().err
