@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hxp_enterprise_llm.cli_args import positive_int
 from hxp_enterprise_llm.models.lockfile import LockEntry, LockError, ModelsLock, read_lock, write_lock
 from hxp_enterprise_llm.models.stamps import VerifiedStamps
 from hxp_enterprise_llm.models.verify import (
@@ -270,7 +271,10 @@ def cmd_export_sha256(args: argparse.Namespace) -> int:
         return _fail(str(exc), EXIT_LOCK)
     text = entry.sha256sum_lines()
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            return _fail(f"cannot write {args.output}: {exc.strerror or exc}", 1)
     else:
         sys.stdout.write(text)
     return 0
@@ -294,7 +298,7 @@ def add_model_commands(subparsers: argparse._SubParsersAction) -> argparse.Argum
                           help="commit (40 hex) or branch/tag to download and lock (pinned as its commit)")
     download.add_argument("--dest", help="target directory (default: MODELS_ROOT/NAME)")
     download.add_argument("--models-root", help=f"default ${MODELS_ROOT_ENV} or {DEFAULT_MODELS_ROOT}")
-    download.add_argument("--max-workers", type=int, default=4, help="parallel file downloads")
+    download.add_argument("--max-workers", type=positive_int, default=4, help="parallel file downloads")
     download.set_defaults(func=cmd_download)
 
     lock = commands.add_parser("lock", help="fill models.lock from the Hub's metadata for a revision")
@@ -309,7 +313,7 @@ def add_model_commands(subparsers: argparse._SubParsersAction) -> argparse.Argum
     verify.add_argument("--model-path", help="model directory (default: the config's model.model_path)")
     verify.add_argument("--name", help="lock entry (default: the directory's name, then model.model_name)")
     verify.add_argument("--config", type=Path, help="service YAML config for the defaults")
-    verify.add_argument("--workers", type=int, help="hashing threads (default: cores, at most 8)")
+    verify.add_argument("--workers", type=positive_int, help="hashing threads (default: cores, at most 8)")
     verify.add_argument("--stamp", action="store_true",
                         help="trust a verified-stamp from an earlier full check if no file changed")
     verify.set_defaults(func=cmd_verify)

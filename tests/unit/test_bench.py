@@ -288,6 +288,23 @@ def test_cli_exits_2_on_errors(server_url: str, capsys: pytest.CaptureFixture[st
     assert bench_main(["--base-url", server_url, "-n", "2", "--prompt", "broken", "--quiet"]) == EXIT_ERRORS
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--conversations", "2", "-n", "5", "--plot", "x.png"], "-n, --plot do not apply to --conversations"),
+    (["--turns", "3"], "--turns does not apply without --conversations"),
+    # Checked before a run of minutes, not after it: a file where a directory should be, a directory.
+    (["--json", "{tmp}/file/out.json"], "--json {tmp}/file/out.json: cannot write in {tmp}/file"),
+    (["--plot", "{tmp}"], "--plot {tmp}: is a directory"),
+])
+def test_cli_refuses_flags_that_would_do_nothing_before_sending_anything(
+        flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("")
+    port = free_port()  # nothing listens: a run that started would fail with "could not run"
+    assert bench_main(["--base-url", f"http://127.0.0.1:{port}",
+                       *(flag.format(tmp=tmp_path) for flag in flags)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bench: {message.format(tmp=tmp_path)}")
+    assert "could not run" not in err
+
 def test_cli_exits_2_when_server_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
     port = free_port()  # free a moment ago: nothing listens there
     assert bench_main(["--base-url", f"http://127.0.0.1:{port}", "-n", "1", "--quiet"]) == EXIT_ERRORS

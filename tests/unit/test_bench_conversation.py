@@ -126,3 +126,11 @@ def test_same_replica_counts_turns_answered_where_the_users_previous_turn_was() 
     # user 1: turn 2 stays, 3 moves, 4 stays; user 2: turn 2 and 3 have an unnamed neighbour, 4 stays.
     assert [(f.same_replica, f.replica_known) for f in summary.per_turn] == [(0, 0), (1, 1), (0, 1), (2, 2)]
     assert (summary.later_turns.same_replica, summary.later_turns.replica_known) == (3, 4)
+
+
+def test_ignore_eos_reaches_every_turn(served: tuple[str, FakeEngine]) -> None:
+    url, engine = served
+    assert bench_main(["--base-url", url, "--conversations", "2", "--turns", "2", "--think-time", "0",
+                       "--system-prompt-tokens", "100", "--max-tokens", "4", "--ignore-eos", "--quiet"]) == 0
+    assert len(engine.requests) == 4
+    assert all(request.sampling.ignore_eos for request in engine.requests)

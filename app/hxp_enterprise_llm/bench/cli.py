@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from hxp_enterprise_llm.bench.prompts import BUILTIN_PROMPTS
 from hxp_enterprise_llm.bench.stats import EXIT_ERRORS, Slo, summarize, verdict
+from hxp_enterprise_llm.cli_args import positive_int
 
 if TYPE_CHECKING:
     from hxp_enterprise_llm.bench.runner import LoadOptions
@@ -31,13 +32,6 @@ def _ratio(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be within 0..1, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return value
 
 
@@ -63,15 +57,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     target.add_argument("--api-key", default=os.environ.get("HXP_LLM_API_KEY"),
                         help="Bearer key (default: $HXP_LLM_API_KEY)")
     load = parser.add_argument_group("load")
-    load.add_argument("-n", "--num-requests", type=_positive_int, default=20)
-    load.add_argument("-c", "--concurrency", type=_positive_int, default=None,
+    load.add_argument("-n", "--num-requests", type=positive_int, default=20)
+    load.add_argument("-c", "--concurrency", type=positive_int, default=None,
                       help="closed loop: requests in flight at once (default 1); with --request-rate: "
                            "the most in flight at once (default: no limit)")
     load.add_argument("--request-rate", type=_positive_float, metavar="R",
                       help="open loop: send requests as Poisson arrivals at R per second, whether or not "
                            "earlier ones finished (as `vllm bench serve --request-rate`)")
     load.add_argument("--seed", type=int, default=0, help="seed of the open loop's arrival times (default: 0)")
-    load.add_argument("--max-tokens", type=_positive_int, default=50)
+    load.add_argument("--max-tokens", type=positive_int, default=50)
     load.add_argument("--prompt", action="append", dest="prompts", metavar="TEXT",
                       help="user message; repeat for several (default: a built-in set of 8)")
     load.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
@@ -84,11 +78,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     load.add_argument("--warmup", type=int, default=1, help="requests sent first and not counted")
     load.add_argument("--timeout", type=float, default=300.0, help="per-request timeout in seconds")
     talk = parser.add_argument_group("conversation workload (instead of single prompts)")
-    talk.add_argument("--conversations", type=_positive_int, metavar="USERS",
+    talk.add_argument("--conversations", type=positive_int, metavar="USERS",
                       help="USERS users at once, each holding a multi-turn chat over one shared system prompt; "
-                           "reports TTFT and cached prompt tokens per turn (-n and --prompt do not apply)")
-    talk.add_argument("--turns", type=_positive_int, default=6, help="turns per conversation (default: %(default)s)")
-    talk.add_argument("--system-prompt-tokens", type=_positive_int, default=2000,
+                           "reports TTFT and cached prompt tokens per turn (-n, -c, --prompt, --request-rate, "
+                           "--warmup and --plot do not apply, and are refused)")
+    talk.add_argument("--turns", type=positive_int, default=6, help="turns per conversation (default: %(default)s)")
+    talk.add_argument("--system-prompt-tokens", type=positive_int, default=2000,
                       help="size of the shared system prompt (default: %(default)s)")
     talk.add_argument("--think-time", type=float, default=1.0, metavar="S",
                       help="mean seconds between a user's turns (default: %(default)s)")
@@ -136,10 +131,46 @@ def options_from_args(args: argparse.Namespace) -> LoadOptions:
         max_concurrency=args.concurrency if open_loop else None, seed=args.seed)
 
 
+# Flags of one workload only: given with the other, each would be accepted and do nothing.
+SINGLE_PROMPTS_ONLY = {"num_requests": "-n", "concurrency": "-c", "prompts": "--prompt",
+                       "request_rate": "--request-rate", "warmup": "--warmup", "plot": "--plot"}
+CONVERSATIONS_ONLY = {"turns": "--turns", "system_prompt_tokens": "--system-prompt-tokens",
+                      "think_time": "--think-time", "session_header": "--session-header"}
+
+
+def usage_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with this combination of flags, found before a run of minutes rather than after it."""
+    defaults = configure_parser(argparse.ArgumentParser()).parse_args([])
+    talk = args.conversations is not None
+    misplaced = [flag for dest, flag in (SINGLE_PROMPTS_ONLY if talk else CONVERSATIONS_ONLY).items()
+                 if getattr(args, dest) != getattr(defaults, dest)]
+    if misplaced:
+        return (f"{', '.join(misplaced)} {'do' if len(misplaced) > 1 else 'does'} not apply "
+                f"{'to --conversations' if talk else 'without --conversations'}")
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None and (problem := _unwritable(path)):
+            return f"{flag} {path}: {problem}"
+    return None
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why `path` cannot be written (its missing directories are made when it is), or None."""
+    if path.is_dir():
+        return "is a directory"
+    existing = next(parent for parent in path.absolute().parents if parent.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        return f"cannot write in {existing}"
+    return None
+
+
 def run_bench_command(args: argparse.Namespace) -> int:
     from hxp_enterprise_llm.bench.report import render_table, write_json
     from hxp_enterprise_llm.bench.runner import run_load
 
+    problem = usage_error(args)
+    if problem is not None:
+        print(f"bench: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     options = options_from_args(args)
     if args.conversations is not None:
         return run_conversation_command(args, options)

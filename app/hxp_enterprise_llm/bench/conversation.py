@@ -185,7 +185,7 @@ async def run_conversations(load: LoadOptions, options: ConversationOptions) -> 
         system, measured = await _sized_system_prompt(client, model, options.system_prompt_tokens, options.seed)
         shared = await _shared_prefix_tokens(client, model, system, options.users) if measured else None
         base = RequestSpec(model=model, prompt="", max_tokens=load.max_tokens, stream=load.stream,
-                           temperature=load.temperature, extra_body=dict(load.extra_body))
+                           temperature=load.temperature, extra_body=load.request_extra())
         started = time.perf_counter()
         per_user = await asyncio.gather(*(_converse(client, base, options, user, system, started)
                                           for user in range(1, options.users + 1)))
@@ -262,6 +262,7 @@ def conversation_figures(run: ConversationRun, summary: ConversationSummary) -> 
 
 
 def write_conversation_json(path: Path, run: ConversationRun, summary: ConversationSummary) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(conversation_figures(run, summary), indent=2) + "\n", encoding="utf-8")
 
 

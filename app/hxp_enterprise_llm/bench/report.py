@@ -85,4 +85,5 @@ def report_document(run: LoadRun, summary: Summary, verdict: Verdict) -> dict[st
 
 
 def write_json(path: Path, run: LoadRun, summary: Summary, verdict: Verdict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report_document(run, summary, verdict), indent=2) + "\n")

@@ -45,6 +45,13 @@ class LoadOptions:
     def open_loop(self) -> bool:
         return self.request_rate is not None
 
+    def request_extra(self) -> dict[str, Any]:
+        """The body fields beyond OpenAI's that every request of the run carries."""
+        extra = dict(self.extra_body)
+        if self.ignore_eos:
+            extra["ignore_eos"] = True  # vLLM's extension; servers without it may reject or ignore it
+        return extra
+
     def describe_load(self) -> str:
         if self.request_rate is None:
             return f"closed loop, {self.concurrency} in flight"
@@ -105,11 +112,8 @@ async def run_load(options: LoadOptions) -> LoadRun:
         raise ValueError("max_concurrency must be at least 1")
     async with make_client(options) as client:
         model = options.model or await discover_model(client)
-        extra = dict(options.extra_body)
-        if options.ignore_eos:
-            extra["ignore_eos"] = True  # vLLM's extension; servers without it may reject or ignore it
         base = RequestSpec(model=model, prompt="", max_tokens=options.max_tokens, stream=options.stream,
-                           temperature=options.temperature, extra_body=extra)
+                           temperature=options.temperature, extra_body=options.request_extra())
         specs = [replace(base, prompt=options.prompts[i % len(options.prompts)])
                  for i in range(options.num_requests)]
         warmups = [replace(base, prompt=options.prompts[i % len(options.prompts)])

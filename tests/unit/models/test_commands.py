@@ -27,6 +27,25 @@ def test_export_sha256_is_accepted_by_real_sha256sum(locked_model: LockedModel, 
     assert "config.json: FAILED" in bad.stdout
 
 
+def test_export_sha256_to_a_missing_directory_is_one_error_line(locked_model: LockedModel, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "missing" / "model.sha256"
+    assert main(["model", "export-sha256", "fixture-model", "--lock", str(locked_model.lock_path),
+                 "-o", str(target)]) == 1
+    assert capsys.readouterr().err == f"error: cannot write {target}: No such file or directory\n"
+
+
+@pytest.mark.parametrize("flags", [["verify", "--workers", "-1"], ["verify", "--workers", "0"],
+                                   ["download", "x", "--max-workers", "0"]])
+def test_worker_counts_below_one_are_refused_by_the_parser(flags: list[str],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # -1 once reached ThreadPoolExecutor as it was: a ValueError traceback after the lock was read.
+    with pytest.raises(SystemExit) as exited:
+        main(["model", *flags])
+    assert exited.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
+
+
 def test_export_sha256_refuses_an_unlocked_entry(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["model", "export-sha256", "openchat-3.5-0106"]) == 2
     assert "hxp-llm model lock openchat-3.5-0106" in capsys.readouterr().err
