@@ -47,6 +47,8 @@ class ChatMessage(BaseModel):
             for part in content:
                 if part.type != "text":
                     raise ValueError(f"content part type '{part.type}' is not supported; this model reads text only")
+                if part.text is None:
+                    raise ValueError("a text part needs its `text`")
         return content
 
 
@@ -83,6 +85,7 @@ Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 TokenCount = Annotated[int, Field(ge=1)]
+COMPLETION_MAX_TOKENS = 16  # OpenAI's default for completions (chat's is the rest of the context)
 
 
 class SamplingFields(BaseModel):
@@ -121,6 +124,13 @@ class SamplingFields(BaseModel):
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options: only allowed when stream is true")
         return self
+
+    @field_validator("seed")
+    @classmethod
+    def _a_real_seed(cls, seed: int | None) -> int | None:
+        if seed == -1:  # vLLM reads -1 as "no seed": the answer would not be reproducible, silently
+            raise ValueError("-1 means no seed to the engine; give a seed of 0 or more, or leave it out")
+        return seed
 
     def token_biases(self) -> tuple[tuple[int, float], ...]:
         return tuple((int(token), bias) for token, bias in (self.logit_bias or {}).items())
@@ -174,7 +184,13 @@ class CompletionRequest(SamplingFields):
     model: str | None = None
     echo: bool = False
     logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
-    max_tokens: TokenCount | None = 16  # OpenAI's default for completions
+    max_tokens: TokenCount | None = COMPLETION_MAX_TOKENS
+
+    @field_validator("max_tokens", mode="before")
+    @classmethod
+    def _null_is_the_default(cls, value: Any) -> Any:
+        # null is "not given" (OpenAI: "integer or null, defaults to 16"), not "as long as the context allows".
+        return COMPLETION_MAX_TOKENS if value is None else value
 
     @model_validator(mode="before")
     @classmethod
@@ -345,13 +361,15 @@ class TokenizeRequest(BaseModel):
     prompt: str | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
     add_special_tokens: bool | None = None  # prompt: default true (BOS, as completions); chat: fixed by the template
-    add_generation_prompt: bool = True
+    add_generation_prompt: bool | None = None  # messages only, and only true: the assistant's turn is opened
 
     @model_validator(mode="after")
     def _one_input(self) -> TokenizeRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("prompt: send either prompt or messages")
-        if self.messages is not None and not self.add_generation_prompt:
+        if self.prompt is not None and self.add_generation_prompt is not None:
+            raise ValueError("add_generation_prompt: applies to chat messages only; leave it out with prompt")
+        if self.messages is not None and self.add_generation_prompt is False:
             raise ValueError("add_generation_prompt: chat messages are always rendered with the assistant's turn "
                              "opened, as a chat request sends them")
         if self.messages is not None and self.add_special_tokens is not None:

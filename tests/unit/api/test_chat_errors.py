@@ -54,6 +54,7 @@ async def test_model_may_be_left_out_and_the_served_model_answers(served: Served
     ("frequency_penalty", -3),
     ("stream", "yes"),
     ("seed", "x"),
+    ("seed", -1),  # vLLM's "no seed": accepted, the answer would silently not be reproducible
 ])
 async def test_bad_field_is_400_naming_it(served: Served, field: str, value: Any) -> None:
     error = assert_openai_error(await served.chat(chat_body(**{field: value})), 400, param=field,
@@ -231,6 +232,8 @@ ODD_BODIES: list[tuple[bytes, str, str | None]] = [
      "messages.0.content"),
     (b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": [{"text": "hi"}]}]}', "invalid_value",
      "messages.0.content"),
+    (b'{"model": "openchat-3.5", "messages": [{"role": "user", "content": [{"type": "text"}]}]}',
+     "invalid_value", "messages.0.content"),  # a text part without its text was an empty message
     (b'{"model": "openchat-3.5", "messages": [{"role": 1, "content": "hi"}]}', "invalid_value", "messages.0.role"),
     (b'{"model": ["openchat-3.5"], "messages": [{"role": "user", "content": "hi"}]}', "invalid_value", "model"),
     (HI + b', "stop": [1, 2]}', "invalid_value", "stop"),

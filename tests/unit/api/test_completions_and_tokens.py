@@ -53,6 +53,12 @@ async def test_a_batch_of_one_prompt_is_that_prompt_and_larger_batches_are_refus
     assert "one prompt per request" in error["message"]
 
 
+async def test_a_completion_past_the_context_names_its_prompt(served: Served) -> None:
+    error = assert_openai_error(await complete(served, prompt="x", max_tokens=5000), 400,
+                                param="prompt", code="context_length_exceeded")
+    assert "in the prompt" in error["message"]  # a completion request has no messages
+
+
 async def test_out_of_vocabulary_token_ids_are_400(served: Served) -> None:
     assert_openai_error(await complete(served, prompt=[1, -5]), 400, param="prompt")
     assert_openai_error(await complete(served, prompt=[1, 10**9]), 400, param="prompt")
@@ -99,6 +105,8 @@ async def test_streamed_completion_with_echo_and_usage(served: Served) -> None:
 async def test_completions_default_to_16_tokens_as_openai(served: Served) -> None:
     await complete(served, prompt="x")
     assert served.engine.requests[-1].sampling.max_tokens == 16
+    await complete(served, prompt="x", max_tokens=None)  # null is "not given", not "the rest of the context"
+    assert served.engine.requests[-1].sampling.max_tokens == 16
 
 
 async def test_tokenize_counts_agree_with_usage(served: Served) -> None:
@@ -123,6 +131,23 @@ async def test_tokenize_a_prompt_and_detokenize_it_back(served: Served) -> None:
 async def test_bad_tokenize_requests_are_4xx_openai_errors(served: Served, body: dict[str, object]) -> None:
     response = await served.client.post("/tokenize", json=body)
     assert_openai_error(response, 404 if body.get("model") == "other" else 400)
+
+
+@pytest.mark.parametrize("body", [{"prompt": "x", "add_generation_prompt": False},
+                                  {"prompt": "x", "add_generation_prompt": True},
+                                  {"messages": [{"role": "user", "content": "y"}], "add_generation_prompt": False}])
+async def test_add_generation_prompt_is_refused_where_it_would_do_nothing(served: Served,
+                                                                         body: dict[str, object]) -> None:
+    # A prompt is tokenized as it is whatever the flag says; chat messages always open the assistant's turn.
+    response = await served.client.post("/tokenize", json=body)
+    assert_openai_error(response, 400, param="add_generation_prompt")
+
+
+async def test_add_generation_prompt_true_with_messages_is_what_a_chat_request_sends(served: Served) -> None:
+    messages = [{"role": "user", "content": "y"}]
+    plain = (await served.client.post("/tokenize", json={"messages": messages})).json()
+    explicit = (await served.client.post("/tokenize", json={"messages": messages, "add_generation_prompt": True}))
+    assert explicit.json() == plain
 
 
 async def test_detokenize_refuses_ids_outside_the_vocabulary(served: Served) -> None:

@@ -155,7 +155,7 @@ class OpenChat35Service:
         else:
             prompt_ids = list(prompt)
             self._check_token_ids(prompt_ids, "prompt", builder.vocab_size)
-        return self._request(prompt_ids, sampling, request_id, strip_leading_space=False)
+        return self._request(prompt_ids, sampling, request_id, strip_leading_space=False, prompt_field="prompt")
 
     def tokenize_chat(self, messages: MessagesInput) -> list[int]:
         """The prompt token ids a chat request with these messages would send (OpenChat's template)."""
@@ -192,7 +192,7 @@ class OpenChat35Service:
                                           f"(0..{vocab_size - 1})", param=param)
 
     def _request(self, prompt_ids: list[int], sampling: dict[str, Any], request_id: str | None, *,
-                 strip_leading_space: bool) -> GenerationRequest:
+                 strip_leading_space: bool, prompt_field: str = "messages") -> GenerationRequest:
         builder = self._builder()
         requested = {key: value for key, value in sampling.items() if value is not None}
         unknown = set(requested) - set(SamplingOptions.__dataclass_fields__)
@@ -210,9 +210,9 @@ class OpenChat35Service:
         if max_tokens is None:
             max_tokens = limit - len(prompt_ids)
             if max_tokens < 1:
-                raise ContextLengthError(len(prompt_ids), 1, limit)
+                raise ContextLengthError(len(prompt_ids), 1, limit, prompt_field)
         elif len(prompt_ids) + max_tokens > limit:
-            raise ContextLengthError(len(prompt_ids), max_tokens, limit)
+            raise ContextLengthError(len(prompt_ids), max_tokens, limit, prompt_field)
         for key, default in self.sampling_defaults().items():
             requested.setdefault(key, default.value)
         if n > 1 and requested["temperature"] == 0:
