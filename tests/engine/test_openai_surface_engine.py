@@ -101,6 +101,9 @@ def queue_waits_observed(server: ServerProcess) -> float:
     # A valid JSON Schema whose reference leads nowhere: vLLM's grammar backends cannot compile it.
     ("response_format", {"response_format": {"type": "json_schema", "json_schema": {"name": "broken", "schema": {
         "type": "object", "properties": {"a": {"$ref": "#/definitions/missing"}}}}}}),
+    # A schema the grammar compiles, holding an integer wider than the msgpack that carries it to the engine core.
+    ("response_format", {"response_format": {"type": "json_schema", "json_schema": {"name": "wide", "schema": {
+        "type": "string", "default": 10**30}}}}),
 ])
 def test_what_the_engine_refuses_is_refused_before_it_waits_for_a_slot(demo_server: ServerProcess, field: str,
                                                                         refused: dict[str, Any]) -> None:

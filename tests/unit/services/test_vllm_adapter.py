@@ -30,7 +30,18 @@ def test_what_vllm_refuses_is_refused_by_check_request_naming_the_field(field: s
     assert refused.value.param == field
 
 
+@pytest.mark.parametrize("number", [2**64, -(2**63) - 1, 10**30])
+def test_a_schema_integer_msgpack_cannot_carry_is_refused(number: int) -> None:
+    # xgrammar compiles such a schema (a `default` constrains nothing); vLLM's msgpack transport then failed.
+    schema = {"type": "object", "properties": {"a": {"type": "integer", "examples": [[1, {"x": number}]]}}}
+    with pytest.raises(InvalidRequestError) as refused:
+        VllmEngine(ModelConfigSchema()).check_request(request(json_schema=schema))
+    assert refused.value.param == "response_format"
+    assert str(number) in refused.value.message
+
+
 def test_a_request_vllm_takes_passes_check_request() -> None:
+    VllmEngine(ModelConfigSchema()).check_request(request(json_schema={"type": "integer", "maximum": 2**64 - 1}))
     VllmEngine(ModelConfigSchema()).check_request(request(stop=("x",), min_tokens=2, n=2, temperature=0.7))
 
 

@@ -301,6 +301,7 @@ def _sampling_params(options: SamplingOptions) -> Any:
 
     structured = None
     if options.json_schema is not None:
+        _check_schema_integers(options.json_schema)
         structured = StructuredOutputsParams(json=dict(options.json_schema))
     elif options.json_object:
         structured = StructuredOutputsParams(json_object=True)
@@ -372,6 +373,24 @@ def _prompt_logprobs(positions: Any, top: int) -> tuple[TokenLogprob | None, ...
 # vLLM's refusals of sampling options begin with the option's name ("stop cannot contain an empty string");
 # these names are also the request's fields, so the error can name the field as OpenAI's `param` does.
 _REQUEST_FIELDS = frozenset(SamplingOptions.__dataclass_fields__) - {"json_schema", "json_object"}
+
+
+# vLLM hands a request to its engine core as msgpack, whose integers are 64-bit. A schema holding a larger one
+# (as a `default` or in `examples`: the grammar compiles around them) failed there, after a slot, as a 500.
+MSGPACK_INTEGERS = range(-(2**63), 2**64)
+
+
+def _check_schema_integers(schema: Any) -> None:
+    pending = [schema]
+    while pending:  # a loop, not recursion: the schema's depth is the client's to choose
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, int) and value not in MSGPACK_INTEGERS:
+            raise InvalidRequestError(f"response_format: the schema holds the integer {value}, outside the 64 bits "
+                                      "the engine can carry", param="response_format")
 
 
 def _invalid(exc: BaseException, otherwise: str | None = None) -> InvalidRequestError:
