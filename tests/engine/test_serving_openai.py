@@ -141,9 +141,16 @@ def test_dropped_stream_frees_its_slot(demo_server: ServerProcess) -> None:
         time.sleep(0.2)
     assert _running_requests(demo_server) == (0.0, 0.0)
     assert httpx.get(f"{demo_server.base_url}/health").json()["running"] == 0
-    # The request log says it ended as a disconnect, well short of its 2000 tokens.
-    lines = [json.loads(line) for line in demo_server.log_text().splitlines()
-             if line.startswith("{") and '"event": "request"' in line]
-    dropped = [entry for entry in lines if entry["outcome"] == "disconnected"]
+    # The request log says it ended as a disconnect, well short of its 2000 tokens. Polled: the line is written
+    # just after the slot is released, so the gauges above can be back to 0 a moment before it is there.
+    def dropped_lines() -> list[dict[str, object]]:
+        lines = [json.loads(line) for line in demo_server.log_text().splitlines()
+                 if line.startswith("{") and '"event": "request"' in line]
+        return [entry for entry in lines if entry["outcome"] == "disconnected"]
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not dropped_lines():
+        time.sleep(0.2)
+    dropped = dropped_lines()
     assert dropped, "no request logged as disconnected"
     assert dropped[-1]["completion_tokens"] < 2000
