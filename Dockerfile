@@ -58,11 +58,14 @@ ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 FROM base AS flavour-cpu
-# g++: torch inductor compiles vLLM's graphs to C++ when a config turns eager mode off (without a compiler
-# the engine core dies with InvalidCxxCompiler). scripts/build-image puts it in the offline base already;
-# another base gets it from its distribution's mirror.
-RUN if ! command -v g++ >/dev/null; then \
-        apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*; \
+# g++ and Python.h: torch inductor compiles C++ kernels even in eager mode. vLLM's sampler has a
+# torch.compile'd helper (the rank of the sampled token) that the first request asking for logprobs
+# compiles, and a config that turns eager mode off compiles the model's graphs; without a compiler the
+# engine core dies with InvalidCxxCompiler, without Python.h with "fatal error: Python.h", and the service
+# with it. scripts/build-image puts both in the offline base already; another base gets them from its
+# distribution's mirror.
+RUN if ! command -v g++ >/dev/null || ! python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("include"), "Python.h")))'; then \
+        apt-get update && apt-get install -y --no-install-recommends g++ python3-dev && rm -rf /var/lib/apt/lists/*; \
     fi
 # Compiled graphs persist in the cache volume (compose.yaml, quadlet): a restart loads them instead of
 # compiling again. vLLM 0.32's own AOT-compiled artifacts fail to load on CPU ("'function' object has no

@@ -34,8 +34,9 @@ API_PORT = 11402
 METRICS_PORT = 11403
 # compose.yaml's compile-cache volume (VLLM_CACHE_ROOT and TORCHINDUCTOR_CACHE_DIR under it): a fresh tmpfs
 # per container here, owned by the image's user (uid 10001, Dockerfile) as a new named volume would be; a
-# tmpfs is root's otherwise, and vLLM fails at start with PermissionError on it.
-COMPILE_CACHE = ("/var/cache/hxp-llm", "rw,nosuid,nodev,uid=10001,gid=10001")
+# tmpfs is root's otherwise, and vLLM fails at start with PermissionError on it. `exec` as a volume is: Docker
+# mounts a tmpfs noexec by default, and torch inductor loads the kernels it compiles from this cache.
+COMPILE_CACHE = ("/var/cache/hxp-llm", "rw,exec,nosuid,nodev,uid=10001,gid=10001")
 # Generous upper bounds, not performance targets: hashing the model and loading the engine take
 # about half a minute here; a container that needs more than this is stuck.
 HEALTHY_WITHIN_SECONDS = 300

@@ -93,6 +93,42 @@ def test_ten_concurrent_requests_all_succeed(service: RunningService):
     assert all(answer.strip() for answer in answers), answers
 
 
+# Every sampling option a client can send, each once, on the image's own engine: a code path the host's venv
+# runs fine can still fail in the image for want of something there (the image once lacked Python.h, and the
+# first request asking for logprobs took the engine, and the service, down: vLLM's sampler torch.compiles
+# its token-rank helper on first use, in eager mode too).
+SAMPLING_OPTIONS = {
+    "chat-top-logprobs": ("chat/completions", {"logprobs": True, "top_logprobs": 5}),
+    "chat-logprobs-json": ("chat/completions", {"logprobs": True, "response_format": {"type": "json_object"}}),
+    "completion-echo-logprobs": ("completions", {"prompt": "The capital of Japan is", "logprobs": 3, "echo": True}),
+    "json-schema": ("chat/completions", {"response_format": {"type": "json_schema", "json_schema": {
+        "name": "city", "schema": {"type": "object", "properties": {"city": {"type": "string"}}}}}}),
+    "n-seed-top-k-min-p": ("chat/completions", {"n": 2, "seed": 7, "temperature": 1.0, "top_k": 5, "min_p": 0.1}),
+    "penalties-bias": ("chat/completions", {"repetition_penalty": 1.2, "frequency_penalty": 0.5,
+                                            "presence_penalty": 0.5, "logit_bias": {"100": 5}}),
+    "stops-min-tokens": ("chat/completions", {"stop": ["zz"], "stop_token_ids": [2], "min_tokens": 3,
+                                              "ignore_eos": True}),
+}
+
+
+@pytest.mark.parametrize("option", SAMPLING_OPTIONS)
+def test_every_sampling_option_is_answered_and_the_engine_lives_on(service: RunningService, option: str):
+    route, body = SAMPLING_OPTIONS[option]
+    if route == "chat/completions":
+        body = {"messages": QUESTION, **body}
+    response = httpx.post(f"{service.api_url}/v1/{route}", timeout=300,
+                          json={"model": served_model(client_for(service)), "max_tokens": 5, **body})
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    if route == "completions":
+        assert len(choice["logprobs"]["top_logprobs"]) > 5  # the echoed prompt's tokens and the answer's
+    elif body.get("logprobs"):
+        assert choice["logprobs"]["content"], choice
+    assert service.state()["Running"]
+    assert httpx.get(f"{service.api_url}/health", timeout=10).status_code == 200
+    assert "Python.h" not in service.logs()
+
+
 def test_metrics_port_serves_prometheus_text(service: RunningService):
     client_for(service).chat.completions.create(
         model=served_model(client_for(service)), messages=QUESTION, max_tokens=4)

@@ -13,10 +13,10 @@ the request's own generator does not advance (what the GPU rewind achieves), and
 no generator to touch. A seeded request gives the same tokens however its prompt was chunked.
 
 How it reaches the worker: vLLM imports the `worker_extension_cls` named in the engine arguments
-inside each worker process before the model runner is built; importing this module applies the
-patch there. On GPU platforms it does nothing. It relies on vLLM internals of the pinned version
-(`input_batch.generators`, `discard_request_mask`, `sample_tokens`): `check()` tells the service at
-start whether the patch is active in the worker.
+(vllm_worker_extension) inside each worker process before the model runner is built, and that module
+imports this one, which applies the patch there. On GPU platforms it does nothing. It relies on vLLM
+internals of the pinned version (`input_batch.generators`, `discard_request_mask`, `sample_tokens`):
+`active()` tells the service at start whether the patch is active in the worker.
 """
 
 from __future__ import annotations
@@ -62,17 +62,11 @@ def apply() -> bool:
     return True
 
 
-class SeedFixWorkerExtension:
-    """Named as vLLM's `worker_extension_cls` so that vLLM imports this module in its worker.
-
-    It may define no attribute the worker already has (vLLM asserts that).
-    """
-
-    def hxp_seed_fix_active(self) -> bool:
-        return _patched
+def active() -> bool:
+    return _patched
 
 
 try:
     apply()  # runs in the worker process when vLLM resolves worker_extension_cls
-except Exception:  # a failed workaround must not stop the engine; check() reports it
+except Exception:  # a failed workaround must not stop the engine; active() reports it
     logger.exception("could not apply the CPU seeded-sampling fix")

@@ -7,6 +7,7 @@ import contextlib
 import importlib.metadata
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +34,9 @@ logger = logging.getLogger(__name__)
 
 GIB = 1 << 30
 DEATH_WATCH_SECONDS = 0.5
-# Imported by vLLM inside its worker process (see vllm_cpu_seed_fix); named here so that this
+# Imported by vLLM inside its worker process (see vllm_worker_extension); named here so that this
 # module does not import vLLM.
-SEED_FIX_EXTENSION = "hxp_enterprise_llm.services.core.vllm_cpu_seed_fix.SeedFixWorkerExtension"
+WORKER_EXTENSION = "hxp_enterprise_llm.services.core.vllm_worker_extension.WorkerExtension"
 
 
 def engine_args_from_config(config: ModelConfigSchema, on_cpu: bool = False) -> dict[str, Any]:
@@ -58,8 +59,8 @@ def engine_args_from_config(config: ModelConfigSchema, on_cpu: bool = False) -> 
         "trust_remote_code": False,
         "disable_log_stats": False,
         "enable_log_requests": False,
-        # A no-op on GPU; on CPU it keeps seeded sampling from killing the engine.
-        "worker_extension_cls": SEED_FIX_EXTENSION,
+        # On CPU it keeps seeded sampling from killing the engine; on both, it compiles the logprob helper.
+        "worker_extension_cls": WORKER_EXTENSION,
         # A progress bar is not a log line: it would bypass the JSON log format.
         "use_tqdm_on_load": False,
         "scheduling_policy": config.scheduling_policy,
@@ -83,6 +84,9 @@ class VllmEngine:
         self._tokenizer: Any = None
         # False only on a CPU engine whose worker did not take the seed fix: seeded sampling is then refused.
         self.seeded_sampling_safe = True
+        # False when vLLM's token-rank helper did not compile at start: requests asking for logprobs are
+        # then refused (the first of them would otherwise compile it again, fail and kill the engine).
+        self.logprobs_available = True
         self._device = "not started"
         self._dtype = "not started"
         self._death_watch: asyncio.Task[None] | None = None
@@ -126,6 +130,7 @@ class VllmEngine:
         self._tokenizer = self._llm.get_tokenizer()
         self._dtype = str(self._llm.model_config.dtype).removeprefix("torch.")
         await self._check_seed_fix()
+        await self._compile_token_ranks()
         if on_death is not None:
             self._on_death = on_death
             self._death_watch = asyncio.create_task(self._watch_for_death())
@@ -180,6 +185,20 @@ class VllmEngine:
             logger.error("the CPU seeded-sampling fix is not active in vLLM's worker: requests with `seed` and "
                          "temperature > 0 are refused (they could crash this vLLM version's CPU engine)")
 
+    async def _compile_token_ranks(self) -> None:
+        started = time.monotonic()
+        try:
+            answers = await self._llm.collective_rpc("hxp_compile_token_ranks")
+        except Exception as exc:  # noqa: BLE001 - the worker answers its own failures; this is the transport's
+            answers = [f"{type(exc).__name__}: {exc}"]
+        failures = [answer for answer in answers if answer is not None]
+        self.logprobs_available = not failures
+        if failures:
+            logger.error("vLLM's logprob helper did not compile (%s): requests asking for logprobs are refused "
+                         "(causes and remedies: docs/service-lifecycle.md)", failures[0])
+        else:
+            logger.info("vLLM's logprob helper compiled in %.1f s", time.monotonic() - started)
+
     def get_tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
             raise EngineError("engine not started")
@@ -206,6 +225,9 @@ class VllmEngine:
         if options.seed is not None and options.temperature > 0 and not self.seeded_sampling_safe:
             raise InvalidRequestError("seed with temperature > 0 is unavailable on this CPU engine (see the "
                                       "service log); use temperature 0 or drop seed", param="seed")
+        if (options.logprobs is not None or options.prompt_logprobs is not None) and not self.logprobs_available:
+            raise InvalidRequestError("logprobs are unavailable on this engine: its logprob helper did not compile "
+                                      "at start (see the service log); drop logprobs", param="logprobs")
         return _sampling_params(options)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
