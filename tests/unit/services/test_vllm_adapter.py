@@ -5,14 +5,17 @@ finite numbers (the engine gives -inf for tokens structured output's grammar mas
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator
 
 import pytest
 from vllm.logprobs import Logprob
 
 from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
 from hxp_enterprise_llm.schemas.errors import InvalidRequestError
-from hxp_enterprise_llm.services.core.engine import GenerationRequest, SamplingOptions
-from hxp_enterprise_llm.services.core.vllm_engine import LOWEST_LOGPROB, VllmEngine, _logprobs
+from hxp_enterprise_llm.schemas.outcomes import FinishReason
+from hxp_enterprise_llm.services.core.engine import EngineError, GenerationRequest, SamplingOptions
+from hxp_enterprise_llm.services.core.vllm_engine import LOWEST_LOGPROB, VllmEngine, _finish_reason, _logprobs
+from hxp_enterprise_llm.services.core.vllm_worker_extension import MAX_REASON_CHARS, _summary
 
 
 def request(**options: object) -> GenerationRequest:
@@ -50,3 +53,85 @@ def test_masked_alternatives_are_sent_as_the_lowest_finite_logprob() -> None:
     (entry,) = _logprobs([7], [position], 3) or ()
     assert entry.logprob == pytest.approx(-0.01)
     assert entry.top == (("su", pytest.approx(-0.01)), ("x", LOWEST_LOGPROB), ("y", LOWEST_LOGPROB))
+
+
+@pytest.mark.parametrize(("options", "refused"), [
+    ({"logprobs": 2}, True), ({"prompt_logprobs": 1}, True), ({}, False)])
+def test_logprobs_are_refused_by_an_engine_whose_helper_did_not_compile(options: dict[str, object],
+                                                                       refused: bool) -> None:
+    engine = VllmEngine(ModelConfigSchema())
+    engine.check_request(request(**options))  # compiled (the default until start says otherwise): accepted
+    engine.logprobs_available = False
+    if not refused:
+        engine.check_request(request(**options))
+        return
+    with pytest.raises(InvalidRequestError) as refusal:
+        engine.check_request(request(**options))
+    assert refusal.value.param == "logprobs"
+
+
+def test_a_compile_failure_is_summarised_by_its_error_line() -> None:
+    compiler_output = RuntimeError("C++ compile error\n\nCommand:\ng++ /tmp/x.cpp -o x.so\n\nOutput:\n"
+                                   "/tmp/x.cpp:1:10: fatal error: Python.h: No such file or directory\n"
+                                   "compilation terminated.\n" + "x" * 5000)
+    summary = _summary(compiler_output)
+    assert summary == "RuntimeError: /tmp/x.cpp:1:10: fatal error: Python.h: No such file or directory"
+    assert _summary(OSError("a.so: failed to map segment")) == "OSError: a.so: failed to map segment"
+    assert len(_summary(ValueError("y" * 1000))) == MAX_REASON_CHARS
+
+
+def test_every_finish_reason_vllm_sends_has_a_meaning_and_its_error_is_a_failure() -> None:
+    """vLLM's "error" (a request its core could not pre-process, a token the grammar rejected) was read as an
+    abort: the client heard the service was shutting down, and no failure was counted. Generation turns the
+    EngineError into a logged 500 (tests/unit/api/test_engine_failures.py)."""
+    from vllm.v1.engine import FINISH_REASON_STRINGS
+
+    answers = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
+    for reason in FINISH_REASON_STRINGS:
+        if reason in answers:
+            assert _finish_reason(reason) is answers[reason]
+        else:
+            with pytest.raises(EngineError, match=f"finish reason '{reason}'"):
+                _finish_reason(reason)
+    assert "error" in FINISH_REASON_STRINGS
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # vLLM's engine runs on asyncio only
+
+
+class _OneOutputEngine:
+    """Stands in for vLLM's AsyncLLM at the one call `generate` makes, yielding vLLM's own output objects:
+    the real engine cannot be made to finish a request with "error" on demand (a grammar rejecting its own
+    token, a failed KV load)."""
+
+    errored = False
+
+    def __init__(self, *outputs: object) -> None:
+        self.outputs = outputs
+
+    async def generate(self, *args: object, **kwargs: object) -> AsyncIterator[object]:
+        for output in self.outputs:
+            yield output
+
+
+@pytest.mark.anyio
+async def test_an_error_finish_counts_the_tokens_of_its_step_then_fails_the_request() -> None:
+    from vllm.outputs import CompletionOutput, RequestOutput
+
+    def step(text: str, ids: list[int], reason: str | None) -> RequestOutput:
+        completion = CompletionOutput(0, text, ids, None, None, finish_reason=reason)
+        return RequestOutput("r", None, [1, 2, 3], None, [completion], finished=reason is not None)
+
+    engine = VllmEngine(ModelConfigSchema())
+    engine._llm = _OneOutputEngine(step("Hel", [7, 8], None), step("lo", [9], "error"))
+    seen = []
+
+    async def read_all() -> None:
+        async for delta in engine.generate(request()):
+            seen.append(delta)
+
+    with pytest.raises(EngineError, match="finish reason 'error'"):
+        await read_all()
+    assert [(d.text, d.completion_tokens, d.finish_reason) for d in seen] == [("Hel", 2, None), ("lo", 3, None)]

@@ -251,19 +251,26 @@ class VllmEngine:
                 cached_tokens = output.num_cached_tokens or cached_tokens
                 for completion in output.outputs:
                     completion_tokens += len(completion.token_ids)
+                    finish, failure = None, None
+                    if completion.finish_reason is not None or output.finished:
+                        try:
+                            finish = _finish_reason(completion.finish_reason)
+                        except EngineError as exc:
+                            failure = exc  # after this step's tokens: they were generated, and are counted
                     yield TokenDelta(
                         text=completion.text,
                         token_ids=tuple(completion.token_ids),
                         prompt_tokens=prompt_tokens,
                         completion_tokens=completion_tokens,
                         cached_tokens=cached_tokens,
-                        finish_reason=_finish_reason(completion.finish_reason)
-                        if completion.finish_reason is not None or output.finished else None,
+                        finish_reason=finish,
                         index=completion.index,
                         logprobs=_logprobs(completion.token_ids, completion.logprobs, options.logprobs),
                         prompt_logprobs=prompt_logprobs,
                     )
                     prompt_logprobs = None
+                    if failure is not None:
+                        raise failure
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -424,9 +431,16 @@ def _invalid(exc: BaseException, otherwise: str | None = None) -> InvalidRequest
 
 def _finish_reason(reason: str | None) -> FinishReason:
     """The one mapping of vLLM's finish reasons: "stop" (EOS, stop string or stop token), "length"
-    (max_tokens), anything else ("abort", or an error) means the answer did not end normally."""
+    (max_tokens), "abort" (the engine stopped it: shutting down, or our own abort) or none given.
+
+    Anything else is the engine failing this one request, which vLLM says must always be a 500:
+    "error" (a request its core could not pre-process, a sampled token the grammar rejected, a failed
+    KV load), or "repetition" (only with `repetition_detection`, which we never set). Read as an abort
+    it would tell the client the service was shutting down, and count as no failure at all."""
     if reason == "stop":
         return FinishReason.STOP
     if reason == "length":
         return FinishReason.LENGTH
-    return FinishReason.ABORT
+    if reason in ("abort", None):
+        return FinishReason.ABORT
+    raise EngineError(f"vLLM ended the request with finish reason {reason!r}")
