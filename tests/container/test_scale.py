@@ -36,8 +36,11 @@ USERS = 50
 POOL_WITHIN_SECONDS = 2 * HEALTHY_WITHIN_SECONDS
 # A generous bound, not a target: the survivor serves all users' next requests well within it.
 AFTER_KILL_WITHIN_SECONDS = 300
-# A draining replica exits once its running stream ends (200 tokens) or its drain timeout passes.
+# A draining replica exits once its running stream ends (STORY_TOKENS) or its drain timeout passes.
 VICTIM_EXITS_WITHIN_SECONDS = 300
+# The draining victim's own stream: about 11 s alone on two cores, several times the few seconds the burst
+# takes to arrive, and well within the drain timeout (30 s) that would cut it.
+STORY_TOKENS = 400
 # Small answers keep each request short, so many requests start and end during a restart.
 MAX_TOKENS = 16
 # What these tests judge is that no request is lost, not how fast one is answered: on a 2-core host two
@@ -223,6 +226,14 @@ async def health_becomes(client: httpx.AsyncClient, status: str, timeout: float 
         await asyncio.sleep(0.05)
 
 
+async def health_is(client: httpx.AsyncClient, status: str) -> bool:
+    """Whether /health reports `status` now; a replica that finished draining has closed its port."""
+    try:
+        return (await client.get("/health")).json()["status"] == status
+    except httpx.HTTPError:
+        return False
+
+
 def refusals_logged(container_id: str) -> int:
     """503 request lines in a replica's JSON request log (its draining refusals)."""
     result = subprocess.run(["docker", "logs", container_id], capture_output=True, text=True)
@@ -249,9 +260,13 @@ def test_a_draining_replicas_refusals_are_retried_on_the_other(stack: ScaleStack
     refused_before = refusals_logged(victim["Id"])
 
     async def scenario() -> tuple[bool, list[Outcome]]:
-        story = REQUEST | {"max_tokens": 200, "messages": [{"role": "user", "content": "Tell a long story."}]}
-        # A stream running on the victim itself (not through HAProxy) keeps it draining for a while.
-        async with (httpx.AsyncClient(base_url=f"http://{address}", timeout=120) as direct,
+        # A stream running on the victim itself (not through HAProxy) keeps it draining, and so still accepting
+        # (and refusing) connections, until it ends. `ignore_eos` makes its length certain: a 200-token story
+        # that the model ended early once let the victim finish draining and close its port before the burst
+        # arrived (HAProxy then redispatched connection failures, and no refusal was left to see).
+        story = REQUEST | {"max_tokens": STORY_TOKENS, "ignore_eos": True,
+                           "messages": [{"role": "user", "content": "Tell a long story."}]}
+        async with (httpx.AsyncClient(base_url=f"http://{address}", timeout=300) as direct,
                     httpx.AsyncClient(base_url=stack.api_url, timeout=120) as client,
                     direct.stream("POST", "/v1/chat/completions", json=story) as running):
             lines = running.aiter_lines()
@@ -262,8 +277,10 @@ def test_a_draining_replicas_refusals_are_retried_on_the_other(stack: ScaleStack
                 subprocess.run(["docker", "kill", "--signal", "TERM", victim["Id"]], check=True)
                 await health_becomes(direct, "draining")
                 burst = await asyncio.gather(*(one_request(client) for _ in range(16)))
+                still_draining = await health_is(direct, "draining")
             finally:
                 stack.runtime_api(f"enable health replicas/{name}")
+            assert still_draining, "the victim's stream ended before the burst did: the window closed"
             finished = "data: [DONE]" in [line async for line in lines]
         return finished, list(burst)
 
