@@ -424,3 +424,11 @@ def test_the_cli_does_not_import_matplotlib() -> None:
             "print('matplotlib' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("rate", ["0", "-2", "nan", "fast"])
+def test_cli_refuses_a_request_rate_that_is_not_positive(rate: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        bench_main(["--request-rate", rate, "-n", "1"])
+    assert exited.value.code == 2
+    assert "--request-rate" in capsys.readouterr().err

@@ -107,16 +107,26 @@ def peer_server(args: argparse.Namespace, engine: Engine) -> ManagedServer:
                          args.out / "vllm-serve.log", env=env)
 
 
-def bench_command(args: argparse.Namespace, engine: Engine, base_url: str, rate: float, result: Path) -> list[str]:
-    """One `vllm bench serve` run at `rate`, exactly as an operator would type it."""
+def bench_serve_command(engine: Engine, base_url: str, args: argparse.Namespace, prompts: int, result: Path,
+                        *options: str) -> list[str]:
+    """`vllm bench serve` on random `args.input_len`-token prompts for `args.output_len`-token answers
+    (`--ignore-eos`: every answer that long), seed 0, its JSON result saved to `result`, exactly as an operator
+    would type it; `options` add the load's shape (a rate or a concurrency) and the figures wanted."""
     return [str(ROOT / ".venv/bin/vllm"), "bench", "serve", "--backend", "openai-chat",
             "--endpoint", "/v1/chat/completions", "--base-url", base_url, "--model", engine.served_model_name,
             "--tokenizer", str(engine.model_path), "--dataset-name", "random",
             "--random-input-len", str(args.input_len), "--random-output-len", str(args.output_len), "--ignore-eos",
-            "--num-prompts", str(args.num_prompts), "--request-rate", f"{rate:g}", "--seed", "0",
-            "--num-warmups", str(args.warmups), "--goodput", *[f"{k}:{v:g}" for k, v in args.slo.items()],
-            "--percentile-metrics", "ttft,e2el", "--metric-percentiles", ",".join(map(str, PERCENTILES)),
+            "--num-prompts", str(prompts), "--seed", "0", *options,
             "--save-result", "--result-dir", str(result.parent), "--result-filename", result.name]
+
+
+def bench_command(args: argparse.Namespace, engine: Engine, base_url: str, rate: float, result: Path) -> list[str]:
+    """One step of the sweep: Poisson arrivals at `rate`, goodput against the SLO."""
+    return bench_serve_command(engine, base_url, args, args.num_prompts, result, "--request-rate", f"{rate:g}",
+                               "--num-warmups", str(args.warmups),
+                               "--goodput", *[f"{k}:{v:g}" for k, v in args.slo.items()],
+                               "--percentile-metrics", "ttft,e2el",
+                               "--metric-percentiles", ",".join(map(str, PERCENTILES)))
 
 
 def goodput_share(result: dict[str, Any]) -> float:
@@ -170,8 +180,8 @@ def table(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> st
     for name, rows in runs.items():
         for r in rows:
             lines.append(f"| {name} | {r['rate']:g} | {r['goodput']:.1%} | {r['request_throughput']:.2f} | "
-                         f"{r['failed']} | {_ms(r['ttft_p50'])} / {_ms(r['ttft_p99'])} | "
-                         f"{_ms(r['e2el_p50'])} / {_ms(r['e2el_p99'])} | {r['load_1m']:.1f} |")
+                         f"{r['failed']} | {ms_cell(r['ttft_p50'])} / {ms_cell(r['ttft_p99'])} | "
+                         f"{ms_cell(r['e2el_p50'])} / {ms_cell(r['e2el_p99'])} | {r['load_1m']:.1f} |")
     lines.append("")
     for name, rows in runs.items():
         best = capacity(rows, args.min_goodput)
@@ -180,7 +190,8 @@ def table(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> st
     return "\n".join(lines) + "\n"
 
 
-def _ms(value: float | None) -> str:
+def ms_cell(value: float | None) -> str:
+    """Milliseconds in a table cell; `-` where the run had no figure."""
     return "-" if value is None else f"{value:.0f}"
 
 

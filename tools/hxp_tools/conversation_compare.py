@@ -41,6 +41,7 @@ from hxp_enterprise_llm.bench.conversation import (
 )
 from hxp_enterprise_llm.bench.runner import LoadOptions
 from hxp_enterprise_llm.bench.stats import Slo
+from hxp_tools.capacity import ms_cell
 from hxp_tools.servers import ROOT, ServerFailed, hxp_llm_serve, machine_description
 
 if TYPE_CHECKING:
@@ -150,8 +151,8 @@ def comparison(figures: list[dict[str, Any]]) -> str:
     for row in figures:
         ttfts = {r["turn"]: r["ttft_p50_ms"] for r in row["per_turn"]}
         later = row["later_turns"]
-        lines.append(f"{row['label']:<38}" + "".join(f"{_ms(ttfts.get(t)):>8}" for t in turns)
-                     + f"{_ms(later['ttft_p50_ms']):>9}{_pct(later['cached_ratio']):>13}"
+        lines.append(f"{row['label']:<38}" + "".join(f"{ms_cell(ttfts.get(t)):>8}" for t in turns)
+                     + f"{ms_cell(later['ttft_p50_ms']):>9}{_pct(later['cached_ratio']):>13}"
                      f"{_pct(later['own_cached_ratio']):>10}{_share(later):>14}{row['failed']:>8}"
                      f"{row['goodput_rps']:>9.2f}")
     base = figures[0]["later_turns"]["ttft_p50_ms"]
@@ -160,10 +161,6 @@ def comparison(figures: list[dict[str, Any]]) -> str:
         if base and other:
             lines.append(f"turns 2..N TTFT p50, {figures[0]['label']} / {row['label']}: {base / other:.3f}x")
     return "\n".join(lines)
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
 
 
 def _share(turns: dict[str, Any]) -> str:

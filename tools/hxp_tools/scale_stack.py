@@ -72,9 +72,6 @@ class ScaleStack:
     def down(self) -> None:
         self.compose("down", "--timeout", "60", check=False)
 
-    def scale(self, replicas: int) -> None:
-        self.compose("up", "-d", "--scale", f"{REPLICA_SERVICE}={replicas}")
-
     def replicas(self) -> list[dict[str, Any]]:
         """`docker inspect` of the replica containers, in compose's numbering order."""
         filters = ["--filter", f"label=com.docker.compose.project={self.project}",

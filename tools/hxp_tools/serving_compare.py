@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hxp_tools.capacity import Engine, add_server_options, our_server, peer_server
+from hxp_tools.capacity import Engine, add_server_options, bench_serve_command, our_server, peer_server
 from hxp_tools.servers import ROOT, ManagedServer, ServerFailed, machine_description
 
 SERVERS = ("ours", "vllm serve", "raw engine")
@@ -38,16 +38,18 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def closed_loop_command(args: argparse.Namespace, engine: Engine, base_url: str, users: int, prompts: int,
+                        result: Path) -> list[str]:
+    """`vllm bench serve` closed loop: `users` greedy streams at once until `prompts` answers."""
+    return bench_serve_command(engine, base_url, args, prompts, result, "--temperature", "0",
+                               "--max-concurrency", str(users), "--request-rate", "inf", "--num-warmups", "2",
+                               "--percentile-metrics", "ttft,e2el", "--disable-tqdm")
+
+
 def bench_serve(args: argparse.Namespace, engine: Engine, base_url: str, users: int, prompts: int,
                 result: Path) -> dict[str, Any]:
-    """`vllm bench serve` closed loop: `users` streams at once until `prompts` answers; its JSON result."""
-    command = [str(ROOT / ".venv/bin/vllm"), "bench", "serve", "--backend", "openai-chat",
-               "--endpoint", "/v1/chat/completions", "--base-url", base_url, "--model", engine.served_model_name,
-               "--tokenizer", str(engine.model_path), "--dataset-name", "random", "--random-input-len",
-               str(args.input_len), "--random-output-len", str(args.output_len), "--ignore-eos", "--temperature", "0",
-               "--num-prompts", str(prompts), "--max-concurrency", str(users), "--request-rate", "inf",
-               "--seed", "0", "--num-warmups", "2", "--percentile-metrics", "ttft,e2el", "--disable-tqdm",
-               "--save-result", "--result-dir", str(result.parent), "--result-filename", result.name]
+    """One closed loop run; its JSON result, checked for failures and miscounted tokens."""
+    command = closed_loop_command(args, engine, base_url, users, prompts, result)
     print(f"$ {' '.join(command)}", flush=True)
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     data: dict[str, Any] = json.loads(result.read_text())

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from hxp_enterprise_llm.bench.prompts import BUILTIN_PROMPTS
 from hxp_enterprise_llm.bench.stats import EXIT_ERRORS, Slo, summarize, verdict
-from hxp_enterprise_llm.cli_args import positive_int
+from hxp_enterprise_llm.cli_args import positive_float, positive_int
 
 if TYPE_CHECKING:
     from hxp_enterprise_llm.bench.runner import LoadOptions
@@ -35,13 +35,6 @@ def _ratio(text: str) -> float:
     return value
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
 def _json_object(text: str) -> dict[str, Any]:
     value = json.loads(text)
     if not isinstance(value, dict):
@@ -61,7 +54,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     load.add_argument("-c", "--concurrency", type=positive_int, default=None,
                       help="closed loop: requests in flight at once (default 1); with --request-rate: "
                            "the most in flight at once (default: no limit)")
-    load.add_argument("--request-rate", type=_positive_float, metavar="R",
+    load.add_argument("--request-rate", type=positive_float, metavar="R",
                       help="open loop: send requests as Poisson arrivals at R per second, whether or not "
                            "earlier ones finished (as `vllm bench serve --request-rate`)")
     load.add_argument("--seed", type=int, default=0, help="seed of the open loop's arrival times (default: 0)")

@@ -80,6 +80,37 @@ def test_report_table_and_plot(tmp_path: Path) -> None:
     assert (tmp_path / "capacity.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_both_reports_give_vllm_bench_serve_options_it_accepts(tmp_path: Path) -> None:
+    """The sweep and the closed loop share one `vllm bench serve` command: vLLM's own parser takes both whole."""
+    import argparse
+
+    from vllm.benchmarks.serve import add_cli_args
+
+    from hxp_tools import capacity, serving_compare
+
+    engine = capacity.Engine(tmp_path / "model", "openchat-3.5", "bfloat16", True, 4096, 64, 2048, True, True,
+                             2.0, 1000.0, 2.0)
+    sweep_args = capacity.build_parser().parse_args(["--num-prompts", "7"])
+    sweep_args.slo = {"ttft": 500.0, "e2el": 1000.0}
+    loop_args = serving_compare.build_parser().parse_args([])
+    commands = {
+        "sweep": capacity.bench_command(sweep_args, engine, "http://127.0.0.1:1", 2.5, tmp_path / "s.json"),
+        "closed loop": serving_compare.closed_loop_command(loop_args, engine, "http://127.0.0.1:1", 50, 200,
+                                                           tmp_path / "c.json"),
+    }
+    parsed = {}
+    for name, command in commands.items():
+        assert command[1:3] == ["bench", "serve"], name
+        parser = argparse.ArgumentParser()
+        add_cli_args(parser)
+        parsed[name] = parser.parse_args(command[3:])  # an unknown or misspelt option exits here
+    assert (parsed["sweep"].request_rate, parsed["sweep"].num_prompts, parsed["sweep"].goodput) == \
+        (2.5, 7, ["ttft:500", "e2el:1000"])
+    assert (parsed["closed loop"].max_concurrency, parsed["closed loop"].request_rate) == (50, float("inf"))
+    assert {p.result_filename for p in parsed.values()} == {"s.json", "c.json"}
+    assert all(p.ignore_eos and p.random_output_len == 50 for p in parsed.values())
+
+
 def test_profile_summary_counts_a_function_once_per_stack_and_its_own_time_at_the_top(tmp_path) -> None:
     from hxp_tools.serving_compare import profile_summary
 
