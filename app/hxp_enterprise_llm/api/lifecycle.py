@@ -141,7 +141,6 @@ class RequestLifecycleMiddleware:
                 self.orchestrator.close(record, sent_status)
 
     def _stalled(self, record: RequestRecord) -> ClientStalled:
-        record.fail(RequestTimeoutError(
-            f"request exceeded connection_timeout_seconds={self.orchestrator.timeout_seconds:g} "
-            "while the client was not reading its answer"))
+        record.fail(RequestTimeoutError.after(self.orchestrator.timeout_seconds,
+                                              "while the client was not reading its answer"))
         return ClientStalled()

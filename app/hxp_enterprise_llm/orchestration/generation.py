@@ -114,8 +114,7 @@ class Generation:
             self._reader.cancel()
 
     def _timed_out(self) -> ServiceError:
-        return self._failed(RequestTimeoutError(
-            f"request exceeded connection_timeout_seconds={self._timeout_seconds:g}"))
+        return self._failed(RequestTimeoutError.after(self._timeout_seconds))
 
     def _delta_of(self, task: asyncio.Task[TokenDelta]) -> TokenDelta:
         """The finished read's delta; how it failed, as the service's error (recorded on the request)."""

@@ -4,8 +4,9 @@
 - Cheap refusals come first: a full queue is refused before the prompt is tokenized, and tokenizing
   runs on the tokenizer's own thread (one at a time), so a huge prompt never stalls the event loop
   and every stream on it. A request holds its queue places while its prompt is tokenized (`preparing`).
-- A key's own limits (orchestration/quotas.py) are checked once the prompt is tokenized: 429
-  `rate_limit_exceeded` before the request waits or reaches the engine.
+- A key's own limits (orchestration/quotas.py): its concurrency and requests per minute before the
+  prompt is tokenized, its tokens per minute once it is; 429 `rate_limit_exceeded` before the request
+  waits or reaches the engine.
 - Capacity is counted in sequences, not requests: a request with `n` choices takes n slots. At most
   `concurrent_users` sequences generate; up to `max_queue_size` more wait, interactive keys' requests
   before batch keys' and each class in arrival order. A request with more choices than there are slots
@@ -28,7 +29,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
@@ -44,6 +45,7 @@ from hxp_enterprise_llm.schemas.errors import (
     InvalidRequestError,
     QueueFullError,
     QueueTimeoutError,
+    RequestTimeoutError,
     ServiceUnavailableError,
 )
 from hxp_enterprise_llm.schemas.outcomes import Outcome
@@ -120,8 +122,9 @@ class InteractiveOrchestrator:
         return record
 
     async def admit(self, record: RequestRecord, prepare: Callable[[], GenerationRequest]) -> GenerationRequest:
-        """Gate and queue room, prepare off the event loop (tokenize, check the context: 400s), the key's
-        quota, then wait for `record.choices` slots. Raises when refused."""
+        """Gate, the key's request limits, queue room, prepare off the event loop (tokenize, check the context:
+        400s), the key's token limit, then wait for `record.choices` slots; all within the request's deadline.
+        Raises when refused."""
         rank = record.key.priority.rank
         sequences = record.choices
         self._check_accepting()
@@ -131,11 +134,21 @@ class InteractiveOrchestrator:
                 f"n: {sequences} choices need {sequences} generation slots and this service has "
                 f"concurrent_users={self._config.concurrent_users}; ask for at most {most}",
                 param="n", code="too_many_choices")
+        self.quotas.reserve(record)  # a key over its request limits takes no tokenizer time nor queue place
+        try:
+            return await self._admit_reserved(record, prepare, rank, sequences)
+        except BaseException:
+            self.quotas.cancel(record)  # refused before admission: given back before the answer reports it
+            raise
+
+    async def _admit_reserved(self, record: RequestRecord, prepare: Callable[[], GenerationRequest], rank: int,
+                              sequences: int) -> GenerationRequest:
         claimed = self.check_room(rank, sequences)
         with self._preparing(sequences):
             try:
-                generation_request = dataclasses.replace(await self.tokenize(prepare), priority=rank)
-                self.quotas.charge(record, len(generation_request.prompt_token_ids))
+                prepared = await self._within_deadline(record, self.tokenize(prepare))
+                generation_request = dataclasses.replace(prepared, priority=rank)
+                self.quotas.charge_prompt(record, len(generation_request.prompt_token_ids))
                 if self.tracer is not None:
                     generation_request = dataclasses.replace(generation_request,
                                                              trace_headers=self.tracer.start(record))
@@ -147,9 +160,13 @@ class InteractiveOrchestrator:
         self._slots.displace(claimed)  # its own checks passed: it takes their places now
         self.waiting += sequences  # no await since the prompt was ready: the queue places pass on unbroken
         self._idle.clear()
+        queue_timeout = self._config.queue_timeout_seconds
+        remaining = self.deadline(record) - time.monotonic()
         try:
-            await asyncio.wait_for(self._slots.acquire(rank, sequences), self._config.queue_timeout_seconds)
+            await asyncio.wait_for(self._slots.acquire(rank, sequences), min(queue_timeout, remaining))
         except TimeoutError:
+            if remaining < queue_timeout:  # the request's own deadline came first: no slot for it
+                raise self._timed_out() from None
             # Its own sequences are still counted in `waiting` here: add none on top.
             raise QueueTimeoutError(
                 f"no slot became free within queue_timeout_seconds={self._config.queue_timeout_seconds:g}",
@@ -165,7 +182,21 @@ class InteractiveOrchestrator:
         record.slot = Slot(self, sequences)
         record.admitted = time.monotonic()
         record.engine_request_id = generation_request.request_id
+        # The engine processes the prompt from here, whether or not a token follows (a client that leaves,
+        # or a deadline, during prefill): the usage log and the token counters say so, as the quota did.
+        record.prompt_tokens = len(generation_request.prompt_token_ids)
         return generation_request
+
+    async def _within_deadline(self, record: RequestRecord, work: Awaitable[T]) -> T:
+        """`work` (the tokenizer's), given up at the request's deadline: a prompt still waiting for the
+        tokenizer's thread is dropped from its queue, and the request answers 504 without a slot."""
+        try:
+            return await asyncio.wait_for(work, max(0.0, self.deadline(record) - time.monotonic()))
+        except TimeoutError:
+            raise self._timed_out() from None
+
+    def _timed_out(self) -> RequestTimeoutError:
+        return RequestTimeoutError.after(self._config.connection_timeout_seconds)
 
     def check_room(self, rank: int | None = None, sequences: int = 1) -> list[Waiter]:
         """The cheap refusals, before any work: not ready (503), or no slot and no queue place for

@@ -63,3 +63,4 @@ class Charge:
     prompt_tokens: int
     taken_at: float
     settled: bool = False
+    prompt_at: float | None = None  # when the prompt was charged: taken_at, unless that had left the window

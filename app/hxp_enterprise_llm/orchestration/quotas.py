@@ -2,10 +2,12 @@
 
 A key's limits belong to its *name* (two keys of one team, as during a rotation, share them). The
 windows are sliding: at most `requests_per_minute` requests in any 60 seconds, and at most
-`tokens_per_minute` prompt + completion tokens. The prompt is charged when the request is admitted,
-the completion when it ends (what was generated, also for a stream the client abandoned); a request
-the service itself refused or never ran (queue full, queue timeout, client gone while queued) is
-refunded: a key pays for work the engine did.
+`tokens_per_minute` prompt + completion tokens. The request itself (concurrency, requests per
+minute) is taken as it arrives, before its prompt is tokenized, so a key over those limits cannot fill
+the shared tokenizer and queue with prompts that would be refused anyway. The prompt is charged once
+tokenized, the completion when it ends (what was generated, also for a stream the client abandoned).
+A request the service itself refused or never ran (queue full, queue timeout, client gone while
+queued) is refunded: a key pays for work the engine did.
 
 The counts live in a `QuotaStore`. `LocalQuotaStore` keeps them in this process, so the limits hold
 per replica (docs/operations.md says why that is acceptable and how a shared store plugs in).
@@ -29,17 +31,22 @@ if TYPE_CHECKING:
 WINDOW_SECONDS = 60.0
 class QuotaStore(Protocol):
     """Where the counts live. One process: `LocalQuotaStore`. Shared limits across replicas: an
-    implementation of these five calls over a shared store (Redis, e.g. with a sorted set per name and
+    implementation of these six calls over a shared store (Redis, e.g. with a sorted set per name and
     a Lua script for `try_take`), chosen at build time; the rest of the service does not change."""
 
     def try_take(self, policy: KeyPolicy, tokens: int, now: float) -> str | None:
         """Take a request and `tokens` if they fit, else say which limit is hit (nothing is taken)."""
 
+    def try_add_prompt(self, policy: KeyPolicy, tokens: int, taken_at: float, now: float) -> float | None:
+        """Add the prompt's `tokens` to the request taken at `taken_at` if they fit: the time they are
+        charged at (to give them back by); None, taking nothing, if they do not fit."""
+
     def add_tokens(self, name: str, tokens: int, now: float) -> None:
         """Charge tokens after the fact (the completion): may exceed the limit; later requests wait."""
 
-    def give_back(self, name: str, tokens: int, taken_at: float) -> None:
-        """Undo a `try_take` (the request and its tokens) made at `taken_at`."""
+    def give_back(self, name: str, tokens: int, taken_at: float, tokens_at: float | None = None) -> None:
+        """Undo a `try_take` (the request and its tokens) made at `taken_at`; the tokens were charged at
+        `tokens_at` if not then."""
 
     def release(self, name: str) -> None:
         """A request of this name ended: one fewer running."""
@@ -89,18 +96,30 @@ class LocalQuotaStore:
         usage.running += 1
         return None
 
+    def try_add_prompt(self, policy: KeyPolicy, tokens: int, taken_at: float, now: float) -> float | None:
+        usage = self._of(policy.name, now)
+        if policy.tokens_per_minute is not None and usage.token_sum() + tokens > policy.tokens_per_minute:
+            return None
+        try:  # in the request's own place, so that the window keeps its time order
+            usage.tokens[usage.tokens.index((taken_at, 0))] = (taken_at, tokens)
+            return taken_at
+        except ValueError:  # the request's entry already left the window (a minute in the tokenizer)
+            usage.tokens.append((now, tokens))
+            return now
+
     def add_tokens(self, name: str, tokens: int, now: float) -> None:
         if tokens > 0:
             self._of(name, now).tokens.append((now, tokens))
 
-    def give_back(self, name: str, tokens: int, taken_at: float) -> None:
+    def give_back(self, name: str, tokens: int, taken_at: float, tokens_at: float | None = None) -> None:
         usage = self._usage.get(name)
         if usage is None:
             return
         if taken_at in usage.requests:
             usage.requests.remove(taken_at)
-        if (taken_at, tokens) in usage.tokens:
-            usage.tokens.remove((taken_at, tokens))
+        entry = (taken_at if tokens_at is None else tokens_at, tokens)
+        if entry in usage.tokens:
+            usage.tokens.remove(entry)
 
     def release(self, name: str) -> None:
         usage = self._usage.get(name)
@@ -146,24 +165,53 @@ class Quotas:
         self.store: QuotaStore = store or LocalQuotaStore()
         self._clock = clock
 
-    def charge(self, record: RequestRecord, prompt_tokens: int) -> None:
-        """Take the request and its prompt from the key's quota, or raise 429 rate_limit_exceeded."""
+    def reserve(self, record: RequestRecord) -> None:
+        """Take the request from the key's quota (concurrency, requests per minute; a token window already
+        over its limit), before any work is done on it; or raise 429 rate_limit_exceeded."""
+        if record.charge is not None:
+            return
         policy = record.key
         now = self._clock()
-        refused = self.store.try_take(policy, prompt_tokens, now)
-        if refused is None:
-            record.charge = Charge(policy, prompt_tokens, now)
+        refused = self.store.try_take(policy, 0, now)
+        if refused is not None:
+            raise self._refusal(record, refused, 1, now)
+        # No rate-limit figures yet: a refusal before the prompt is charged (queue full, a 400 from the
+        # prompt) gives the request back first (`cancel`) and reports the window without it.
+        record.charge = Charge(policy, 0, now)
+
+    def charge_prompt(self, record: RequestRecord, prompt_tokens: int) -> None:
+        """Add the tokenized prompt to the reserved request (reserving it first if it is not); if it does not
+        fit the key's tokens per minute, the request is given back and 429 raised."""
+        self.reserve(record)
+        charge = record.charge
+        assert charge is not None
+        now = self._clock()
+        charged_at = self.store.try_add_prompt(charge.policy, prompt_tokens, charge.taken_at, now)
+        if charged_at is None:
+            self.cancel(record)
+            raise self._refusal(record, "tokens", prompt_tokens, now)
+        charge.prompt_tokens, charge.prompt_at = prompt_tokens, charged_at
+        record.rate_limits = self.store.state(charge.policy, now)
+
+    def cancel(self, record: RequestRecord) -> None:
+        """Give back a request refused before admission, at once (before its answer reports the window)."""
+        charge, record.charge = record.charge, None
+        if charge is not None and not charge.settled:
+            charge.settled = True
+            self.store.release(charge.policy.name)
+            self.store.give_back(charge.policy.name, charge.prompt_tokens, charge.taken_at, charge.prompt_at)
+
+    def _refusal(self, record: RequestRecord, refused: str, tokens_wanted: int, now: float) -> RateLimitError:
+        policy = record.key
+        if refused == "tokens" and policy.tokens_per_minute is not None and tokens_wanted > policy.tokens_per_minute:
             record.rate_limits = self.store.state(policy, now)
-            return
-        if refused == "tokens" and policy.tokens_per_minute is not None and prompt_tokens > policy.tokens_per_minute:
-            record.rate_limits = self.store.state(policy, now)
-            raise RateLimitError(f"this request's prompt ({prompt_tokens} tokens) is larger than key "
-                                 f"'{policy.name}''s tokens_per_minute ({policy.tokens_per_minute}); it can never "
-                                 "be admitted: shorten the prompt", reason="tokens")
-        record.rate_limits = states = self.store.state(policy, now, tokens_wanted=prompt_tokens)
+            return RateLimitError(f"this request's prompt ({tokens_wanted} tokens) is larger than key "
+                                  f"'{policy.name}''s tokens_per_minute ({policy.tokens_per_minute}); it can never "
+                                  "be admitted: shorten the prompt", reason="tokens")
+        record.rate_limits = states = self.store.state(policy, now, tokens_wanted=tokens_wanted)
         wait = states[refused].reset_seconds if refused in states else 1.0
-        raise RateLimitError(_refusal_message(policy, refused), reason=refused,
-                             headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        return RateLimitError(_refusal_message(policy, refused), reason=refused,
+                              headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
     def limits_of(self, record: RequestRecord) -> dict[str, WindowState]:
         """What to tell the client: the figures of its admission or refusal, else (a request refused before
@@ -181,7 +229,7 @@ class Quotas:
         name = charge.policy.name
         self.store.release(name)
         if record.admitted is None:
-            self.store.give_back(name, charge.prompt_tokens, charge.taken_at)
+            self.store.give_back(name, charge.prompt_tokens, charge.taken_at, charge.prompt_at)
         else:
             self.store.add_tokens(name, record.completion_tokens, self._clock())
 

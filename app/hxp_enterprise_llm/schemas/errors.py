@@ -181,6 +181,13 @@ class RequestTimeoutError(ServiceError):
     outcome = Outcome.TIMEOUT
     rejection_reason = "timeout"
 
+    @classmethod
+    def after(cls, timeout_seconds: float, circumstance: str = "") -> RequestTimeoutError:
+        """The request's deadline (`connection_timeout_seconds`, from its arrival) passed; `circumstance`
+        says while what, if that helps the client."""
+        return cls(f"request exceeded connection_timeout_seconds={timeout_seconds:g}"
+                   + (f" {circumstance}" if circumstance else ""))
+
 
 class GenerationAbortedError(ServiceError):
     """The service stopped the generation before the model finished (drain deadline)."""

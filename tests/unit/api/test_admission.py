@@ -23,6 +23,8 @@ from api_harness import (
 )
 
 from hxp_enterprise_llm.orchestration.service_state import ServiceState
+from hxp_enterprise_llm.schemas.errors import RequestTimeoutError
+from hxp_enterprise_llm.services.core.engine import GenerationRequest, SamplingOptions
 from support.fake_engine import FakeEngine
 
 pytestmark = pytest.mark.anyio
@@ -118,6 +120,31 @@ async def test_request_timeout_is_504_and_aborts_the_engine_request(serve_app) -
         assert served.ctx.orchestrator.running == 0
     assert_openai_error(response, 504, code="request_timeout")
     assert served.engine_id("slow-plain") in served.engine.aborted
+
+
+@pytest.mark.parametrize("left", [0.1, -1.0], ids=["passes-while-queued", "passed-before-the-tokenizer"])
+async def test_a_request_whose_deadline_passes_before_admission_is_504_and_never_reaches_the_engine(
+        serve_app, left: float) -> None:
+    """connection_timeout_seconds bounds the request from its arrival: the tokenizer's queue and the slot wait
+    count. Before, such a request waited out queue_timeout_seconds (a 503 at 30 s here), or took a slot and
+    went to the engine only to be cut there by a deadline already past."""
+    async with serve_app(FakeEngine(token_delay=HOLD), concurrent_users=1, max_queue_size=1,
+                         queue_timeout_seconds=HOLD, connection_timeout_seconds=HOLD) as served:
+        orchestrator = served.ctx.orchestrator
+        running = None
+        if left > 0:  # the only slot is taken: the late request must queue
+            running = await hold(served, "running")
+            await served.started("running")
+        late = orchestrator.open("late", "chat")
+        late.arrived -= HOLD - left  # as if it had arrived that long ago (waiting on a loaded tokenizer)
+        with pytest.raises(RequestTimeoutError, match=f"connection_timeout_seconds={HOLD:g}"):
+            await orchestrator.admit(late, lambda: GenerationRequest("late", [1, 2, 3], SamplingOptions(4)))
+        assert (late.slot, late.admitted, orchestrator.waiting, orchestrator.preparing) == (None, None, 0, 0)
+        orchestrator.close(late, 504)
+        if running is not None:
+            await served.release("running")
+            assert (await running).status_code == 200
+    assert [r.request_id for r in served.engine.requests] == ([served.engine_id("running")] if running else [])
 
 
 async def test_stream_timeout_before_the_first_token_is_a_plain_504(serve_app) -> None:

@@ -123,10 +123,10 @@ def test_tokens_reset_is_when_enough_of_the_oldest_tokens_have_left() -> None:
 def test_a_refusal_says_when_to_retry_rounded_up() -> None:
     clock = Clock()
     quotas, policy = Quotas(clock=clock), KeyPolicy("team", requests_per_minute=1)
-    quotas.charge(record_of(policy), 5)
+    quotas.charge_prompt(record_of(policy), 5)
     clock.now = 15.5
     with pytest.raises(RateLimitError) as refused:
-        quotas.charge(record_of(policy), 5)
+        quotas.charge_prompt(record_of(policy), 5)
     assert refused.value.headers == {"Retry-After": "45"}  # 44.5 s until t=0 leaves, rounded up
     assert refused.value.error_type == "requests"
     assert "requests per minute: limit 1" in refused.value.message
@@ -134,9 +134,9 @@ def test_a_refusal_says_when_to_retry_rounded_up() -> None:
 
 def test_a_concurrency_refusal_asks_for_one_second() -> None:
     quotas, policy = Quotas(clock=Clock()), KeyPolicy("team", concurrent_requests=1)
-    quotas.charge(record_of(policy), 5)
+    quotas.charge_prompt(record_of(policy), 5)
     with pytest.raises(RateLimitError) as refused:
-        quotas.charge(record_of(policy), 5)
+        quotas.charge_prompt(record_of(policy), 5)
     assert refused.value.headers == {"Retry-After": "1"}
     assert "concurrent_requests=1" in refused.value.message
 
@@ -145,12 +145,12 @@ def test_a_token_refusal_waits_for_room_for_this_prompt() -> None:
     clock = Clock()
     quotas, policy = Quotas(clock=clock), KeyPolicy("team", tokens_per_minute=100)
     first = record_of(policy)
-    quotas.charge(first, 50)  # t=0
+    quotas.charge_prompt(first, 50)  # t=0
     clock.now = 10.0
-    quotas.charge(record_of(policy), 40)  # t=10
+    quotas.charge_prompt(record_of(policy), 40)  # t=10
     clock.now = 20.0
     with pytest.raises(RateLimitError) as refused:
-        quotas.charge(record_of(policy), 30)  # needs 20 more: the t=0 entry must leave (at 60)
+        quotas.charge_prompt(record_of(policy), 30)  # needs 20 more: the t=0 entry must leave (at 60)
     assert refused.value.headers == {"Retry-After": "40"}
     assert refused.value.error_type == "tokens"
     assert "tokens per minute (prompt + completion): limit 100" in refused.value.message
@@ -160,7 +160,7 @@ def test_a_prompt_larger_than_the_whole_budget_is_told_it_can_never_be_admitted(
     quotas, policy = Quotas(clock=Clock()), KeyPolicy("team", tokens_per_minute=100)
     record = record_of(policy)
     with pytest.raises(RateLimitError) as refused:
-        quotas.charge(record, 101)
+        quotas.charge_prompt(record, 101)
     assert "larger than key 'team''s tokens_per_minute (100)" in refused.value.message
     assert "Retry-After" not in refused.value.headers  # retrying cannot help
     assert record.rate_limits["tokens"].remaining == 100
@@ -171,8 +171,8 @@ def test_settling_charges_the_completion_once_or_gives_back_what_never_ran() -> 
     quotas, policy = Quotas(clock=clock), KeyPolicy("team", requests_per_minute=10, tokens_per_minute=1000,
                                                     concurrent_requests=5)
     ran, never_ran = record_of(policy), record_of(policy)
-    quotas.charge(ran, 100)
-    quotas.charge(never_ran, 200)
+    quotas.charge_prompt(ran, 100)
+    quotas.charge_prompt(never_ran, 200)
     assert ran.charge is not None
     assert ran.rate_limits["tokens"].remaining == 900
     ran.admitted, ran.completion_tokens = 1.0, 50
@@ -189,7 +189,7 @@ def test_settling_charges_the_completion_once_or_gives_back_what_never_ran() -> 
 def test_limits_of_a_request_refused_before_the_check_are_the_keys_window_now() -> None:
     clock = Clock()
     quotas, policy = Quotas(clock=clock), KeyPolicy("team", requests_per_minute=3)
-    quotas.charge(record_of(policy), 1)
+    quotas.charge_prompt(record_of(policy), 1)
     refused_early = record_of(policy)
     assert quotas.limits_of(refused_early) == {"requests": WindowState(3, 2, 60.0)}
     assert quotas.limits_of(record_of(KeyPolicy("free"))) == {}  # no limits: no headers
@@ -200,3 +200,51 @@ def test_headers_and_durations_read_as_openai_writes_them() -> None:
         ["0ms", "999ms", "1s", "1m0s", "1m0s", "1m1s"]
     assert rate_limit_headers({"tokens": WindowState(100, 40, 6.0)}) == {
         "x-ratelimit-limit-tokens": "100", "x-ratelimit-remaining-tokens": "40", "x-ratelimit-reset-tokens": "6s"}
+
+
+def test_a_reserved_request_whose_prompt_does_not_fit_is_given_back_whole() -> None:
+    """The request is taken before its prompt is tokenized (reserve), the prompt once known (charge_prompt):
+    a prompt over the token budget leaves neither the request nor a running count behind."""
+    clock = Clock()
+    quotas = Quotas(clock=clock)
+    policy = KeyPolicy("team", requests_per_minute=5, tokens_per_minute=100, concurrent_requests=1)
+    earlier = record_of(policy)
+    quotas.charge_prompt(earlier, 70)
+    quotas.on_finished(earlier)  # ended before admission: given back
+    assert quotas.store.state(policy, 0.0)["requests"].remaining == 5
+    first = record_of(policy)
+    quotas.reserve(first)
+    assert quotas.store.state(policy, 0.0)["requests"].remaining == 4
+    with pytest.raises(RateLimitError) as refused:
+        quotas.reserve(record_of(policy))  # concurrency: refused before any prompt
+    assert "concurrent_requests=1" in refused.value.message
+    clock.now = 1.0
+    quotas.charge_prompt(first, 60)
+    assert first.charge is not None
+    assert (first.charge.prompt_tokens, first.charge.taken_at) == (60, 0.0)
+    quotas.store.release("team")
+    second = record_of(policy)
+    quotas.reserve(second)
+    with pytest.raises(RateLimitError) as refused:
+        quotas.charge_prompt(second, 41)  # 60 + 41 > 100
+    assert refused.value.error_type == "tokens"
+    assert second.charge is None
+    state = quotas.store.state(policy, 2.0)
+    assert (state["requests"].remaining, state["tokens"].remaining) == (4, 40)
+    quotas.reserve(record_of(policy))  # the refused one's running count was released too
+
+
+def test_a_prompt_is_charged_in_its_requests_place_in_the_window() -> None:
+    store, policy = LocalQuotaStore(), KeyPolicy("k", tokens_per_minute=100)
+    assert store.try_take(policy, 0, 0.0) is None
+    store.add_tokens("k", 30, 5.0)
+    assert store.try_add_prompt(policy, 50, 0.0, 10.0) == 0.0
+    assert store.try_add_prompt(policy, 21, 0.0, 10.0) is None  # refused: nothing taken
+    assert store.state(policy, 10.0)["tokens"] == WindowState(100, 20, 55.0)
+    assert store.state(policy, WINDOW_SECONDS)["tokens"].remaining == 70  # the prompt left with its request
+    # A request whose entry left the window while its prompt was tokenized: charged now, given back by that time.
+    assert store.try_take(policy, 0, 100.0) is None
+    assert store.try_add_prompt(policy, 40, 100.0, 170.0) == 170.0
+    assert store.state(policy, 170.0)["tokens"].remaining == 60
+    store.give_back("k", 40, 100.0, 170.0)
+    assert store.state(policy, 170.0)["tokens"].remaining == 100

@@ -212,6 +212,25 @@ async def test_concurrent_requests_limit_refuses_the_second_running_request(serv
     assert third.status_code == 200  # the first one's end gave its place back
 
 
+async def test_a_key_over_its_request_limits_is_refused_before_its_prompt_takes_the_tokenizer(
+        serve_app, keys_file: Path) -> None:
+    """The tokenizer's thread and the queue's places are shared by every key: a key at its concurrency limit
+    flooding large prompts used to have each tokenized (holding a queue place) before its 429, refusing
+    other keys `queue_full` meanwhile. A tokenizer that fails once the first request is running shows
+    whether the refused ones reached it (they would be 500s)."""
+    async with serve_app(FakeEngine(token_delay=HOLD), api_keys_file=keys_file) as served:
+        running = asyncio.create_task(served.chat(headers=bearer("sk-single", "first")))
+        await served.started("first")
+        served.engine.get_tokenizer().failure = RuntimeError("the tokenizer was reached")
+        flood = await asyncio.gather(*(served.chat(headers=bearer("sk-single", f"flood-{i}")) for i in range(8)))
+        assert (served.ctx.orchestrator.preparing, served.ctx.orchestrator.waiting) == (0, 0)
+        served.engine.get_tokenizer().failure = None
+        await served.release("first")
+        assert (await running).status_code == 200
+    for refused in flood:
+        assert "concurrent_requests=1" in assert_openai_error(refused, 429, code="rate_limit_exceeded")["message"]
+
+
 async def test_a_request_the_queue_refused_is_given_back_to_the_key(serve_app, tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text("sk-r name=r requests_per_minute=3\n")
@@ -219,7 +238,9 @@ async def test_a_request_the_queue_refused_is_given_back_to_the_key(serve_app, t
                          max_queue_size=0) as served:
         running = asyncio.create_task(served.chat(headers=bearer("sk-r", "running")))
         await served.started("running")
-        assert_openai_error(await served.chat(headers=bearer("sk-r")), 429, code="queue_full")
+        queue_full = await served.chat(headers=bearer("sk-r"))
+        assert_openai_error(queue_full, 429, code="queue_full")
+        assert queue_full.headers["x-ratelimit-remaining-requests"] == "2"  # the window without the refused one
         await served.release("running")
         await running
         answers = []
