@@ -3,19 +3,15 @@
 A model variant (dtype, quantization, compiled or eager) is judged by a question set, never by one answer.
 The questions live in tools/hxp_tools/data/quality_questions.json: each has `accept` substrings (one must
 occur as a whole word or phrase, case-insensitive) and optional `reject` ones (none may occur), so a
-hedging answer that names the right and a wrong answer does not pass.
-
-    python -m hxp_tools.quality_gate --base-url http://127.0.0.1:11402     # prints every answer and the score
+hedging answer that names the right and a wrong answer does not pass. Asked by scripts/bench-variants and
+the engine tier's tests/engine/test_quality_gate.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import re
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,13 +85,13 @@ def load_questions(path: Path = QUESTIONS_FILE) -> QuestionSet:
     return QuestionSet(questions=questions, max_tokens=int(document["max_tokens"]))
 
 
-async def ask_all(base_url: str, question_set: QuestionSet, model: str | None = None, concurrency: int = 8,
-                  api_key: str | None = None, timeout_s: float = 300) -> Score:
-    """Every question as its own chat request (temperature 0), `concurrency` at a time, through `hxp-llm bench`'s
-    client; a failed request raises (a gate must not score an error as a wrong answer)."""
-    options = LoadOptions(base_url=base_url, model=model, api_key=api_key, concurrency=concurrency, timeout_s=timeout_s)
+async def ask_all(base_url: str, question_set: QuestionSet, concurrency: int = 8, timeout_s: float = 300) -> Score:
+    """Every question as its own chat request (temperature 0) to the server's first model, `concurrency` at a
+    time, through `hxp-llm bench`'s client; a failed request raises (a gate must not score an error as a wrong
+    answer)."""
+    options = LoadOptions(base_url=base_url, concurrency=concurrency, timeout_s=timeout_s)
     async with make_client(options) as client:
-        model = model or await discover_model(client)
+        model = await discover_model(client)
         gate = asyncio.Semaphore(concurrency)
 
         async def ask(question: Question) -> Answer:
@@ -109,23 +105,3 @@ async def ask_all(base_url: str, question_set: QuestionSet, model: str | None = 
         answers = await asyncio.gather(*(ask(q) for q in question_set.questions))
     return Score(tuple(answers))
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hxp_tools.quality_gate", description=__doc__.splitlines()[0])
-    parser.add_argument("--base-url", default="http://127.0.0.1:11402")
-    parser.add_argument("--model", help="model id (default: the first of /v1/models)")
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--questions", type=Path, default=QUESTIONS_FILE)
-    parser.add_argument("--json", action="store_true", help="print {correct, total, wrong: [ids]} only")
-    args = parser.parse_args(argv)
-    score = asyncio.run(ask_all(args.base_url, load_questions(args.questions), args.model, args.concurrency))
-    if args.json:
-        wrong = [a.question.id for a in score.answers if not a.correct]
-        print(json.dumps({"correct": score.correct, "total": score.total, "wrong": wrong}))
-    else:
-        print(score.report())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
