@@ -23,7 +23,6 @@ import os
 import shutil
 import sys
 import threading
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -123,15 +122,6 @@ def load_now() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def wait_for_quiet(max_load: float, max_wait_s: float) -> None:
-    """On a shared machine, start a variant only once the others' work has calmed down (or give up waiting)."""
-    deadline = time.monotonic() + max_wait_s
-    while os.getloadavg()[0] > max_load and time.monotonic() < deadline:
-        print(f"    waiting for the 1-minute load average ({os.getloadavg()[0]:.1f}) to fall to {max_load}",
-              flush=True)
-        time.sleep(30)
-
-
 def measure(variant: Variant, args: argparse.Namespace) -> Figures:
     figures = Figures(variant.key)
     compile_cache = args.logs / f"compile-cache-{variant.key}"
@@ -185,9 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--logs", type=Path, default=ROOT / ".build/bench-variants",
                         help="server logs and compile caches go here")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
-    parser.add_argument("--max-load", type=float, default=float("inf"),
-                        help="before each variant, wait until the 1-minute load average is at most this")
-    parser.add_argument("--max-wait", type=float, default=1800.0, help="seconds to wait for --max-load at most")
     return parser
 
 
@@ -200,7 +187,6 @@ def main(argv: list[str] | None = None) -> int:
         for variant in VARIANTS:
             if args.variant and variant.key not in args.variant:
                 continue
-            wait_for_quiet(args.max_load, args.max_wait)
             print(f"### {variant.key}: {variant.config} {' '.join(variant.flags)}", flush=True)
             results.append(measure(variant, args))
             print(render(results[-1:]).splitlines()[-1], flush=True)
