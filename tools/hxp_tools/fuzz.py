@@ -42,11 +42,11 @@ import httpx
 import schemathesis
 
 from hxp_enterprise_llm.bench.client import RequestResult, RequestSpec
+from hxp_tools import ROOT
 from hxp_tools.live import MODEL, by_status, closed_loop, demo_service
 
 LONG_WORDS = 2000
 SEEDS = [0, 1, -1, 2**31 - 1, 2**32, 2**63 - 1]
-REPO = Path(__file__).resolve().parents[2]
 # The fuzzer judges answers, not speed: on a shared 2-core machine a small request batched beside
 # ~2,000-token prompts can take longer than the demo's 30 s request budget, and its 504 would hide
 # what the fuzzer looks for. The budget itself is tested by the unit tier's timeout tests.
@@ -332,7 +332,7 @@ def run_schemathesis(base_url: str, examples: int, seed: int, workers: int) -> t
                "--suppress-health-check", "all", "--generation-database", "none",
                "--output-sanitize", "false"]  # else "max_tokens" is shown as "[Filtered]" (it looks like a secret)
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "hxp_tools.fuzz",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "tools"), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tools"), os.environ.get("PYTHONPATH", "")])}
     with tempfile.TemporaryDirectory(prefix="hxp-schemathesis-") as scratch:  # its caches stay out of the clone
         result = subprocess.run(command, env=env, cwd=scratch, capture_output=True, text=True, timeout=7200,
                                 check=False)

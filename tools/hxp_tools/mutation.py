@@ -38,7 +38,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from hxp_tools import ROOT
+
 WORK = ROOT / ".mutation"
 PACKAGE = "hxp_enterprise_llm"
 

@@ -33,9 +33,9 @@ from typing import Any
 
 from hxp_enterprise_llm.models.hashing import sha256_file
 from hxp_enterprise_llm.models.lockfile import LockedFile
+from hxp_tools import ROOT
 from hxp_tools.quantize import PROMPT_FORMATS, SCHEMES
 
-ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = ROOT / "requirements" / "quantize.txt"
 # Bump when the way the venv is built changes (part of the key).
 VENV_RECIPE = 1

@@ -17,8 +17,7 @@ from types import TracebackType
 import httpx
 
 from hxp_enterprise_llm.bench.runner import LoadOptions, LoadRun, run_load
-
-ROOT = Path(__file__).resolve().parents[2]  # tools/hxp_tools/servers.py -> the checkout
+from hxp_tools import ROOT
 
 
 def free_port() -> int:
