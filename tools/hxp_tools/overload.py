@@ -18,7 +18,7 @@ import collections
 import sys
 
 from hxp_enterprise_llm.bench.client import RequestResult, RequestSpec
-from hxp_enterprise_llm.percentiles import percentile
+from hxp_enterprise_llm.bench.stats import Distribution
 from hxp_tools.live import MODEL, LiveService, by_status, closed_loop, demo_service, load_average
 
 
@@ -33,17 +33,15 @@ def run(service: LiveService, clients: int, seconds: float, max_tokens: int) -> 
     return asyncio.run(closed_loop(service.base_url, clients, spec, seconds, keepalive=False, backoff=True))
 
 
-def summarize(label: str, results: list[RequestResult]) -> dict[str, float]:
+def summarize(label: str, results: list[RequestResult]) -> dict[str, Distribution]:
+    """TTFT and e2e (ms) of the admitted and completed requests, printed with the answers cut by an error frame."""
     admitted = [r for r in results if r.status == 200 and r.ok]
     cut = collections.Counter(r.error for r in results if r.status == 200 and not r.ok)
-    figures: dict[str, float] = {"admitted": len(admitted)}
-    ttfts = [r.ttft for r in admitted if r.ttft is not None]
-    for name, values in (("ttft", ttfts), ("e2e", [r.e2e for r in admitted])):
-        figures |= {f"{name}_p50": percentile(values, 50), f"{name}_p95": percentile(values, 95)}
+    figures = {"ttft": Distribution.of_seconds([r.ttft for r in admitted if r.ttft is not None]),
+               "e2e": Distribution.of_seconds([r.e2e for r in admitted])}
     print(f"{label}: {len(results)} requests, {len(admitted)} admitted and completed, {sum(cut.values())} admitted "
           f"then ended by an error frame {dict(cut)}; " + "; ".join(
-              f"{name} p50 {figures[name + '_p50'] * 1000:.0f} ms p95 {figures[name + '_p95'] * 1000:.0f} ms"
-              for name in ("ttft", "e2e")), flush=True)
+              f"{name} p50 {d.median:.0f} ms p95 {d.p95:.0f} ms" for name, d in figures.items()), flush=True)
     return figures
 
 
@@ -75,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
           f"as a stream instead of before it {sum(1 for r in refusals if r.refused_as_stream)}")
     print(f"overload: 5xx other than 503 {len(other_5xx)}, dropped connections {len(dropped)}"
           + (f" (e.g. {dropped[0].error})" if dropped else ""))
-    ratios = {name: loaded[f"{name}_p50"] / baseline[f"{name}_p50"] if baseline[f"{name}_p50"] else float("nan")
+    ratios = {name: loaded[name].median / baseline[name].median if baseline[name].median else float("nan")
               for name in ("e2e", "ttft")}
     print(f"overload: admitted e2e p50 {ratios['e2e']:.2f}x the baseline; TTFT p50 {ratios['ttft']:.2f}x")
     print(f"overload: RSS {rss_before / 2**20:.0f} MiB before, {rss_after / 2**20:.0f} MiB after "
           f"({(rss_after - rss_before) / rss_before * 100:+.1f}%); gauges after: {gauges}; {load_average()}")
-    ok = (not other_5xx and not dropped and loaded["admitted"] > 0 and all(r.retry_after for r in refusals)
+    ok = (not other_5xx and not dropped and loaded["e2e"].count > 0 and all(r.retry_after for r in refusals)
           and not any(r.refused_as_stream for r in refusals))
     print(f"overload: {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
