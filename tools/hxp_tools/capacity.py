@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hxp_enterprise_llm.schemas.configuration.model_schemas import ModelConfigSchema
 from hxp_tools.servers import ROOT, ManagedServer, ServerFailed, machine_description
 
 PERCENTILES = (50, 95, 99)
@@ -29,20 +30,11 @@ PERCENTILES = (50, 95, 99)
 
 @dataclass(frozen=True)
 class Engine:
-    """The engine settings both servers get, from our config file."""
+    """The engine settings both servers get: our config file's, with its model path and dtype resolved."""
 
+    config: ModelConfigSchema
     model_path: Path
-    served_model_name: str
     dtype: str
-    enforce_eager: bool
-    max_model_len: int
-    max_num_seqs: int
-    max_num_batched_tokens: int
-    enable_chunked_prefill: bool
-    enable_prefix_caching: bool
-    kv_cache_space_gb: float
-    target_latency_ms: float
-    cpu_cores: float
 
     @classmethod
     def from_config(cls, config_file: Path, model_dir: Path | None) -> Engine:
@@ -55,19 +47,16 @@ class Engine:
         path = model_dir or config.model_path
         # vllm serve's own `auto` would keep bf16 on a CPU that emulates it: give both servers ours, resolved.
         dtype = resolve_dtype(config.dtype, on_cpu=not torch.cuda.is_available())
-        return cls(path if path.is_absolute() else ROOT / path, config.served_model_name, dtype,
-                   config.enforce_eager, config.max_model_len, config.max_num_seqs, config.max_num_batched_tokens,
-                   config.enable_chunked_prefill, config.enable_prefix_caching, config.kv_cache_space_gb,
-                   config.target_latency_ms,
-                   config.cpu_cores)
+        return cls(config, path if path.is_absolute() else ROOT / path, dtype)
 
     def vllm_serve_flags(self) -> list[str]:
-        return ["--served-model-name", self.served_model_name, "--dtype", self.dtype,
-                "--max-model-len", str(self.max_model_len), "--max-num-seqs", str(self.max_num_seqs),
-                "--max-num-batched-tokens", str(self.max_num_batched_tokens),
-                "--enable-chunked-prefill" if self.enable_chunked_prefill else "--no-enable-chunked-prefill",
-                "--enforce-eager" if self.enforce_eager else "--no-enforce-eager",
-                "--enable-prefix-caching" if self.enable_prefix_caching else "--no-enable-prefix-caching",
+        c = self.config
+        return ["--served-model-name", c.served_model_name, "--dtype", self.dtype,
+                "--max-model-len", str(c.max_model_len), "--max-num-seqs", str(c.max_num_seqs),
+                "--max-num-batched-tokens", str(c.max_num_batched_tokens),
+                "--enable-chunked-prefill" if c.enable_chunked_prefill else "--no-enable-chunked-prefill",
+                "--enforce-eager" if c.enforce_eager else "--no-enforce-eager",
+                "--enable-prefix-caching" if c.enable_prefix_caching else "--no-enable-prefix-caching",
                 # Usage as ours reports it (OpenAI's prompt_tokens_details.cached_tokens); off by default there.
                 "--enable-prompt-tokens-details"]
 
@@ -101,8 +90,8 @@ def peer_server(args: argparse.Namespace, engine: Engine) -> ManagedServer:
     from hxp_enterprise_llm.services.core.cpu_budget import cpu_thread_binding
 
     # The same compute threads as ours: our engine binds them from cpu_cores (VLLM_CPU_OMP_THREADS_BIND).
-    env = {"VLLM_CPU_KVCACHE_SPACE": f"{engine.kv_cache_space_gb:g}",
-           **cpu_thread_binding(engine.cpu_cores, os.environ)}
+    env = {"VLLM_CPU_KVCACHE_SPACE": f"{engine.config.kv_cache_space_gb:g}",
+           **cpu_thread_binding(engine.config.cpu_cores, os.environ)}
     return ManagedServer("vllm serve", argv, f"http://127.0.0.1:{args.peer_port}/health",
                          args.out / "vllm-serve.log", env=env)
 
@@ -113,7 +102,7 @@ def bench_serve_command(engine: Engine, base_url: str, args: argparse.Namespace,
     (`--ignore-eos`: every answer that long), seed 0, its JSON result saved to `result`, exactly as an operator
     would type it; `options` add the load's shape (a rate or a concurrency) and the figures wanted."""
     return [str(ROOT / ".venv/bin/vllm"), "bench", "serve", "--backend", "openai-chat",
-            "--endpoint", "/v1/chat/completions", "--base-url", base_url, "--model", engine.served_model_name,
+            "--endpoint", "/v1/chat/completions", "--base-url", base_url, "--model", engine.config.served_model_name,
             "--tokenizer", str(engine.model_path), "--dataset-name", "random",
             "--random-input-len", str(args.input_len), "--random-output-len", str(args.output_len), "--ignore-eos",
             "--num-prompts", str(prompts), "--seed", "0", *options,
@@ -245,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     engine = Engine.from_config(args.config, args.model_dir)
-    args.slo = {"ttft": 500.0, "e2el": engine.target_latency_ms} | {
+    args.slo = {"ttft": 500.0, "e2el": engine.config.target_latency_ms} | {
         key: float(value) for key, value in (item.split(":", 1) for item in args.slo)}
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine_description()}", flush=True)

@@ -86,10 +86,10 @@ def test_both_reports_give_vllm_bench_serve_options_it_accepts(tmp_path: Path) -
 
     from vllm.benchmarks.serve import add_cli_args
 
+    from hxp_enterprise_llm.services.ai_models.openchat_3_5.config import OpenChat35Config
     from hxp_tools import capacity, serving_compare
 
-    engine = capacity.Engine(tmp_path / "model", "openchat-3.5", "bfloat16", True, 4096, 64, 2048, True, True,
-                             2.0, 1000.0, 2.0)
+    engine = capacity.Engine(OpenChat35Config(served_model_name="openchat-3.5"), tmp_path / "model", "bfloat16")
     sweep_args = capacity.build_parser().parse_args(["--num-prompts", "7"])
     sweep_args.slo = {"ttft": 500.0, "e2el": 1000.0}
     loop_args = serving_compare.build_parser().parse_args([])
