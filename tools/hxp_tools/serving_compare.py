@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hxp_enterprise_llm.percentiles import percentile
 from hxp_tools.capacity import Engine, add_server_options, bench_serve_command, our_server, peer_server
 from hxp_tools.servers import ROOT, ManagedServer, ServerFailed, machine_description
 
@@ -144,7 +145,7 @@ async def _raw_load(llm: Any, prompts: list[list[int]], users: int, output_len: 
 
     started = time.perf_counter()
     await asyncio.gather(*(user() for _ in range(users)))
-    return {"output tok/s": tokens / (time.perf_counter() - started), "TTFT p50 ms": statistics.median(ttfts),
+    return {"output tok/s": tokens / (time.perf_counter() - started), "TTFT p50 ms": percentile(ttfts, 50),
             "E2E mean ms": statistics.fmean(e2es)}
 
 
@@ -200,7 +201,7 @@ def raw_round(args: argparse.Namespace, tag: str) -> dict[str, dict[str, float]]
 
 def report(rounds: list[dict[str, dict[str, dict[str, float]]]], args: argparse.Namespace) -> str:
     def median(server: str, load: str, figure: str) -> float:
-        return statistics.median(r[server][load][figure] for r in rounds)
+        return percentile([r[server][load][figure] for r in rounds], 50)
 
     lines = [f"{len(rounds)} rounds, median of each figure; {args.users} streaming users x {args.output_len} tokens "
              f"({args.prompts} requests, closed loop) and 1 user ({args.single_prompts} requests); "
@@ -259,14 +260,11 @@ def main(argv: list[str] | None = None) -> int:
             for server in order:
                 tag = f"round{index + 1}-{server.replace(' ', '-')}"
                 print(f"\n### round {index + 1}: {server} (load average {os.getloadavg()[0]:.2f})", flush=True)
-                if server == "ours":
-                    results[server] = http_round(our_server(args, engine), args, engine,
-                                                 f"http://127.0.0.1:{args.port}", tag)
-                elif server == "vllm serve":
-                    results[server] = http_round(peer_server(args, engine), args, engine,
-                                                 f"http://127.0.0.1:{args.peer_port}", tag)
-                else:
+                if server == "raw engine":
                     results[server] = raw_round(args, tag)
+                else:
+                    make, port = (our_server, args.port) if server == "ours" else (peer_server, args.peer_port)
+                    results[server] = http_round(make(args, engine), args, engine, f"http://127.0.0.1:{port}", tag)
                 print(json.dumps(results[server]), flush=True)
             rounds.append(results)
     except (ServerFailed, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
