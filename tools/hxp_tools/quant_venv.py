@@ -68,18 +68,10 @@ def pinned_versions(requirements: Path = REQUIREMENTS) -> dict[str, str]:
     return pins
 
 
-def venv_key(requirements: Path = REQUIREMENTS) -> str:
-    material = f"recipe {VENV_RECIPE}\n{sys.version_info[:3]}\n".encode() + requirements.read_bytes()
-    return hashlib.sha256(material).hexdigest()[:16]
-
-
-def venv_path(cache: Path, requirements: Path = REQUIREMENTS) -> Path:
-    return cache / f"quant-venv-{venv_key(requirements)}"
-
-
-def ensure_quant_venv(cache: Path, log: Callable[[str], None] = print, requirements: Path = REQUIREMENTS) -> Path:
+def ensure_quant_venv(cache: Path, log: Callable[[str], None] = print) -> Path:
     """The venv's python, building the venv first if this key has none (a few minutes, about 1.5 GB)."""
-    venv = venv_path(cache, requirements)
+    material = f"recipe {VENV_RECIPE}\n{sys.version_info[:3]}\n".encode() + REQUIREMENTS.read_bytes()
+    venv = cache / f"quant-venv-{hashlib.sha256(material).hexdigest()[:16]}"
     python = venv / "bin" / "python"
     cache.mkdir(parents=True, exist_ok=True)
     with open(f"{venv}.lock", "w") as lock:
@@ -87,11 +79,11 @@ def ensure_quant_venv(cache: Path, log: Callable[[str], None] = print, requireme
         if (venv / COMPLETE_MARK).is_file():
             return python
         started = time.monotonic()
-        log(f"building the quantization venv {venv} from {requirements.name} (once per key, a few minutes)")
+        log(f"building the quantization venv {venv} from {REQUIREMENTS.name} (once per key, a few minutes)")
         shutil.rmtree(venv, ignore_errors=True)
         _run([sys.executable, "-m", "venv", str(venv)])
         _run([str(python), "-m", "pip", "install", "--quiet", "--no-input", "--no-deps", *torch_source_args(),
-              "-r", str(requirements)])
+              "-r", str(REQUIREMENTS)])
         check = subprocess.run([str(python), "-m", "pip", "check"], capture_output=True, text=True)
         if check.returncode != 0:
             raise QuantizationError(f"inconsistent quantization venv {venv}: {check.stdout.strip()}")

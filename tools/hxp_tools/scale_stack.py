@@ -35,7 +35,7 @@ class ScaleStack:
     deadlines), given to compose as an override file."""
 
     def __init__(self, project: str, *, replicas: int, service_image: str, lb_image: str,
-                 models_root: Path, cpu_cores: int | None = None, replica_env: dict[str, str] | None = None) -> None:
+                 models_root: Path, replica_env: dict[str, str] | None = None) -> None:
         self.project = project
         self.files = ["-f", str(ROOT / "compose.yaml")]
         if replica_env:
@@ -51,7 +51,7 @@ class ScaleStack:
         self.env |= {"HXP_LLM_CPU_IMAGE": service_image, "HXP_LB_IMAGE": lb_image, "HXP_REPLICAS": str(replicas),
                      "HXP_LLM_PORT": str(api_port), "HXP_LB_STATS_PORT": str(stats_port),
                      "HXP_MODELS_DIR": str(models_root),
-                     "OPENCHAT_3_5_CPU_CORES": str(cpu_cores or os.cpu_count() or 1)}
+                     "OPENCHAT_3_5_CPU_CORES": str(os.cpu_count() or 1)}
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["docker", "compose", *self.files, "-p", self.project, "--profile", "scale", *args],
