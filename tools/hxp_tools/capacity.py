@@ -185,9 +185,9 @@ def ms_cell(value: float | None) -> str:
 
 
 def plot(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace, path: Path) -> None:
-    import matplotlib
+    from hxp_enterprise_llm.bench.plot import require_matplotlib
 
-    matplotlib.use("Agg")
+    require_matplotlib()
     import matplotlib.pyplot as plt
 
     fig, (good, ttft, e2e) = plt.subplots(1, 3, figsize=(15, 4.5))
