@@ -51,36 +51,36 @@ def _model_card(ctx: AppContext) -> ModelCard:
                      dtype=info["dtype"])
 
 
-# /tokenize and /detokenize: the chat route's limits, and its gate (503 unless ready, 429 when every slot
-# and queue place is taken: tokenizing is work too); they take no slot, and run on the tokenizer's thread
-# holding a queue place (`tokenize_for_client`).
+# /tokenize and /detokenize: the chat route's limits, and its gate (503 unless ready, 429 when the key is at
+# its limits or every slot and queue place is taken: tokenizing is work too); they take no slot, and run on
+# the tokenizer's thread holding a queue place (`tokenize_for_client`).
 @router.post("/tokenize", openapi_extra=request_body(TokenizeRequest),
              summary="Token ids of a prompt, or of chat messages exactly as a chat request renders them")
 async def tokenize(request: Request) -> TokenizeResponse:
     ctx = _ctx(request)
-    check_api_key(request)
+    key = check_api_key(request)
     body = parse_body(TokenizeRequest, await read_body(request, ctx.config))
     ctx.served_model(body.model)
     if body.messages is not None:
         check_messages(body.messages, ctx.config)
     if body.messages is not None:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        tokens = await ctx.orchestrator.tokenize_for_client(lambda: ctx.service.tokenize_chat(messages))
+        tokens = await ctx.orchestrator.tokenize_for_client(key, lambda: ctx.service.tokenize_chat(messages))
     else:
         add_special = True if body.add_special_tokens is None else body.add_special_tokens
         tokens = await ctx.orchestrator.tokenize_for_client(
-            lambda: ctx.service.tokenize_text(body.prompt or "", add_special_tokens=add_special))
+            key, lambda: ctx.service.tokenize_text(body.prompt or "", add_special_tokens=add_special))
     return TokenizeResponse(count=len(tokens), max_model_len=ctx.config.max_model_len, tokens=tokens)
 
 
 @router.post("/detokenize", openapi_extra=request_body(DetokenizeRequest), summary="Text of token ids")
 async def detokenize(request: Request) -> DetokenizeResponse:
     ctx = _ctx(request)
-    check_api_key(request)
+    key = check_api_key(request)
     body = parse_body(DetokenizeRequest, await read_body(request, ctx.config))
     ctx.served_model(body.model)
     return DetokenizeResponse(
-        prompt=await ctx.orchestrator.tokenize_for_client(lambda: ctx.service.detokenize(body.tokens)))
+        prompt=await ctx.orchestrator.tokenize_for_client(key, lambda: ctx.service.detokenize(body.tokens)))
 
 
 @router.get("/version")

@@ -35,6 +35,7 @@ from typing import Protocol, TypeVar
 
 from hxp_enterprise_llm.orchestration.admission import Displaced, PrioritySlots, Waiter
 from hxp_enterprise_llm.orchestration.generation import Generation
+from hxp_enterprise_llm.orchestration.key_policy import KeyPolicy
 from hxp_enterprise_llm.orchestration.quotas import Quotas
 from hxp_enterprise_llm.orchestration.request_record import RequestRecord
 from hxp_enterprise_llm.orchestration.service_state import Health, ServiceState
@@ -223,13 +224,15 @@ class InteractiveOrchestrator:
             f"beyond the slots; a request with n choices counts n){why}; retry after the Retry-After delay",
             headers={"Retry-After": str(self.retry_after_seconds(sequences))})
 
-    async def tokenize_for_client(self, work: Callable[[], T]) -> T:
-        """/tokenize and /detokenize: refused when there is no room, like a generation, and holding a queue
-        place while on the tokenizer's thread (no slot), so that a flood of them cannot pile up without
-        bound ahead of the chat prompts that share the thread."""
-        self.check_room()
-        with self._preparing(1):
-            return await self.tokenize(work)
+    async def tokenize_for_client(self, policy: KeyPolicy, work: Callable[[], T]) -> T:
+        """/tokenize and /detokenize: refused when the key is at its limits or there is no room, like a
+        generation, and holding a queue place while on the tokenizer's thread (no slot), so that a flood of
+        them cannot pile up without bound ahead of the chat prompts that share the thread."""
+        self._check_accepting()
+        with self.quotas.holding(policy):
+            self.check_room()
+            with self._preparing(1):
+                return await self.tokenize(work)
 
     @contextlib.contextmanager
     def _preparing(self, sequences: int) -> Iterator[None]:

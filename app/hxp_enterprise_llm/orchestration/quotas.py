@@ -15,10 +15,11 @@ per replica (docs/operations.md says why that is acceptable and how a shared sto
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -174,7 +175,8 @@ class Quotas:
         now = self._clock()
         refused = self.store.try_take(policy, 0, now)
         if refused is not None:
-            raise self._refusal(record, refused, 1, now)
+            error, record.rate_limits = self._refusal(policy, refused, 1, now)
+            raise error
         # No rate-limit figures yet: a refusal before the prompt is charged (queue full, a 400 from the
         # prompt) gives the request back first (`cancel`) and reports the window without it.
         record.charge = Charge(policy, 0, now)
@@ -189,7 +191,8 @@ class Quotas:
         charged_at = self.store.try_add_prompt(charge.policy, prompt_tokens, charge.taken_at, now)
         if charged_at is None:
             self.cancel(record)
-            raise self._refusal(record, "tokens", prompt_tokens, now)
+            error, record.rate_limits = self._refusal(charge.policy, "tokens", prompt_tokens, now)
+            raise error
         charge.prompt_tokens, charge.prompt_at = prompt_tokens, charged_at
         record.rate_limits = self.store.state(charge.policy, now)
 
@@ -201,17 +204,32 @@ class Quotas:
             self.store.release(charge.policy.name)
             self.store.give_back(charge.policy.name, charge.prompt_tokens, charge.taken_at, charge.prompt_at)
 
-    def _refusal(self, record: RequestRecord, refused: str, tokens_wanted: int, now: float) -> RateLimitError:
-        policy = record.key
+    @contextlib.contextmanager
+    def holding(self, policy: KeyPolicy) -> Iterator[None]:
+        """Tokenizer work outside a generation (/tokenize, /detokenize): refused (429) while the key is at
+        any of its limits, and one of its concurrent requests while it runs. It uses up neither requests nor
+        tokens per minute (the engine does no work), so counting a prompt before sending it costs nothing."""
+        now = self._clock()
+        refused = self.store.try_take(policy, 0, now)
+        if refused is not None:
+            raise self._refusal(policy, refused, 1, now)[0]
+        try:
+            yield
+        finally:
+            self.store.release(policy.name)
+            self.store.give_back(policy.name, 0, now)
+
+    def _refusal(self, policy: KeyPolicy, refused: str, tokens_wanted: int,
+                 now: float) -> tuple[RateLimitError, dict[str, WindowState]]:
+        """The 429 for the limit `refused`, and the key's window figures to report with it."""
         if refused == "tokens" and policy.tokens_per_minute is not None and tokens_wanted > policy.tokens_per_minute:
-            record.rate_limits = self.store.state(policy, now)
             return RateLimitError(f"this request's prompt ({tokens_wanted} tokens) is larger than key "
                                   f"'{policy.name}''s tokens_per_minute ({policy.tokens_per_minute}); it can never "
-                                  "be admitted: shorten the prompt", reason="tokens")
-        record.rate_limits = states = self.store.state(policy, now, tokens_wanted=tokens_wanted)
+                                  "be admitted: shorten the prompt", reason="tokens"), self.store.state(policy, now)
+        states = self.store.state(policy, now, tokens_wanted=tokens_wanted)
         wait = states[refused].reset_seconds if refused in states else 1.0
         return RateLimitError(_refusal_message(policy, refused), reason=refused,
-                              headers={"Retry-After": str(max(1, math.ceil(wait)))})
+                              headers={"Retry-After": str(max(1, math.ceil(wait)))}), states
 
     def limits_of(self, record: RequestRecord) -> dict[str, WindowState]:
         """What to tell the client: the figures of its admission or refusal, else (a request refused before

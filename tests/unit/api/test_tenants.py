@@ -231,6 +231,44 @@ async def test_a_key_over_its_request_limits_is_refused_before_its_prompt_takes_
         assert "concurrent_requests=1" in assert_openai_error(refused, 429, code="rate_limit_exceeded")["message"]
 
 
+async def test_tokenize_keeps_the_keys_limits_without_using_them_up(serve_app, tmp_path: Path) -> None:
+    """/tokenize and /detokenize share the tokenizer's thread with every key's prompts: a key at its limits
+    flooding them with large texts passed every key limit and delayed other keys. They are refused like its
+    generations (the tokenizer is never reached), count as one of its running requests while they run, and
+    use up no requests per minute (a client counting its prompt before sending it pays nothing)."""
+    keys = tmp_path / "keys"
+    keys.write_text("sk-one name=one concurrent_requests=1 requests_per_minute=2\n")
+    async with serve_app(FakeEngine(token_delay=HOLD), api_keys_file=keys) as served:
+        one = bearer("sk-one")
+        counted = [await served.client.post("/tokenize", json={"prompt": "hello"}, headers=one) for _ in range(3)]
+        running = asyncio.create_task(served.chat(headers=bearer("sk-one", "running")))
+        await served.started("running")
+        tokenizer = served.engine.get_tokenizer()
+        tokenizer.failure = RuntimeError("the tokenizer was reached")
+        refused = [await served.client.post("/tokenize", json={"prompt": "x" * 1000}, headers=one),
+                   await served.client.post("/detokenize", json={"tokens": [1, 2]}, headers=one)]
+        tokenizer.failure = None
+        await served.release("running")
+        assert (await running).status_code == 200
+        tokenizer.hold = threading.Event()
+        tokenizer.entered.clear()
+        try:
+            held = asyncio.create_task(served.client.post("/tokenize", json={"prompt": "hi"}, headers=one))
+            await eventually(tokenizer.entered.is_set, "the /tokenize text in the tokenizer")
+            beside = await served.chat(headers=bearer("sk-one", "beside"))
+        finally:
+            tokenizer.hold.set()
+        assert (await held).status_code == 200
+        second = asyncio.create_task(served.chat(headers=bearer("sk-one", "second")))
+        await served.release("second")
+        second = await second
+    assert [r.status_code for r in counted] == [200, 200, 200]
+    for response in refused:
+        assert "concurrent_requests=1" in assert_openai_error(response, 429, code="rate_limit_exceeded")["message"]
+    assert "concurrent_requests=1" in assert_openai_error(beside, 429, code="rate_limit_exceeded")["message"]
+    assert second.status_code == 200  # three /tokenize calls and one chat: the second chat of its minute
+
+
 async def test_a_request_the_queue_refused_is_given_back_to_the_key(serve_app, tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text("sk-r name=r requests_per_minute=3\n")
