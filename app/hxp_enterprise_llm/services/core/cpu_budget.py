@@ -42,6 +42,33 @@ def cpu_thread_binding(cpu_cores: float, environ: Mapping[str, str],
             "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 
 
+def lower_engine_priority(nice: int) -> list[int]:
+    """Run every thread of this process's children (vLLM's engine core and its workers) `nice` steps below this
+    process; the pids reached.
+
+    Where the compute threads have every core (two or fewer, `cpu_thread_binding`), the API process competes
+    with them for the CPU. Its work is small but waited on: a request's intake, each stream's frames, the
+    next request of a client who just got its answer. Queued behind a compute thread it delays all of that,
+    and the engine runs smaller batches. The price is paid under a flood: the API process then takes the CPU
+    the engine needs, and every admitted request generates slower. Both are measured in docs/benchmark.md,
+    hence off by default (`engine_nice` 0). Only ever lowers a priority (no privilege needed); threads the
+    engine starts later inherit it from the thread that starts them.
+    """
+    import psutil
+
+    target = min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice)
+    reached = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            for thread in child.threads():
+                if os.getpriority(os.PRIO_PROCESS, thread.id) < target:
+                    os.setpriority(os.PRIO_PROCESS, thread.id, target)
+        except (psutil.Error, OSError):  # a helper process that ended meanwhile, or one not ours to renice
+            continue
+        reached.append(child.pid)
+    return reached
+
+
 def weights_bytes(model_path: Path) -> int:
     return sum(path.stat().st_size for path in model_path.glob("*.safetensors"))
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from hxp_enterprise_llm.schemas.errors import InvalidRequestError
 from hxp_enterprise_llm.schemas.outcomes import FinishReason
 from hxp_enterprise_llm.services.core.compile_cache import ensure_writable_compile_caches
-from hxp_enterprise_llm.services.core.cpu_budget import cpu_thread_binding, warn_if_over_budget
+from hxp_enterprise_llm.services.core.cpu_budget import cpu_thread_binding, lower_engine_priority, warn_if_over_budget
 from hxp_enterprise_llm.services.core.cpu_kernels import resolve_dtype
 from hxp_enterprise_llm.services.core.engine import (
     EngineDeadError,
@@ -129,6 +129,10 @@ class VllmEngine:
             raise EngineError(f"vLLM engine failed to start: {type(exc).__name__}: {exc}") from exc
         self._tokenizer = self._llm.get_tokenizer()
         self._dtype = str(self._llm.model_config.dtype).removeprefix("torch.")
+        if self._device == "cpu" and self._config.engine_nice:
+            pids = lower_engine_priority(self._config.engine_nice)
+            logger.info("vLLM's engine processes %s run at nice +%d from the API process (engine_nice)", pids,
+                        self._config.engine_nice)
         await self._check_seed_fix()
         await self._compile_token_ranks()
         if on_death is not None:
