@@ -231,6 +231,27 @@ async def test_a_key_over_its_request_limits_is_refused_before_its_prompt_takes_
         assert "concurrent_requests=1" in assert_openai_error(refused, 429, code="rate_limit_exceeded")["message"]
 
 
+async def test_a_request_refused_after_its_prompt_was_charged_gives_its_tokens_back(serve_app, tmp_path: Path) -> None:
+    """A request whose prompt was charged and which then never ran (here: no slot within queue_timeout_seconds)
+    gives back its prompt's tokens with the request, at once: the next request's window does not count them."""
+    keys = tmp_path / "keys"
+    keys.write_text("sk-t name=t tokens_per_minute=100000\n")
+    async with serve_app(FakeEngine(token_delay=HOLD), api_keys_file=keys, concurrent_users=1,
+                         queue_timeout_seconds=0.05) as served:
+        running = asyncio.create_task(served.chat(headers=bearer("sk-t", "running")))
+        await served.started("running")
+        timed_out = await served.chat(headers=bearer("sk-t", "timed-out"))
+        await served.release("running")
+        first = await running
+        after = asyncio.create_task(served.chat(headers=bearer("sk-t", "after")))
+        await served.release("after")
+        after = await after
+    assert_openai_error(timed_out, 503, code="queue_timeout")
+    assert after.status_code == 200, after.text
+    spent = first.json()["usage"]["total_tokens"] + after.json()["usage"]["prompt_tokens"]
+    assert after.headers["x-ratelimit-remaining-tokens"] == str(100000 - spent)
+
+
 async def test_tokenize_keeps_the_keys_limits_without_using_them_up(serve_app, tmp_path: Path) -> None:
     """/tokenize and /detokenize share the tokenizer's thread with every key's prompts: a key at its limits
     flooding them with large texts passed every key limit and delayed other keys. They are refused like its
