@@ -65,12 +65,16 @@ def lower_engine_priority(nice: int) -> list[int]:
         changed = False
         for child in psutil.Process().children(recursive=True):
             try:
-                for thread in child.threads():
+                threads = child.threads()
+            except psutil.Error:  # a helper process that ended meanwhile, or one not ours to look into
+                continue
+            for thread in threads:
+                try:
                     if os.getpriority(os.PRIO_PROCESS, thread.id) < target:
                         os.setpriority(os.PRIO_PROCESS, thread.id, target)
                         changed = True
-            except (psutil.Error, OSError):  # a helper process that ended meanwhile, or one not ours to renice
-                continue
+                except OSError:  # this thread ended meanwhile: its siblings still get the new priority
+                    continue
             reached.add(child.pid)
         if not changed:
             break
