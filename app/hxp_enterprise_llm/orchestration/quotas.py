@@ -171,15 +171,9 @@ class Quotas:
         over its limit), before any work is done on it; or raise 429 rate_limit_exceeded."""
         if record.charge is not None:
             return
-        policy = record.key
-        now = self._clock()
-        refused = self.store.try_take(policy, 0, now)
-        if refused is not None:
-            error, record.rate_limits = self._refusal(policy, refused, 1, now)
-            raise error
         # No rate-limit figures yet: a refusal before the prompt is charged (queue full, a 400 from the
         # prompt) gives the request back first (`cancel`) and reports the window without it.
-        record.charge = Charge(policy, 0, now)
+        record.charge = self._take(record.key, record.rate_limits)
 
     def charge_prompt(self, record: RequestRecord, prompt_tokens: int) -> None:
         """Add the tokenized prompt to the reserved request (reserving it first if it is not); if it does not
@@ -199,25 +193,37 @@ class Quotas:
     def cancel(self, record: RequestRecord) -> None:
         """Give back a request refused before admission, at once (before its answer reports the window)."""
         charge, record.charge = record.charge, None
-        if charge is not None and not charge.settled:
-            charge.settled = True
-            self.store.release(charge.policy.name)
-            self.store.give_back(charge.policy.name, charge.prompt_tokens, charge.taken_at, charge.prompt_at)
+        if charge is not None:
+            self._give_back(charge)
 
     @contextlib.contextmanager
     def holding(self, policy: KeyPolicy) -> Iterator[None]:
         """Tokenizer work outside a generation (/tokenize, /detokenize): refused (429) while the key is at
         any of its limits, and one of its concurrent requests while it runs. It uses up neither requests nor
         tokens per minute (the engine does no work), so counting a prompt before sending it costs nothing."""
-        now = self._clock()
-        refused = self.store.try_take(policy, 0, now)
-        if refused is not None:
-            raise self._refusal(policy, refused, 1, now)[0]
+        charge = self._take(policy, {})
         try:
             yield
         finally:
-            self.store.release(policy.name)
-            self.store.give_back(policy.name, 0, now)
+            self._give_back(charge)
+
+    def _take(self, policy: KeyPolicy, report: dict[str, WindowState]) -> Charge:
+        """One of the key's requests, taken before any work; or its 429, the key's window figures put in
+        `report` (what the refused client is told)."""
+        now = self._clock()
+        refused = self.store.try_take(policy, 0, now)
+        if refused is not None:
+            error, states = self._refusal(policy, refused, 1, now)
+            report.update(states)
+            raise error
+        return Charge(policy, 0, now)
+
+    def _give_back(self, charge: Charge) -> None:
+        """A request (and its prompt, if charged) that the engine never saw: as if it had not been taken."""
+        if not charge.settled:
+            charge.settled = True
+            self.store.release(charge.policy.name)
+            self.store.give_back(charge.policy.name, charge.prompt_tokens, charge.taken_at, charge.prompt_at)
 
     def _refusal(self, policy: KeyPolicy, refused: str, tokens_wanted: int,
                  now: float) -> tuple[RateLimitError, dict[str, WindowState]]:
