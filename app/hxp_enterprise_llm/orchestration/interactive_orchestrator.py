@@ -200,10 +200,9 @@ class InteractiveOrchestrator:
         return RequestTimeoutError.after(self._config.connection_timeout_seconds)
 
     def check_room(self, rank: int | None = None, sequences: int = 1) -> list[Waiter]:
-        """The cheap refusals, before any work: not ready (503), or no slot and no queue place for
-        `sequences` (429). A request of `rank` may instead claim the places of worse-ranked waiting ones:
-        returned, to be displaced once its own checks have passed (`admit`)."""
-        self._check_accepting()
+        """The cheap refusal, before any work, once the service is known to accept (`_check_accepting`): no
+        slot and no queue place for `sequences` (429). A request of `rank` may instead claim the places of
+        worse-ranked waiting ones: returned, to be displaced once its own checks have passed (`admit`)."""
         # Prompts still in the tokenizer count: they take the free slots first, then queue places (a burst
         # on an idle service must not all pass because a slot was free when each arrived).
         must_wait = (self.waiting - self._slots.claimed_places()
