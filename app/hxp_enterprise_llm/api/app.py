@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -129,7 +130,17 @@ class _Tenants:
                 part.shutdown()
 
 
+def _freeze_startup_heap() -> None:
+    """Put what the start left on the heap out of the garbage collector's reach, as `vllm serve` does
+    (vllm.utils.gc_utils.freeze_gc_heap). vLLM, torch and the tokenizer leave over 600,000 objects that live
+    as long as the process; every full collection walked them all (about 0.3 s on 2 cores, the event loop
+    stopped, every stream waiting) whenever enough request objects had outlived the younger generations."""
+    gc.collect()
+    gc.freeze()
+
+
 async def _run_model(ctx: AppContext) -> None:
     if await ctx.orchestrator.load_model(ctx.config.model_load_timeout_seconds):
         ctx.metrics.model_load_done(ctx.health.model_load_seconds or 0.0)
+        _freeze_startup_heap()
         await ctx.orchestrator.watch_engine(ctx.config.health_check_interval)
