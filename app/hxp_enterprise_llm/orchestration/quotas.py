@@ -249,13 +249,12 @@ class Quotas:
         charge = record.charge
         if charge is None or charge.settled:
             return
-        charge.settled = True
-        name = charge.policy.name
-        self.store.release(name)
         if record.admitted is None:
-            self.store.give_back(name, charge.prompt_tokens, charge.taken_at, charge.prompt_at)
-        else:
-            self.store.add_tokens(name, record.completion_tokens, self._clock())
+            self._give_back(charge)
+            return
+        charge.settled = True
+        self.store.release(charge.policy.name)
+        self.store.add_tokens(charge.policy.name, record.completion_tokens, self._clock())
 
 
 def _refusal_message(policy: KeyPolicy, refused: str) -> str:
