@@ -178,7 +178,7 @@ class InteractiveOrchestrator:
             self.waiting -= sequences
             self._set_idle_if_empty()
         if self._drain_expired:  # granted a slot that the drain's stopped generations freed
-            self._slots.release(sequences)
+            self._release(sequences)  # and idle again if it was the last: the drain waits for that
             raise self._too_late_to_start()
         record.slot = Slot(self, sequences)
         record.admitted = time.monotonic()

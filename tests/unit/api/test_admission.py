@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Callable
 
 import pytest
 from api_harness import (
@@ -23,7 +24,7 @@ from api_harness import (
 )
 
 from hxp_enterprise_llm.orchestration.service_state import ServiceState
-from hxp_enterprise_llm.schemas.errors import RequestTimeoutError
+from hxp_enterprise_llm.schemas.errors import DrainingError, RequestTimeoutError
 from hxp_enterprise_llm.services.core.engine import GenerationRequest, SamplingOptions
 from support.fake_engine import FakeEngine
 
@@ -321,6 +322,65 @@ async def test_drain_deadline_refuses_requests_not_yet_started(serve_app, where:
                                 "started; retry on another replica")
     assert responses[1].headers["retry-after"] == "5"
     assert len(served.engine.requests) == 1, "the late request reached the engine"
+
+
+class HeldPrompt:
+    """A prepare step for `orchestrator.admit` that runs on the tokenizer's thread until the test lets it go."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.entered, self.go, self.returned = threading.Event(), threading.Event(), threading.Event()
+
+    def __call__(self) -> GenerationRequest:
+        self.entered.set()
+        try:
+            assert self.go.wait(STATE_WAIT_SECONDS)
+            return GenerationRequest(self.request_id, [1, 2, 3], SamplingOptions(4))
+        finally:
+            self.returned.set()
+
+
+def a_prompt(request_id: str) -> Callable[[], GenerationRequest]:
+    prompt = HeldPrompt(request_id)
+    prompt.go.set()
+    return prompt
+
+
+# Which loop pass a cancel or a grant lands in depends on how many hops the code takes: each test tries
+# every offset of a few passes, so that one of them lands where the race is.
+PASSES = range(6)
+
+
+@pytest.mark.parametrize("passes", PASSES)
+async def test_a_request_granted_its_slot_as_the_drain_expires_leaves_the_service_idle(
+        serve_app, passes: int) -> None:
+    """A queued request granted the last slot in the pass the drain's deadline expires is refused (503
+    `draining`) and gives the slot back; that must leave the service idle, or the drain waits out its grace
+    for nothing (before, the slot went back without the idle check)."""
+    async with serve_app(FakeEngine(), concurrent_users=1, max_queue_size=1, queue_timeout_seconds=HOLD,
+                         connection_timeout_seconds=HOLD) as served:
+        orchestrator = served.ctx.orchestrator
+        first = orchestrator.open("first", "chat")
+        await orchestrator.admit(first, a_prompt("first"))
+        late = orchestrator.open("late", "chat")
+        admission = asyncio.create_task(orchestrator.admit(late, a_prompt("late")))
+        await eventually(lambda: orchestrator.waiting == 1, "the second request queued")
+        drain = asyncio.create_task(orchestrator.drain(timeout=0))
+        for _ in range(passes):
+            await asyncio.sleep(0)
+        first.slot.release()
+        try:
+            await admission
+        except DrainingError:
+            pass
+        else:  # it started before the drain expired: it ends as the drain's stopped generations do
+            late.slot.release()
+        await drain
+        assert (orchestrator.running, orchestrator.waiting, orchestrator.preparing) == (0, 0, 0)
+        # Nothing holds the service: a drain now finds it idle at once.
+        assert await orchestrator.drain(timeout=STATE_WAIT_SECONDS) is True
+        for record in (first, late):
+            orchestrator.close(record, 503)
 
 
 async def test_engine_dying_mid_answer_is_503_engine_failed_and_fatal(serve_app) -> None:
