@@ -29,7 +29,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
@@ -147,7 +147,7 @@ class InteractiveOrchestrator:
         claimed = self.check_room(rank, sequences)
         with self._preparing(sequences):
             try:
-                prepared = await self._within_deadline(record, self.tokenize(prepare))
+                prepared = await self._prepare_within_deadline(record, prepare)
                 generation_request = dataclasses.replace(prepared, priority=rank)
                 self.quotas.charge_prompt(record, len(generation_request.prompt_token_ids))
                 if self.tracer is not None:
@@ -164,7 +164,13 @@ class InteractiveOrchestrator:
         queue_timeout = self._config.queue_timeout_seconds
         remaining = self.deadline(record) - time.monotonic()
         try:
-            await asyncio.wait_for(self._slots.acquire(rank, sequences), min(queue_timeout, remaining))
+            if remaining <= 0:  # the tokenizer took what was left: no slot, even a free one
+                raise TimeoutError
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the wait in a task of its own and
+            # returns its result when the client's cancel lands in the pass the slot was granted in, so a
+            # client that had left was admitted (and its key charged) all the same.
+            async with asyncio.timeout(min(queue_timeout, remaining)):
+                await self._slots.acquire(rank, sequences)
         except TimeoutError:
             if remaining < queue_timeout:  # the request's own deadline came first: no slot for it
                 raise self._timed_out() from None
@@ -188,11 +194,16 @@ class InteractiveOrchestrator:
         record.prompt_tokens = len(generation_request.prompt_token_ids)
         return generation_request
 
-    async def _within_deadline(self, record: RequestRecord, work: Awaitable[T]) -> T:
-        """`work` (the tokenizer's), given up at the request's deadline: a prompt still waiting for the
-        tokenizer's thread is dropped from its queue, and the request answers 504 without a slot."""
+    async def _prepare_within_deadline(self, record: RequestRecord,
+                                       prepare: Callable[[], GenerationRequest]) -> GenerationRequest:
+        """`prepare` on the tokenizer's thread, given up at the request's deadline: a prompt still waiting
+        for the thread is dropped from its queue, and the request answers 504 without a slot."""
         try:
-            return await asyncio.wait_for(work, max(0.0, self.deadline(record) - time.monotonic()))
+            remaining = self.deadline(record) - time.monotonic()
+            if remaining <= 0:  # no tokenizer work for a request already past its deadline
+                raise TimeoutError
+            async with asyncio.timeout(remaining):  # not wait_for: see the slot wait
+                return await self.tokenize(prepare)
         except TimeoutError:
             raise self._timed_out() from None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -349,6 +350,50 @@ def a_prompt(request_id: str) -> Callable[[], GenerationRequest]:
 # Which loop pass a cancel or a grant lands in depends on how many hops the code takes: each test tries
 # every offset of a few passes, so that one of them lands where the race is.
 PASSES = range(6)
+
+
+@pytest.mark.parametrize("where", ["prompt ready", "slot granted"])
+async def test_a_client_that_leaves_as_its_admission_completes_is_not_admitted(serve_app, where: str) -> None:
+    """A client's cancel (it hung up) in the loop pass its prompt came back from the tokenizer, or its slot
+    was granted, ends its admission. Before, Python 3.11's wait_for returned the result and dropped the
+    cancel: a client already gone took a slot, and its key was charged a prompt the engine never saw."""
+    async with serve_app(FakeEngine(), concurrent_users=1, max_queue_size=1) as served:
+        orchestrator = served.ctx.orchestrator
+        swallowed = []
+        for passes in PASSES:
+            first = None
+            if where == "slot granted":
+                first = orchestrator.open(f"first-{passes}", "chat")
+                await orchestrator.admit(first, a_prompt(f"first-{passes}"))
+            prompt = HeldPrompt(f"gone-{passes}")
+            if first is not None:
+                prompt.go.set()
+            gone = orchestrator.open(f"gone-{passes}", "chat")
+            admission = asyncio.create_task(orchestrator.admit(gone, prompt))
+            if first is not None:
+                await eventually(lambda: orchestrator.waiting == 1, "the request queued for the slot")
+                first.slot.release()
+            else:
+                await eventually(prompt.entered.is_set, "the prompt on the tokenizer's thread")
+                prompt.go.set()
+                assert prompt.returned.wait(STATE_WAIT_SECONDS)
+                time.sleep(0.05)  # the loop held: the thread's result is queued for it when the passes begin
+            for _ in range(passes):
+                await asyncio.sleep(0)
+            cancelled = admission.cancel()
+            try:
+                await admission
+            except asyncio.CancelledError:
+                pass
+            else:
+                if cancelled:
+                    swallowed.append(passes)
+                gone.slot.release()
+            for record in (first, gone):
+                if record is not None:
+                    orchestrator.close(record, 499)
+            assert (orchestrator.running, orchestrator.waiting, orchestrator.preparing) == (0, 0, 0)
+        assert swallowed == [], f"admitted after the cancel, at these pass offsets: {swallowed}"
 
 
 @pytest.mark.parametrize("passes", PASSES)
