@@ -173,7 +173,11 @@ class Generation:
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
         pending, self._pending = self._pending, None
-        if pending is not None:
+        if pending is not None and pending.done() and not pending.cancelled() and pending.exception() is None:
+            # A read that finished while the reader was away (sending a flush frame, say): its tokens
+            # were generated, and it may be the model's last; count them before deciding to abort.
+            self._record.observe(pending.result())
+        elif pending is not None:
             pending.cancel()
             with contextlib.suppress(BaseException):
                 await pending
