@@ -40,13 +40,16 @@ class Generation:
         self._timeout_seconds = timeout_seconds
         self._abort = abort
         self._on_engine_dead = on_engine_dead
-        self._live = live  # the orchestrator's running generations, which a drain deadline stops
+        # The orchestrator's running generations, which a drain deadline stops: from the start, not the first
+        # read, which the route makes a loop pass or two later (a drain expiring between would miss it).
+        self._live = live
         self._pending: asyncio.Task[TokenDelta] | None = None
         self._reader: asyncio.Task[object] | None = None  # the task awaiting the iterator directly, if one is
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._expired = False
         self._finished = False
         self._stopped_by_service = False
+        live.add(self)
 
     @property
     def record(self) -> RequestRecord:
@@ -64,7 +67,6 @@ class Generation:
             raise StopAsyncIteration
         loop = asyncio.get_running_loop()
         if self._deadline_timer is None:
-            self._live.add(self)
             self._deadline_timer = loop.call_at(self._deadline, self._on_deadline)
         if self._expired:
             raise self._timed_out()

@@ -25,7 +25,7 @@ from api_harness import (
 )
 
 from hxp_enterprise_llm.orchestration.service_state import ServiceState
-from hxp_enterprise_llm.schemas.errors import DrainingError, RequestTimeoutError
+from hxp_enterprise_llm.schemas.errors import DrainingError, GenerationAbortedError, RequestTimeoutError
 from hxp_enterprise_llm.services.core.engine import GenerationRequest, SamplingOptions
 from support.fake_engine import FakeEngine
 
@@ -426,6 +426,24 @@ async def test_a_request_granted_its_slot_as_the_drain_expires_leaves_the_servic
         assert await orchestrator.drain(timeout=STATE_WAIT_SECONDS) is True
         for record in (first, late):
             orchestrator.close(record, 503)
+
+
+async def test_a_generation_the_drain_expires_on_before_its_first_read_is_stopped(serve_app, caplog) -> None:
+    """The route makes a generation's first read a loop pass or two after admission. A drain deadline in between
+    stops it too: it never reaches the engine and its client gets 503 before any byte. Before, it was not among
+    the generations the drain stops, and started generating after the deadline, to be cut off by the exit."""
+    async with serve_app(FakeEngine(), concurrent_users=1) as served:
+        orchestrator = served.ctx.orchestrator
+        record = orchestrator.open("late-start", "chat")
+        generation = orchestrator.generate(record, await orchestrator.admit(record, a_prompt("late-start")))
+        drain = asyncio.create_task(orchestrator.drain(timeout=0))
+        await eventually(lambda: "drain_timeout_seconds=0 passed" in caplog.text, "the drain deadline passed")
+        with pytest.raises(GenerationAbortedError):
+            await generation.next()
+        await generation.aclose()
+        orchestrator.close(record, 503)
+        assert await drain is False
+    assert served.engine.requests == []
 
 
 async def test_engine_dying_mid_answer_is_503_engine_failed_and_fatal(serve_app) -> None:
