@@ -90,6 +90,18 @@ def test_cached_tokens_keep_the_largest_report(clock: Clock) -> None:
     assert rec.cached_tokens == 5
 
 
+def test_with_n_choices_cached_tokens_are_what_every_choice_found_cached(clock: Clock) -> None:
+    # A choice scheduled after its sibling finds the prompt the sibling has just computed in the cache.
+    fresh = record(choices=3)
+    for index, cached in ((0, 0), (1, 0), (2, 384), (2, 384), (0, 0)):
+        fresh.observe(delta(1 + index, index=index, cached=cached))
+    assert fresh.cached_tokens == 0
+    warm = record(choices=2)
+    for index, cached in ((0, 384), (1, 256), (1, 384)):
+        warm.observe(delta(1 + index, index=index, cached=cached))
+    assert warm.cached_tokens == 384
+
+
 def test_the_finish_reason_waits_for_every_choice_and_abort_beats_length_beats_stop(clock: Clock) -> None:
     cases = [((FinishReason.STOP, FinishReason.STOP), FinishReason.STOP),
              ((FinishReason.STOP, FinishReason.LENGTH), FinishReason.LENGTH),

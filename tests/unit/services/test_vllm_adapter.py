@@ -135,3 +135,17 @@ async def test_an_error_finish_counts_the_tokens_of_its_step_then_fails_the_requ
     with pytest.raises(EngineError, match="finish reason 'error'"):
         await read_all()
     assert [(d.text, d.completion_tokens, d.finish_reason) for d in seen] == [("Hel", 2, None), ("lo", 3, None)]
+
+
+@pytest.mark.anyio
+async def test_each_choice_carries_its_own_engine_requests_cached_tokens() -> None:
+    from vllm.outputs import CompletionOutput, RequestOutput
+
+    def step(index: int, cached: int) -> RequestOutput:  # with n > 1 vLLM sends each choice's output on its own
+        completion = CompletionOutput(index, "x", [7], None, None)
+        return RequestOutput("r", None, [1, 2, 3], None, [completion], finished=False, num_cached_tokens=cached)
+
+    engine = VllmEngine(ModelConfigSchema())
+    engine._llm = _OneOutputEngine(step(0, 0), step(1, 384), step(0, 0))
+    seen = [(delta.index, delta.cached_tokens) async for delta in engine.generate(request(n=2))]
+    assert seen == [(0, 0), (1, 384), (0, 0)]

@@ -241,7 +241,6 @@ class VllmEngine:
         options = request.sampling
         prompt_tokens = len(request.prompt_token_ids)
         completion_tokens = 0
-        cached_tokens = 0
         first = True
         try:
             async for output in self._llm.generate(
@@ -251,8 +250,9 @@ class VllmEngine:
                 prompt_logprobs = _prompt_logprobs(output.prompt_logprobs, options.prompt_logprobs or 0) \
                     if first and options.prompt_logprobs is not None else None
                 first = False
-                # Known once prefill has run (0 before, and with prefix caching off).
-                cached_tokens = output.num_cached_tokens or cached_tokens
+                # The engine request's own (with n > 1, each choice's), known once its prefill has run (0
+                # before, and with prefix caching off); the record keeps what every choice found cached.
+                cached_tokens = output.num_cached_tokens or 0
                 for completion in output.outputs:
                     completion_tokens += len(completion.token_ids)
                     finish, failure = None, None
