@@ -29,11 +29,12 @@ class ClientDisconnected(Exception):
     """The client went away before its answer was ready."""
 
 
-def check_request_head(request: Request) -> None:
+async def check_request_head(request: Request) -> None:
     """Every route's first check: the request line and headers within `max_header_bytes`.
 
     Checked here, whatever HTTP parser uvicorn picked (httptools, its default when installed, has no
-    limit of its own), so the refusal is a 431 in the OpenAI error shape.
+    limit of its own), so the refusal is a 431 in the OpenAI error shape. A coroutine, though it never
+    waits: FastAPI runs a plain-function dependency on a worker thread, a thread hop for every request.
     """
     scope = request.scope
     size = len(scope["method"]) + len(scope.get("raw_path") or scope["path"]) + len(scope["query_string"]) \
