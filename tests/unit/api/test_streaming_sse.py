@@ -213,6 +213,30 @@ async def test_text_without_token_ids_counts_a_token_each_and_empty_text_none() 
         ("a", None), ("bc", None), (None, "stop")]
 
 
+async def test_a_stream_cut_by_an_error_delivers_its_held_text_and_usage_before_the_error_frame() -> None:
+    from hxp_enterprise_llm.schemas.errors import RequestTimeoutError
+    from hxp_enterprise_llm.services.core.engine import TokenDelta
+    from hxp_enterprise_llm.services.streaming.response_streamer import ResponseStreamer
+
+    class TimesOut:  # two tokens, then the request's deadline; the second is still held by the chunking
+        def __init__(self) -> None:
+            self.deltas = [TokenDelta("a", (1,), 3, 1), TokenDelta("b", (2,), 3, 2)]
+
+        async def next(self, wait: float | None = None) -> TokenDelta:
+            if self.deltas:
+                return self.deltas.pop(0)
+            raise RequestTimeoutError.after(5)
+
+    streamer = ResponseStreamer(chunk_size=10, flush_interval=None, include_usage=True)
+    frames = [f async for f in streamer.frames(TimesOut())]
+    assert frames[-1] == "data: [DONE]\n\n"
+    role, first, held, usage, error = (json.loads(f[6:]) for f in frames[:-1])
+    assert [f["choices"][0]["delta"].get("content") for f in (first, held)] == ["a", "b"]
+    assert all(f["choices"][0]["finish_reason"] is None for f in (role, first, held))  # never looks complete
+    assert (usage["choices"], usage["usage"]["completion_tokens"]) == ([], 2)
+    assert error["error"]["code"] == "request_timeout"
+
+
 async def test_an_unexpected_error_mid_stream_ends_it_with_an_error_frame() -> None:
     from hxp_enterprise_llm.services.core.engine import TokenDelta
     from hxp_enterprise_llm.services.streaming.response_streamer import ResponseStreamer

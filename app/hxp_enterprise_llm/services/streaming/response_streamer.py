@@ -231,7 +231,7 @@ class ResponseStreamer:
         except Exception:
             logger.exception("stream %s failed", self.completion_id)
             self.error = InternalError(f"stream {self.completion_id} failed; see the service log")
-        for frame in self._ending(choices, last):
+        for frame in self._ending(choices, last, loop.time()):
             yield frame
 
     def _flush_wait(self, choices: list[_Choice], now: float) -> float | None:
@@ -263,11 +263,16 @@ class ResponseStreamer:
         choice.first_sent = choice.first_sent or bool(frames)
         return frames
 
-    def _ending(self, choices: list[_Choice], last: Delta | None) -> list[str]:
+    def _ending(self, choices: list[_Choice], last: Delta | None, now: float) -> list[str]:
         if self.error is not None:
-            # Text the client has not seen yet is dropped with the error: the answer is incomplete
-            # either way, and a half-sent chunk must not look like the end of a complete one.
-            return [sse_frame(self.error.body()), DONE_FRAME]
+            # What was generated before the error still reaches the client: the text the chunking held back
+            # and, asked for, the usage (those tokens are counted and charged), both before the error frame,
+            # where the openai SDK stops reading. The error frame marks the answer incomplete; no choice gets
+            # a finish reason, so a cut answer never looks complete.
+            frames = [frame for c in choices if not c.finished for frame in self._flush(c, now)]
+            if self.include_usage:
+                frames.append(self._frame(None, usage=_usage(last)))
+            return [*frames, sse_frame(self.error.body()), DONE_FRAME]
         # A source without finish reasons (a plain iterator) that ended: its choices stop here.
         frames = [self._content(c, c.pending_text, "stop") for c in choices if not c.finished]
         if self.include_usage:
