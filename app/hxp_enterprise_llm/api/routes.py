@@ -9,6 +9,7 @@ inside it. The lifecycle middleware closes the record when the response is over.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -183,12 +184,9 @@ async def _generate(request: Request, ctx: AppContext, record: RequestRecord, st
         return Response(status_code=STATUS_CLIENT_GONE)
     record.choices = prepared.sampling.n
     generation = ctx.orchestrator.generate(record, prepared)
+    if stream:
+        return _stream(ctx, streamer(), generation, record, answer)
     try:
-        if stream:
-            # Headers wait for the first token: whatever fails before it (the engine refusing the
-            # request, a dead engine, the deadline) is still a plain HTTP error, not a 200 stream.
-            first = await until_disconnected(request, generation.next())
-            return _stream(ctx, streamer(), generation, record, first, answer)
         await until_disconnected(request, _collect(generation, answer))
     except ClientDisconnected:
         await generation.aclose()
@@ -239,16 +237,13 @@ def _completion_body(answer: _Answer, record: RequestRecord) -> dict[str, Any]:
 
 
 def _stream(ctx: AppContext, streamer: ResponseStreamer, generation: Generation, record: RequestRecord,
-            first: Delta | None, answer: _Answer) -> EventSourceResponse:
-    opening = []
-    if isinstance(streamer, CompletionStreamer) and answer.echo:
-        opening = streamer.echo_frames(answer.echo_text, getattr(first, "prompt_logprobs", None),
-                                       answer.first_prompt_token)
-
-    async def body() -> AsyncIterator[bytes]:
+            answer: _Answer) -> EventSourceResponse:
+    async def body(first: Delta | None) -> AsyncIterator[bytes]:
         try:
-            for frame in opening:
-                yield frame.encode()
+            if isinstance(streamer, CompletionStreamer) and answer.echo:
+                for frame in streamer.echo_frames(answer.echo_text, getattr(first, "prompt_logprobs", None),
+                                                  answer.first_prompt_token):
+                    yield frame.encode()
             async for frame in streamer.frames(Prefetched(first, generation)):
                 yield frame.encode()
         finally:
@@ -257,24 +252,55 @@ def _stream(ctx: AppContext, streamer: ResponseStreamer, generation: Generation,
                 record.fail(streamer.error)
 
     return GenerationResponse(
-        generation, body(), ping=ctx.config.stream_ping_seconds, sep="\n",
+        generation, body, ping=ctx.config.stream_ping_seconds, sep="\n",
         ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-class GenerationResponse(EventSourceResponse):
-    """An SSE response that owns its generation: however it ends (even before its first byte, when
-    the client has gone), the engine request is closed and aborted if unfinished."""
+async def _no_frames() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an async generator with nothing in it: the body until the first token is known
 
-    def __init__(self, generation: Generation, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+
+class GenerationResponse(EventSourceResponse):
+    """An SSE response that owns its generation, made as soon as the request is admitted.
+
+    Its headers wait for the first token: whatever fails before it (the engine refusing the request, a
+    dead engine, the deadline) is raised before any byte and reaches the app's error handlers as the
+    plain HTTP error it is, not a 200 stream. Meanwhile the response is set up (sse-starlette's tasks
+    started), so the first token goes out the moment the engine yields it. Pings and sse-starlette's
+    exit signal start with the headers: before them the request is the route's, as any other. However
+    it ends (even before its first byte, when the client has gone), the engine request is closed and
+    aborted if unfinished.
+    """
+
+    def __init__(self, generation: Generation, body: Callable[[Delta | None], AsyncIterator[bytes]],
+                 *args: Any, **kwargs: Any) -> None:
+        super().__init__(_no_frames(), *args, **kwargs)
         self._generation = generation
+        self._body = body
+        self._headers_due = asyncio.Event()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             await self._generation.aclose()
+
+    async def _stream_response(self, send: Send) -> None:
+        first = await self._generation.next()
+        await self.body_iterator.aclose()  # type: ignore[attr-defined]
+        self.body_iterator = self._body(first)
+        self._headers_due.set()
+        await super()._stream_response(send)
+
+    async def _ping(self, send: Send) -> None:
+        await self._headers_due.wait()
+        await super()._ping(send)
+
+    async def _listen_for_exit_signal_with_grace(self) -> None:
+        await self._headers_due.wait()
+        await super()._listen_for_exit_signal_with_grace()
 
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
         # Every send is bounded by the request's deadline already (RequestLifecycleMiddleware); without a

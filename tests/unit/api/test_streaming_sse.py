@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import string
+from typing import Any
 
 import pytest
 from api_harness import (
     MODEL,
+    RawExchange,
     Served,
     chat_body,
     content_frames,
@@ -211,6 +214,33 @@ async def test_text_without_token_ids_counts_a_token_each_and_empty_text_none() 
     choices = [json.loads(f[6:])["choices"][0] for f in frames[:-1]]
     assert [(c["delta"].get("content"), c["finish_reason"]) for c in choices[1:]] == [
         ("a", None), ("bc", None), (None, "stop")]
+
+
+class InOrder(RawExchange):
+    """A raw exchange that keeps the order of the messages the app sent."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent: list[str] = []
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message["type"])
+        await super()._send(message)
+
+
+async def test_a_stream_waiting_for_its_first_token_sends_nothing_not_even_a_ping(serve_app) -> None:
+    # The response is set up while the engine prefills; its keep-alive pings start with the headers.
+    async with serve_app(stream_ping_seconds=0.001) as served:
+        served.engine.enqueue(*"held", hold_after=0)
+        exchange = InOrder(served.app, chat_body(stream=True), request_id="held").start()
+        await served.started("held")
+        await asyncio.sleep(0.2)  # two hundred ping intervals without a token
+        assert exchange.sent == []
+        await served.release("held")
+        await exchange.finished()
+    assert exchange.sent[0] == "http.response.start"
+    assert (exchange.status, sse_events(exchange.text)[-1]) == (200, "[DONE]")
+    assert streamed_text(sse_chunks(exchange.text)) == "held"
 
 
 async def test_a_stream_cut_by_an_error_delivers_its_held_text_and_usage_before_the_error_frame() -> None:
