@@ -45,7 +45,6 @@ class RequestRecord:
     last_token: float | None = None
     finished: float | None = None
     prompt_tokens: int = 0
-    cached_tokens: int = 0  # of prompt_tokens, served from the prefix cache (what every choice found cached)
     choice_cached_tokens: dict[int, int] = field(default_factory=dict)  # per choice, as its engine request reports
     completion_tokens: int = 0
     finish_reasons: dict[int, FinishReason] = field(default_factory=dict)  # per choice, as each ends
@@ -80,13 +79,9 @@ class RequestRecord:
             self.last_token = now
         self.prompt_tokens = delta.prompt_tokens
         self.completion_tokens = delta.completion_tokens
-        # Known once a choice's prefill has run; a later delta never reports fewer. With n > 1 each choice is
-        # an engine request of its own, and one scheduled after a sibling finds the prompt the sibling has
-        # just computed in the cache: that is not a hit on the client's prompt, so the request reports the
-        # least any choice found.
-        cached = max(self.choice_cached_tokens.get(delta.index, 0), delta.cached_tokens)
-        self.choice_cached_tokens[delta.index] = cached
-        self.cached_tokens = min(self.choice_cached_tokens.values())
+        # Known once a choice's prefill has run; a later delta never reports fewer.
+        cached = self.choice_cached_tokens
+        cached[delta.index] = max(cached.get(delta.index, 0), delta.cached_tokens)
         if delta.finish_reason is not None:
             self.finish_reasons[delta.index] = delta.finish_reason
 
@@ -125,6 +120,13 @@ class RequestRecord:
             self.outcome = Outcome.ABORTED
         else:  # the response ended before the answer did, and nothing failed: the client left
             self.outcome = Outcome.DISCONNECTED
+
+    @property
+    def cached_tokens(self) -> int:
+        """Of prompt_tokens, those served from the prefix cache: what every choice found cached. With n > 1
+        each choice is an engine request of its own, and one scheduled after a sibling finds the prompt the
+        sibling has just computed in the cache, which is no hit on the client's prompt."""
+        return min(self.choice_cached_tokens.values(), default=0)
 
     @property
     def queue_wait(self) -> float | None:
