@@ -264,19 +264,19 @@ class ResponseStreamer:
         return frames
 
     def _ending(self, choices: list[_Choice], last: Delta | None, now: float) -> list[str]:
-        if self.error is not None:
+        if self.error is None:
+            # A source without finish reasons (a plain iterator) that ended: its choices stop here.
+            frames = [self._content(c, c.pending_text, "stop") for c in choices if not c.finished]
+        else:
             # What was generated before the error still reaches the client: the text the chunking held back
             # and, asked for, the usage (those tokens are counted and charged), both before the error frame,
             # where the openai SDK stops reading. The error frame marks the answer incomplete; no choice gets
             # a finish reason, so a cut answer never looks complete.
             frames = [frame for c in choices if not c.finished for frame in self._flush(c, now)]
-            if self.include_usage:
-                frames.append(self._frame(None, usage=_usage(last)))
-            return [*frames, sse_frame(self.error.body()), DONE_FRAME]
-        # A source without finish reasons (a plain iterator) that ended: its choices stop here.
-        frames = [self._content(c, c.pending_text, "stop") for c in choices if not c.finished]
         if self.include_usage:
             frames.append(self._frame(None, usage=_usage(last)))
+        if self.error is not None:
+            frames.append(sse_frame(self.error.body()))
         return [*frames, DONE_FRAME]
 
     def _flush(self, choice: _Choice, now: float) -> list[str]:
