@@ -289,8 +289,7 @@ class GenerationResponse(EventSourceResponse):
 
     async def _stream_response(self, send: Send) -> None:
         first = await self._generation.next()
-        await self.body_iterator.aclose()  # type: ignore[attr-defined]
-        self.body_iterator = self._body(first)
+        self.body_iterator = self._body(first)  # (the placeholder was never started: nothing to close)
         self._headers_due.set()
         await super()._stream_response(send)
 
