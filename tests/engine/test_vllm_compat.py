@@ -249,6 +249,18 @@ def test_the_demo_s_auto_dtype_is_served_as_this_cpu_s_native_one(demo_server: S
     assert card["dtype"] == version["dtype"] == native_cpu_dtype()
 
 
+def test_requests_reach_vllm_through_its_current_api_with_no_deprecation_warning(demo_server: ServerProcess) -> None:
+    # A prompt handed over the way vLLM has deprecated (a bare {"prompt_token_ids": ...}) is still served,
+    # after a detour through a worker thread, with one warning in the log: the warning is the sign.
+    for path, body in (("/v1/chat/completions", greedy(FRANCE, max_tokens=2)),
+                       ("/v1/completions", {"model": "openchat-3.5", "prompt": "Paris is", "max_tokens": 2})):
+        assert httpx.post(f"{demo_server.base_url}{path}", json=body, timeout=300).status_code == 200
+    lines = [json.loads(line) for line in demo_server.log_text().splitlines() if line.startswith("{")]
+    deprecated = [line["message"] for line in lines
+                  if line.get("logger", "").startswith("vllm") and "deprecated" in line.get("message", "")]
+    assert deprecated == []
+
+
 def test_intended_differences_are_documented() -> None:
     doc = (REPO / "docs/api.md").read_text(encoding="utf-8")
     for field in sorted(OURS_ONLY):

@@ -235,6 +235,8 @@ class VllmEngine:
         return _sampling_params(options)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
+        from vllm.inputs.engine import tokens_input
+
         if self._llm is None:
             raise EngineError("engine not started")
         params = self._checked_params(request)
@@ -243,8 +245,11 @@ class VllmEngine:
         completion_tokens = 0
         first = True
         try:
+            # The prompt as rendered input (tokens_input), as `vllm serve` hands it: vLLM takes that on the
+            # loop at once, where a bare {"prompt_token_ids"} goes through its deprecated raw-prompt path on
+            # a worker thread first (a thread hop on the way to the first token).
             async for output in self._llm.generate(
-                    {"prompt_token_ids": list(request.prompt_token_ids)}, params, request.request_id,
+                    tokens_input(list(request.prompt_token_ids)), params, request.request_id,
                     priority=request.priority if self._config.scheduling_policy == "priority" else 0,
                     trace_headers=request.trace_headers):
                 prompt_logprobs = _prompt_logprobs(output.prompt_logprobs, options.prompt_logprobs or 0) \
