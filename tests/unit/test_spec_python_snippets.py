@@ -63,6 +63,24 @@ def test_stream_response_passes_the_sampling_and_the_streamers_usage_setting() -
     assert {c["model"] for c in chunks} == {"house-model"}  # the service's name, not the streamer's default
 
 
+def test_stream_response_read_partly_ends_its_engine_request_when_the_caller_stops() -> None:
+    engine = FakeEngine()
+    engine.enqueue(*"Streaming works", hold_after=3)  # the engine holds the rest until finished or aborted
+    config = OpenChat35Config(prompt_format="chat_template", response_chunk_size=10, low_latency_mode=True,
+                              stream_flush_interval_ms=10)
+    service = OpenChat35Service(config, engine=engine)
+
+    async def run() -> tuple[list[str], int, int]:
+        frames = ResponseStreamer().stream_response("Test streaming", service, max_tokens=50)
+        # The role, the first token, then what the flush budget sends while the next read waits on the engine.
+        texts = [json.loads((await anext(frames))[6:])["choices"][0]["delta"].get("content") for _ in range(3)]
+        running_while_read = engine.running_requests
+        await frames.aclose()  # the caller stops reading here
+        return texts, running_while_read, engine.running_requests
+
+    assert asyncio.run(run()) == (["", "S", "tr"], 1, 0)
+
+
 def test_stream_response_without_a_service_says_what_it_needs() -> None:
     async def run() -> list[str]:
         return [frame async for frame in ResponseStreamer().stream_response("Test streaming")]

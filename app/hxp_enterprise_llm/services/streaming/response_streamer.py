@@ -84,6 +84,17 @@ class IteratorSource:
         delta: Delta = task.result()
         return delta
 
+    async def aclose(self) -> None:
+        """Stop reading: a read in flight is cancelled and the iterator closed (a generator's cleanup,
+        such as an engine request's abort, runs now rather than whenever the garbage collector comes)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+        aclose = getattr(self._deltas, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
 
 class Prefetched:
     """A DeltaSource whose first delta was read already (the route waits for it before the headers)."""
@@ -316,8 +327,12 @@ class ResponseStreamer:
                 await source.start()
             streamer = ResponseStreamer.for_config(source.config, include_usage=self.include_usage)
             request = source.prepare(prompt, **sampling)
-            async for frame in streamer.frames(IteratorSource(source.stream(request))):
-                yield frame
+            deltas = IteratorSource(source.stream(request))
+            try:
+                async for frame in streamer.frames(deltas):
+                    yield frame
+            finally:  # a caller that stops reading early leaves no engine request behind
+                await deltas.aclose()
         finally:
             if owned:  # made here for this one stream: its engine goes with it
                 await source.shutdown()
