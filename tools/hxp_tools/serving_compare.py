@@ -122,6 +122,7 @@ def profile_summary(path: Path, top: int = 25) -> str:
 # --- the raw engine: AsyncLLM in this process, the same workload without HTTP
 
 async def _raw_load(llm: Any, prompts: list[list[int]], users: int, output_len: int) -> dict[str, float]:
+    from vllm.inputs.engine import tokens_input
     from vllm.sampling_params import RequestOutputKind, SamplingParams
 
     params = SamplingParams(max_tokens=output_len, ignore_eos=True, temperature=0.0,
@@ -137,7 +138,9 @@ async def _raw_load(llm: Any, prompts: list[list[int]], users: int, output_len: 
             index, prompt = queue.pop()
             started = time.perf_counter()
             first = None
-            async for output in llm.generate({"prompt_token_ids": prompt}, params, f"raw-{index}-{random.random()}"):
+            # Rendered input, as both HTTP servers hand it (a bare {"prompt_token_ids"} would take vLLM's
+            # deprecated raw-prompt path, through a worker thread).
+            async for output in llm.generate(tokens_input(prompt), params, f"raw-{index}-{random.random()}"):
                 first = first or time.perf_counter()
                 tokens += len(output.outputs[0].token_ids)
             ttfts.append(1000 * ((first or started) - started))
