@@ -340,12 +340,15 @@ def test_sigkill_of_one_replica_fails_only_its_running_streams(stack: ScaleStack
     # The kill hit requests in flight on the victim (else this test showed nothing): streams it had
     # started are cut; those it had not answered yet are replayed by HAProxy (empty-response) ...
     assert failed or counters["wredis"] > 0, "the replica was killed with nothing running on it"
-    # ... and only streams fail: started before the kill, on the victim, cut after their 200 headers.
+    # ... and only streams fail: started before the kill, on the victim, cut after their 200 headers: the
+    # connection broke (a stream that ended cleanly without [DONE] would be a fault, not the kill). The cut
+    # may come after [DONE] itself: the body's closing chunk is a write of its own, and the kill can land
+    # between the two (CI saw it once in 9 cut streams).
     for outcome in failed:
         assert outcome.started < killed, describe(outcomes)
         assert outcome.replica == victim_server, describe(outcomes)
         assert outcome.status == 200, describe(outcomes)
-        assert not outcome.done, describe(outcomes)
+        assert outcome.error, describe(outcomes)
     # New requests keep succeeding, on the survivor.
     assert len(after_kill) >= USERS, "the survivor did not answer a request from every user after the kill"
     assert all(o.ok for o in after_kill), describe(after_kill)
